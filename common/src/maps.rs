@@ -1,0 +1,223 @@
+//! Map names, sizes and the key/value layouts of every BPF map xvs uses.
+//!
+//! Conventions: addresses are stored as four 32-bit words holding the raw network-order bytes
+//! (IPv4 in word 0, words 1..3 zero); ports are raw network-order u16. Id 0 is reserved in every
+//! id space (service, backend) so that a zeroed value can never look valid.
+
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// (VIP, port, proto) -> [`ServiceValue`]. Hash map.
+pub const MAP_SERVICES: &str = "XVS_SERVICES";
+/// ([`SlotKey`]) -> backend id: the per-service selection table. Hash map.
+pub const MAP_SLOTS: &str = "XVS_SLOTS";
+/// backend id -> [`Backend`]. Array indexed by backend id.
+pub const MAP_BACKENDS: &str = "XVS_BACKENDS";
+/// [`FlowKey`] -> [`FlowEntry`]: the connection table, forward and reply entries. LRU hash.
+pub const MAP_CONNTRACK: &str = "XVS_CONNTRACK";
+/// service id -> [`Counters`]. Per-CPU array.
+pub const MAP_SERVICE_STATS: &str = "XVS_SERVICE_STATS";
+/// backend id -> [`Counters`]. Per-CPU array.
+pub const MAP_BACKEND_STATS: &str = "XVS_BACKEND_STATS";
+/// [`crate::Reason`] -> packet count. Per-CPU array.
+pub const MAP_REASONS: &str = "XVS_REASONS";
+
+/// Default capacities. The agent may raise them at load time (aya `set_max_entries`).
+pub const MAX_SERVICES: u32 = 8192;
+pub const MAX_BACKENDS: u32 = 65536;
+pub const MAX_SLOTS: u32 = 262_144;
+pub const MAX_FLOWS: u32 = 262_144;
+
+/// Scheduler of a service, IPVS names and semantics.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scheduler {
+    /// Round robin over the active backends.
+    RoundRobin = 1,
+    /// IPVS weighted round robin (the kernel's exact sequence).
+    WeightedRoundRobin = 2,
+    /// IPVS source hashing: a 256-bucket table indexed by a hash of the client address.
+    SourceHash = 3,
+}
+
+impl Scheduler {
+    pub const fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Self::RoundRobin),
+            2 => Some(Self::WeightedRoundRobin),
+            3 => Some(Self::SourceHash),
+            _ => None,
+        }
+    }
+
+    /// The name `ipvsadm` prints for this scheduler.
+    pub const fn ipvs_name(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "rr",
+            Self::WeightedRoundRobin => "wrr",
+            Self::SourceHash => "sh",
+        }
+    }
+}
+
+/// Key of [`MAP_SERVICES`]: one virtual service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Value of [`MAP_SERVICES`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Non-zero service id: indexes the stats arrays and names the slot table.
+    pub svc_id: u32,
+    /// First slot of the live selection table. The agent writes a new table beside the old one
+    /// and then flips this base, so a packet never sees a half-written table.
+    pub slot_base: u32,
+    /// Number of slots in the live table; 0 means no backend can take new flows.
+    pub slot_count: u32,
+    /// Round-robin position, advanced with an atomic fetch-add shared by all CPUs.
+    pub rr_cursor: u32,
+    /// A [`Scheduler`] as u8.
+    pub scheduler: u8,
+    /// `SERVICE_F_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Include the client port in the source hash (IPVS `IP_VS_SVC_F_SCHED_SH_PORT`).
+pub const SERVICE_F_SH_PORT: u8 = 1;
+
+/// Key of [`MAP_SLOTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SlotKey {
+    pub svc_id: u32,
+    pub slot: u32,
+}
+
+/// Value of [`MAP_BACKENDS`] (index = backend id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub family: u8,
+    /// `BACKEND_F_*` bits; an entry without `BACKEND_F_PRESENT` is a removed backend.
+    pub flags: u8,
+    /// The service this backend belongs to; a flow pinned to a backend of another service
+    /// (an id reused after removal) is rescheduled.
+    pub svc_id: u32,
+}
+
+pub const BACKEND_F_PRESENT: u8 = 1;
+
+/// Key of [`MAP_CONNTRACK`]: a 5-tuple as seen on the wire in the packet's own direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of [`MAP_CONNTRACK`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// Forward entry: the backend address to DNAT to. Reply entry: the VIP to SNAT back to.
+    pub nat_addr: [u32; 4],
+    pub nat_port: u16,
+    /// `FLOW_FORWARD` or `FLOW_REPLY`.
+    pub kind: u8,
+    pub family: u8,
+    pub svc_id: u32,
+    pub backend_id: u32,
+}
+
+pub const FLOW_FORWARD: u8 = 1;
+pub const FLOW_REPLY: u8 = 2;
+
+/// Value of the per-CPU stats arrays, shaped like IPVS's per-service/per-destination stats.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// New connections scheduled.
+    pub conns: u64,
+    /// Client -> service packets and bytes (L3 length).
+    pub in_pkts: u64,
+    pub in_bytes: u64,
+    /// Service -> client (reply) packets and bytes.
+    pub out_pkts: u64,
+    pub out_bytes: u64,
+}
+
+impl Counters {
+    /// Sums per-CPU values into one.
+    pub fn add(&mut self, other: &Self) {
+        self.conns += other.conns;
+        self.in_pkts += other.in_pkts;
+        self.in_bytes += other.in_bytes;
+        self.out_pkts += other.out_pkts;
+        self.out_bytes += other.out_bytes;
+    }
+}
+
+// The layouts are ABI: pin their sizes so an accidental change (or implicit padding) fails the
+// build on both sides.
+const _: () = {
+    assert!(core::mem::size_of::<ServiceKey>() == 20);
+    assert!(core::mem::size_of::<ServiceValue>() == 20);
+    assert!(core::mem::size_of::<SlotKey>() == 8);
+    assert!(core::mem::size_of::<Backend>() == 24);
+    assert!(core::mem::size_of::<FlowKey>() == 40);
+    assert!(core::mem::size_of::<FlowEntry>() == 28);
+    assert!(core::mem::size_of::<Counters>() == 40);
+};
+
+/// Turns an IPv4 address into the map representation.
+pub const fn addr_v4(octets: [u8; 4]) -> [u32; 4] {
+    [u32::from_ne_bytes(octets), 0, 0, 0]
+}
+
+/// Turns an IPv6 address into the map representation.
+pub const fn addr_v6(octets: [u8; 16]) -> [u32; 4] {
+    let mut words = [0u32; 4];
+    let mut i = 0;
+    while i < 4 {
+        words[i] = u32::from_ne_bytes([
+            octets[4 * i],
+            octets[4 * i + 1],
+            octets[4 * i + 2],
+            octets[4 * i + 3],
+        ]);
+        i += 1;
+    }
+    words
+}
+
+/// The raw network-order bytes of a map address (16 bytes; IPv4 uses the first 4).
+pub const fn addr_octets(addr: &[u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = addr[i].to_ne_bytes();
+        out[4 * i] = b[0];
+        out[4 * i + 1] = b[1];
+        out[4 * i + 2] = b[2];
+        out[4 * i + 3] = b[3];
+        i += 1;
+    }
+    out
+}

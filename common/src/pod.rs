@@ -1,0 +1,16 @@
+//! aya `Pod` impls so the agent can read and write these types in maps.
+use crate::{Backend, Counters, FlowEntry, FlowKey, ServiceKey, ServiceValue, SlotKey};
+
+// SAFETY (all): `#[repr(C)]`, only integer fields, no implicit padding (sizes pinned in maps.rs),
+// so every bit pattern is a valid value.
+#[expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+mod impls {
+    use super::*;
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for Counters {}
+}

@@ -1,0 +1,61 @@
+//! Entry points of the xvs datapath. Each one runs a pipeline, counts the reason it ended with,
+//! and returns the verdict that reason implies.
+#![no_std]
+#![no_main]
+// The scheduler's shared round-robin cursor needs an atomic fetch-add (see select.rs).
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "core_intrinsics for atomic_xadd on the BPF target")]
+
+mod conntrack;
+mod csum;
+mod forward;
+mod maps;
+mod nat;
+mod parse;
+mod reply;
+mod select;
+mod service;
+mod stats;
+
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use xvs_common::Reason;
+
+/// Counts how the pipeline ended and tells whether the packet must be dropped.
+#[inline(always)]
+fn settle(result: Result<Reason, Reason>) -> bool {
+    let reason = match result {
+        Ok(r) | Err(r) => r,
+    };
+    stats::count_reason(reason);
+    reason.is_drop()
+}
+
+/// XDP ingress fast path: service packets are DNATed to their backend and handed to the kernel
+/// to route (XDP_PASS); everything else passes untouched.
+#[xdp]
+pub fn xvs_xdp_ingress(ctx: XdpContext) -> u32 {
+    if settle(forward::forward(&ctx)) { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+}
+
+/// TC ingress: the same pipeline for interfaces where XDP cannot run (or whose senders use
+/// checksum offload, see csum.rs).
+#[classifier]
+pub fn xvs_tc_ingress(ctx: TcContext) -> i32 {
+    if settle(forward::forward(&ctx)) { TC_ACT_SHOT } else { TC_ACT_OK }
+}
+
+/// TC egress: reverse NAT on replies (backend -> client becomes VIP -> client).
+#[classifier]
+pub fn xvs_tc_egress(ctx: TcContext) -> i32 {
+    if settle(reply::reverse_nat(&ctx)) { TC_ACT_SHOT } else { TC_ACT_OK }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,39 @@
+//! Every BPF map of the datapath, declared once; layouts and names come from `xvs_common`.
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use xvs_common::{
+    reason::REASON_COUNT, Backend, Counters, FlowEntry, FlowKey, ServiceKey, ServiceValue,
+    SlotKey, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, MAX_SLOTS,
+};
+
+// Written by the agent only, so entries can be allocated on update (no prealloc): the map
+// costs memory for what is configured, not for its capacity.
+#[map(name = "XVS_SERVICES")]
+pub static XVS_SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+#[map(name = "XVS_SLOTS")]
+pub static XVS_SLOTS: HashMap<SlotKey, u32> =
+    HashMap::with_max_entries(MAX_SLOTS, BPF_F_NO_PREALLOC);
+
+#[map(name = "XVS_BACKENDS")]
+pub static XVS_BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+// LRU: a full table evicts the least recently used flow instead of refusing new ones.
+#[map(name = "XVS_CONNTRACK")]
+pub static XVS_CONNTRACK: LruHashMap<FlowKey, FlowEntry> =
+    LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+#[map(name = "XVS_SERVICE_STATS")]
+pub static XVS_SERVICE_STATS: PerCpuArray<Counters> =
+    PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+#[map(name = "XVS_BACKEND_STATS")]
+pub static XVS_BACKEND_STATS: PerCpuArray<Counters> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "XVS_REASONS")]
+pub static XVS_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);

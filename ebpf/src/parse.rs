@@ -1,0 +1,178 @@
+//! Parses a frame once (Ethernet, one VLAN tag, IPv4 with options or IPv6 with common
+//! extension headers, TCP/UDP) into a `PacketMeta` holding the offsets later stages use.
+use core::mem::size_of;
+
+use xvs_common::{Reason, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+const IPV4_MIN_HLEN: usize = 20;
+const IPV6_HLEN: usize = 40;
+const TCP_MIN_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+/// IPv4 `frag_off` bits that mark any fragment: More Fragments or a non-zero offset.
+const IPV4_FRAG_MASK: u16 = 0x3FFF;
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DSTOPTS: u8 = 60;
+const IPV6_ESP: u8 = 50;
+const IPV6_AH: u8 = 51;
+/// How many IPv6 extension headers are walked before giving up (bounded for the verifier).
+const IPV6_MAX_EXT: usize = 4;
+
+/// Everything later stages need, read once.
+#[derive(Clone, Copy)]
+pub struct PacketMeta {
+    pub l3_off: usize,
+    pub l4_off: usize,
+    pub family: u8,
+    pub proto: u8,
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    /// Bytes counted in stats: the IP packet length as the header states it.
+    pub l3_len: u32,
+}
+
+impl PacketMeta {
+    pub const fn is_v6(&self) -> bool {
+        self.family == AF_INET6
+    }
+
+    /// Offset of the L4 checksum field.
+    pub const fn l4_csum_off(&self) -> usize {
+        self.l4_off + if self.proto == IPPROTO_TCP { 16 } else { 6 }
+    }
+}
+
+/// Reads a `T` at `off` if the whole value lies inside the packet.
+#[inline(always)]
+pub fn load<T: Copy>(data: usize, data_end: usize, off: usize) -> Result<T, Reason> {
+    let start = data + off;
+    if start + size_of::<T>() > data_end {
+        return Err(Reason::Malformed);
+    }
+    // SAFETY: bounds checked above; packet memory has no alignment guarantee, hence unaligned.
+    Ok(unsafe { (start as *const T).read_unaligned() })
+}
+
+#[inline(always)]
+fn load_be16(data: usize, data_end: usize, off: usize) -> Result<u16, Reason> {
+    load::<u16>(data, data_end, off).map(u16::from_be)
+}
+
+#[inline(always)]
+pub fn parse(data: usize, data_end: usize) -> Result<PacketMeta, Reason> {
+    let mut l3_off = ETH_HLEN;
+    let mut ethertype = load_be16(data, data_end, 12)?;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        ethertype = load_be16(data, data_end, ETH_HLEN + 2)?;
+        l3_off += VLAN_HLEN;
+    }
+    let mut meta = match ethertype {
+        ETH_P_IP => parse_ipv4(data, data_end, l3_off)?,
+        ETH_P_IPV6 => parse_ipv6(data, data_end, l3_off)?,
+        _ => return Err(Reason::NotIp),
+    };
+    let (min_len, ports_at) = match meta.proto {
+        IPPROTO_TCP => (TCP_MIN_HLEN, meta.l4_off),
+        IPPROTO_UDP => (UDP_HLEN, meta.l4_off),
+        _ => return Err(Reason::NotTcpUdp),
+    };
+    // The whole minimal L4 header must be there: NAT writes the checksum field in it.
+    if data + meta.l4_off + min_len > data_end {
+        return Err(Reason::Malformed);
+    }
+    let ports: [u16; 2] = load(data, data_end, ports_at)?;
+    meta.sport = ports[0];
+    meta.dport = ports[1];
+    Ok(meta)
+}
+
+#[inline(always)]
+fn parse_ipv4(data: usize, data_end: usize, l3_off: usize) -> Result<PacketMeta, Reason> {
+    let vihl: u8 = load(data, data_end, l3_off)?;
+    if vihl >> 4 != 4 {
+        return Err(Reason::Malformed);
+    }
+    let hlen = usize::from(vihl & 0x0f) * 4;
+    if hlen < IPV4_MIN_HLEN {
+        return Err(Reason::Malformed);
+    }
+    // Options included: the whole header must be present.
+    if data + l3_off + hlen > data_end {
+        return Err(Reason::Malformed);
+    }
+    let total_len = load_be16(data, data_end, l3_off + 2)?;
+    let frag = load_be16(data, data_end, l3_off + 6)?;
+    let proto: u8 = load(data, data_end, l3_off + 9)?;
+    let saddr: u32 = load(data, data_end, l3_off + 12)?;
+    let daddr: u32 = load(data, data_end, l3_off + 16)?;
+    if usize::from(total_len) < hlen {
+        return Err(Reason::Malformed);
+    }
+    if frag & IPV4_FRAG_MASK != 0 {
+        return Err(Reason::Fragment);
+    }
+    Ok(PacketMeta {
+        l3_off,
+        l4_off: l3_off + hlen,
+        family: AF_INET,
+        proto,
+        saddr: [saddr, 0, 0, 0],
+        daddr: [daddr, 0, 0, 0],
+        sport: 0,
+        dport: 0,
+        l3_len: u32::from(total_len),
+    })
+}
+
+#[inline(always)]
+fn parse_ipv6(data: usize, data_end: usize, l3_off: usize) -> Result<PacketMeta, Reason> {
+    let vtc: u8 = load(data, data_end, l3_off)?;
+    if vtc >> 4 != 6 {
+        return Err(Reason::Malformed);
+    }
+    let payload_len = load_be16(data, data_end, l3_off + 4)?;
+    let mut next: u8 = load(data, data_end, l3_off + 6)?;
+    let saddr: [u32; 4] = load(data, data_end, l3_off + 8)?;
+    let daddr: [u32; 4] = load(data, data_end, l3_off + 24)?;
+    let mut off = l3_off + IPV6_HLEN;
+    for _ in 0..IPV6_MAX_EXT {
+        match next {
+            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
+                let ext: [u8; 2] = load(data, data_end, off)?;
+                next = ext[0];
+                off += (usize::from(ext[1]) + 1) * 8;
+            }
+            IPV6_FRAGMENT => return Err(Reason::Fragment),
+            _ => break,
+        }
+    }
+    match next {
+        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_ESP | IPV6_AH => {
+            return Err(Reason::Ipv6ExtUnsupported);
+        }
+        IPV6_FRAGMENT => return Err(Reason::Fragment),
+        IPPROTO_TCP | IPPROTO_UDP => {}
+        // ICMPv6, no-next-header, SCTP, ...: not ours to touch.
+        _ => return Err(Reason::NotTcpUdp),
+    }
+    Ok(PacketMeta {
+        l3_off,
+        l4_off: off,
+        family: AF_INET6,
+        proto: next,
+        saddr,
+        daddr,
+        sport: 0,
+        dport: 0,
+        l3_len: u32::from(payload_len) + IPV6_HLEN as u32,
+    })
+}

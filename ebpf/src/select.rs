@@ -1,0 +1,48 @@
+//! Picks a backend for a new flow with the service's scheduler (rr, wrr, sh).
+//!
+//! rr and wrr share one cursor per service, advanced with an atomic fetch-add on the map value:
+//! all CPUs see one global order (like IPVS's per-service lock), and no update is lost when two
+//! CPUs schedule at once. A per-CPU cursor would be cheaper but would make each CPU run its own
+//! rotation, breaking the "every backend in turn" order IPVS users expect.
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use xvs_common::{
+    sched::{cursor_slot, sh_bucket, SH_TABLE_SIZE},
+    Reason, Scheduler, ServiceValue, SlotKey, SERVICE_F_SH_PORT,
+};
+
+use crate::{maps::XVS_SLOTS, parse::PacketMeta};
+
+/// Returns the backend id chosen for a new flow of `meta` to the service at `svc`.
+#[inline(always)]
+pub fn select(svc: *mut ServiceValue, meta: &PacketMeta) -> Result<u32, Reason> {
+    // SAFETY: `svc` points at a live map value (the verifier guarantees it for the lookup).
+    let value = unsafe { *svc };
+    if value.slot_count == 0 {
+        return Err(Reason::NoBackend);
+    }
+    let slot = match Scheduler::from_u8(value.scheduler) {
+        Some(Scheduler::RoundRobin | Scheduler::WeightedRoundRobin) => {
+            // SAFETY: map values are aligned and live for the program's run. core's AtomicU32 is
+            // not offered on the BPF target (it only declares 64-bit load/store atomics), so the
+            // intrinsic it would call is used directly; it lowers to BPF_ATOMIC | BPF_FETCH.
+            let cursor = unsafe {
+                atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*svc).rr_cursor, 1)
+            };
+            cursor_slot(cursor, value.slot_count)
+        }
+        Some(Scheduler::SourceHash) => {
+            let port = if value.flags & SERVICE_F_SH_PORT != 0 { meta.sport } else { 0 };
+            // The agent always writes full 256-bucket tables for sh; the modulo only keeps a
+            // malformed table from sending us outside it.
+            sh_bucket(&meta.saddr, meta.is_v6(), port) % (SH_TABLE_SIZE as u32).min(value.slot_count)
+        }
+        None => return Err(Reason::NoBackend),
+    };
+    let key = SlotKey {
+        svc_id: value.svc_id,
+        slot: value.slot_base + slot,
+    };
+    // SAFETY: plain lookup of a u32 value.
+    unsafe { XVS_SLOTS.get(&key) }.copied().ok_or(Reason::BackendMissing)
+}
