@@ -1,0 +1,130 @@
+//! Loads the eBPF object, hands out its programs (loaded into the kernel on first use) and
+//! attaches them to interfaces.
+use std::path::{Path, PathBuf};
+
+use aya::{
+    programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+
+use super::{error::DataplaneError, maps::Maps};
+
+pub const PROG_XDP: &str = "xvs_xdp_ingress";
+pub const PROG_TC_INGRESS: &str = "xvs_tc_ingress";
+pub const PROG_TC_EGRESS: &str = "xvs_tc_egress";
+
+/// Installed location of the object (container image, packages).
+const INSTALLED_OBJECT: &str = "/usr/lib/xvs/xvs-ebpf.o";
+
+/// Where the agent looks for the eBPF object: `$XVS_BPF_OBJECT`, then the installed path, then
+/// the workspace build output of `cargo xtask build-ebpf`.
+pub fn default_object_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("XVS_BPF_OBJECT") {
+        return PathBuf::from(p);
+    }
+    if Path::new(INSTALLED_OBJECT).exists() {
+        return PathBuf::from(INSTALLED_OBJECT);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bpfel-unknown-none/release/xvs-ebpf")
+}
+
+/// A loaded datapath: its programs and typed maps. Dropping it detaches whatever it attached
+/// (pinning for restarts is the agent's job).
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pub maps: Maps,
+}
+
+impl Dataplane {
+    pub fn load(path: &Path) -> Result<Self, DataplaneError> {
+        let bytes = std::fs::read(path)
+            .map_err(|source| DataplaneError::ObjectMissing { path: path.to_owned(), source })?;
+        Self::load_bytes(&bytes, path)
+    }
+
+    /// Loads an object already in memory (`path` only names it in errors).
+    pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<Self, DataplaneError> {
+        let mut ebpf = EbpfLoader::new()
+            .load(bytes)
+            .map_err(|source| DataplaneError::Load { path: path.to_owned(), source: Box::new(source) })?;
+        let maps = Maps::take(&mut ebpf)?;
+        Ok(Self { ebpf, maps })
+    }
+
+    /// The XDP program, loaded into the kernel.
+    pub fn xdp(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        self.program::<Xdp>(PROG_XDP)
+    }
+
+    /// A TC program (`PROG_TC_INGRESS` or `PROG_TC_EGRESS`), loaded into the kernel.
+    pub fn tc(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DataplaneError> {
+        self.program::<SchedClassifier>(name)
+    }
+
+    fn program<T>(&mut self, name: &'static str) -> Result<&mut T, DataplaneError>
+    where
+        for<'a> &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+        T: Loadable,
+    {
+        let program = self.ebpf.program_mut(name).ok_or(DataplaneError::MissingProgram(name))?;
+        let program: &mut T = program.try_into().map_err(|source| DataplaneError::Program {
+            program: name,
+            op: "type check".into(),
+            source: Box::new(source),
+        })?;
+        if !program.is_loaded() {
+            program.load_program().map_err(|source| DataplaneError::Program {
+                program: name,
+                op: "load (verifier)".into(),
+                source: Box::new(source),
+            })?;
+        }
+        Ok(program)
+    }
+
+    /// Attaches the XDP program to `iface`.
+    pub fn attach_xdp(&mut self, iface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
+        self.xdp()?.attach(iface, mode).map_err(|source| DataplaneError::Program {
+            program: PROG_XDP,
+            op: format!("attach to {iface} in {mode:?} mode (try another --xdp-mode, or --attach tc)"),
+            source: Box::new(source),
+        })?;
+        Ok(())
+    }
+
+    /// Attaches a TC program to `iface` (adding the clsact qdisc if missing).
+    pub fn attach_tc(&mut self, iface: &str, name: &'static str, kind: TcAttachType) -> Result<(), DataplaneError> {
+        // Already present is fine; any real problem shows up in the attach below.
+        let _ = tc::qdisc_add_clsact(iface);
+        self.tc(name)?.attach(iface, kind).map_err(|source| DataplaneError::Program {
+            program: name,
+            op: format!("attach to {iface} {kind:?}"),
+            source: Box::new(source),
+        })?;
+        Ok(())
+    }
+}
+
+/// The two program types' "is it loaded / load it" pair, so `program()` serves both.
+trait Loadable {
+    fn is_loaded(&self) -> bool;
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError>;
+}
+
+impl Loadable for Xdp {
+    fn is_loaded(&self) -> bool {
+        self.fd().is_ok()
+    }
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+impl Loadable for SchedClassifier {
+    fn is_loaded(&self) -> bool {
+        self.fd().is_ok()
+    }
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}

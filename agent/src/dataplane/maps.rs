@@ -1,0 +1,85 @@
+//! Typed handles on every map of the datapath, and the reads the agent and tests need.
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    Ebpf,
+};
+use xvs_common::{
+    reason::REASON_COUNT, Backend, Counters, FlowEntry, FlowKey, Reason, ServiceKey,
+    ServiceValue, SlotKey, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONNTRACK, MAP_REASONS,
+    MAP_SERVICES, MAP_SERVICE_STATS, MAP_SLOTS,
+};
+
+use super::error::DataplaneError;
+
+pub struct Maps {
+    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    pub slots: HashMap<MapData, SlotKey, u32>,
+    pub backends: Array<MapData, Backend>,
+    pub conntrack: HashMap<MapData, FlowKey, FlowEntry>,
+    pub service_stats: PerCpuArray<MapData, Counters>,
+    pub backend_stats: PerCpuArray<MapData, Counters>,
+    pub reasons: PerCpuArray<MapData, u64>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))?;
+    T::try_from(map).map_err(DataplaneError::map(name, "open"))
+}
+
+impl Maps {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
+        Ok(Self {
+            services: take(ebpf, MAP_SERVICES)?,
+            slots: take(ebpf, MAP_SLOTS)?,
+            backends: take(ebpf, MAP_BACKENDS)?,
+            conntrack: take(ebpf, MAP_CONNTRACK)?,
+            service_stats: take(ebpf, MAP_SERVICE_STATS)?,
+            backend_stats: take(ebpf, MAP_BACKEND_STATS)?,
+            reasons: take(ebpf, MAP_REASONS)?,
+        })
+    }
+
+    /// Packets per verdict reason, summed over CPUs, indexed by `Reason as usize`.
+    pub fn reason_counts(&self) -> Result<[u64; REASON_COUNT as usize], DataplaneError> {
+        let mut out = [0u64; REASON_COUNT as usize];
+        for r in Reason::ALL {
+            let per_cpu = self
+                .reasons
+                .get(&(r as u32), 0)
+                .map_err(DataplaneError::map(MAP_REASONS, "read"))?;
+            out[r as usize] = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// A service's counters summed over CPUs.
+    pub fn service_counters(&self, svc_id: u32) -> Result<Counters, DataplaneError> {
+        sum(&self.service_stats, svc_id, MAP_SERVICE_STATS)
+    }
+
+    /// A backend's counters summed over CPUs.
+    pub fn backend_counters(&self, backend_id: u32) -> Result<Counters, DataplaneError> {
+        sum(&self.backend_stats, backend_id, MAP_BACKEND_STATS)
+    }
+
+    /// The connection-table entry for a flow key, if any.
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowEntry>, DataplaneError> {
+        match self.conntrack.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(DataplaneError::map(MAP_CONNTRACK, "read")(e)),
+        }
+    }
+}
+
+fn sum(map: &PerCpuArray<MapData, Counters>, id: u32, name: &'static str) -> Result<Counters, DataplaneError> {
+    let per_cpu = map.get(&id, 0).map_err(DataplaneError::map(name, "read"))?;
+    let mut total = Counters::default();
+    for c in per_cpu.iter() {
+        total.add(c);
+    }
+    Ok(total)
+}

@@ -1,0 +1,13 @@
+//! The eBPF dataplane: loading the object, attaching its programs, and typed access to its maps.
+mod addr;
+mod error;
+mod loader;
+mod maps;
+mod service;
+pub mod tables;
+
+pub use addr::{from_map_addr, to_map_addr};
+pub use error::DataplaneError;
+pub use loader::{default_object_path, Dataplane, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP};
+pub use maps::Maps;
+pub use service::{BackendEntry, ServiceEntry};

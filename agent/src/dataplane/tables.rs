@@ -1,0 +1,64 @@
+//! Pure rendering of a service's selection table (slot -> backend index) for each scheduler.
+use xvs_common::{
+    sched::{sh_table, WrrCycle},
+    Scheduler,
+};
+
+/// The largest table one service may have; bounds memory and update time for wrr with large,
+/// coprime weights.
+pub const MAX_TABLE_LEN: u64 = 65_536;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    #[error("wrr weights {weights:?} need a {len}-slot cycle, more than {MAX_TABLE_LEN}; use weights with a larger common divisor")]
+    WrrTooLong { weights: Vec<u32>, len: u64 },
+}
+
+/// Slot table for a service: each entry indexes `weights` (the service's backends in order).
+/// Backends of weight 0 never appear (they take no new flows). An empty table means no backend.
+///
+/// rr ignores weights other than 0 (like IPVS's rr); wrr is one kernel wrr cycle; sh is the
+/// kernel's 256-bucket table.
+pub fn render(scheduler: Scheduler, weights: &[u32]) -> Result<Vec<usize>, TableError> {
+    Ok(match scheduler {
+        Scheduler::RoundRobin => (0..weights.len()).filter(|&i| weights[i] > 0).collect(),
+        Scheduler::WeightedRoundRobin => {
+            let len = WrrCycle::len_hint(weights);
+            if len > MAX_TABLE_LEN {
+                return Err(TableError::WrrTooLong { weights: weights.to_vec(), len });
+            }
+            WrrCycle::new(weights).collect()
+        }
+        Scheduler::SourceHash => sh_table(weights).map(|t| t.to_vec()).unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rr_skips_drained_backends() {
+        assert_eq!(render(Scheduler::RoundRobin, &[1, 0, 5]), Ok(vec![0, 2]));
+        assert_eq!(render(Scheduler::RoundRobin, &[0, 0]), Ok(vec![]));
+    }
+
+    #[test]
+    fn wrr_golden() {
+        assert_eq!(render(Scheduler::WeightedRoundRobin, &[1, 2, 3]), Ok(vec![2, 1, 2, 0, 1, 2]));
+    }
+
+    #[test]
+    fn wrr_refuses_huge_cycles() {
+        let err = render(Scheduler::WeightedRoundRobin, &[65_535, 65_534]);
+        assert!(matches!(err, Err(TableError::WrrTooLong { len: 131_069, .. })), "{err:?}");
+    }
+
+    #[test]
+    fn sh_is_256_buckets_or_empty() {
+        let t = render(Scheduler::SourceHash, &[1, 1, 1]).unwrap_or_default();
+        assert_eq!(t.len(), 256);
+        assert_eq!(&t[..4], &[0, 1, 2, 0]);
+        assert_eq!(render(Scheduler::SourceHash, &[0]), Ok(vec![]));
+    }
+}
