@@ -70,14 +70,16 @@ pub struct Pkt {
     pub vlan: Option<u16>,
     /// IPv4 only: 8 bytes of NOP options (IHL 7).
     pub ipv4_options: bool,
-    /// IPv6 only: an 8-byte Hop-by-Hop header before the L4 header.
-    pub ipv6_hop_by_hop: bool,
+    /// IPv6 only: an 8-byte extension header (this next-header value) before the L4 header.
+    pub ipv6_ext: Option<u8>,
+    /// IPv4 only: set More Fragments.
+    pub more_fragments: bool,
     pub payload: Vec<u8>,
 }
 
 impl Pkt {
     pub fn new(l4: L4, src: &str, dst: &str) -> Self {
-        Self { src: sa(src), dst: sa(dst), l4, vlan: None, ipv4_options: false, ipv6_hop_by_hop: false, payload: b"xvs-test-payload".to_vec() }
+        Self { src: sa(src), dst: sa(dst), l4, vlan: None, ipv4_options: false, ipv6_ext: None, more_fragments: false, payload: b"xvs-test-payload".to_vec() }
     }
 
     pub fn with_dst(&self, dst: &str) -> Self {
@@ -99,7 +101,8 @@ impl Pkt {
                 let mut h = Ipv4Header::new(0, 64, IpNumber(self.proto()), s.octets(), d.octets())
                     .unwrap_or_else(|e| panic!("{e}"));
                 h.identification = 0x1c46;
-                h.dont_fragment = true;
+                h.dont_fragment = !self.more_fragments;
+                h.more_fragments = self.more_fragments;
                 if self.ipv4_options {
                     h.options = Ipv4Options::from([1u8; 8]);
                 }
@@ -127,8 +130,8 @@ impl Pkt {
             let at = self.l4_offset() + 6;
             out[at..at + 2].copy_from_slice(&[0, 0]);
         }
-        if self.ipv6_hop_by_hop {
-            out = insert_hop_by_hop(out, self.l3_offset());
+        if let Some(ext) = self.ipv6_ext {
+            out = insert_ipv6_ext(out, self.l3_offset(), ext);
         }
         out
     }
@@ -141,19 +144,20 @@ impl Pkt {
         self.l3_offset()
             + match self.src {
                 SocketAddr::V4(_) => 20 + if self.ipv4_options { 8 } else { 0 },
-                SocketAddr::V6(_) => 40 + if self.ipv6_hop_by_hop { 8 } else { 0 },
+                SocketAddr::V6(_) => 40 + if self.ipv6_ext.is_some() { 8 } else { 0 },
             }
     }
 }
 
-/// Inserts an 8-byte Hop-by-Hop options header (PadN) after the IPv6 header. The L4 checksum
+/// Inserts an 8-byte IPv6 extension header of type `ext` after the IPv6 header: options types
+/// carry one PadN option, a Fragment header says "offset 0, more fragments". The L4 checksum
 /// does not cover extension headers, so it stays valid.
-fn insert_hop_by_hop(mut frame: Vec<u8>, l3: usize) -> Vec<u8> {
+fn insert_ipv6_ext(mut frame: Vec<u8>, l3: usize, ext: u8) -> Vec<u8> {
     let next = frame[l3 + 6];
-    frame[l3 + 6] = 0;
+    frame[l3 + 6] = ext;
     let plen = u16::from_be_bytes([frame[l3 + 4], frame[l3 + 5]]) + 8;
     frame[l3 + 4..l3 + 6].copy_from_slice(&plen.to_be_bytes());
-    let hbh = [next, 0, 1, 4, 0, 0, 0, 0];
+    let hbh = if ext == 44 { [next, 0, 0, 1, 0, 0, 0, 7] } else { [next, 0, 1, 4, 0, 0, 0, 0] };
     frame.splice(l3 + 40..l3 + 40, hbh);
     frame
 }

@@ -1,1 +1,36 @@
-fn main() {}
+//! `cargo xtask <task>`: build, set-up, test and demo automation for xvs. One file per task.
+mod build_ebpf;
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "xvs build and test automation")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (apt packages, nightly rust-src, bpf-linker). Idempotent.
+    Setup,
+    /// Build the eBPF object (nightly, -Z build-std=core, bpfel-unknown-none, bpf-linker).
+    BuildEbpf,
+    /// Run every test: host unit tests, then the root-only kernel tests (BPF_PROG_TEST_RUN, netns).
+    Test,
+    /// Run the demo: three HTTP backends behind one VIP in network namespaces, 30 requests.
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf => build_ebpf::run().map(|_| ()),
+        Task::Test => test::run(),
+        Task::Demo => demo::run(),
+    }
+}

@@ -1,0 +1,24 @@
+//! Runs every test: host unit tests (no root), then the kernel tests against the real object.
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::{build_ebpf, cmd};
+
+pub fn run() -> anyhow::Result<()> {
+    let object = build_ebpf::run()?;
+    let root = cmd::root();
+    println!("== host unit tests (stable, no root)");
+    cmd::run(Command::new("cargo").current_dir(&root).args(["test", "--workspace", "--exclude", "xvs-integration", "--exclude", "xvs-ebpf"]))?;
+    if !cmd::is_root() {
+        bail!("the kernel tests (BPF_PROG_TEST_RUN, XDP/TC attach, netns) need root: run `sudo -E cargo xtask test`");
+    }
+    println!("== kernel tests (root): packet tables through BPF_PROG_TEST_RUN, schedulers, netns end to end");
+    // One test at a time: the end-to-end tests share namespace names and the machine has 2 cores.
+    cmd::run(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["test", "--package", "xvs-integration", "--", "--test-threads=1"])
+            .env("XVS_BPF_OBJECT", &object),
+    )
+}
