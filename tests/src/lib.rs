@@ -3,6 +3,8 @@
 //! through BPF_PROG_TEST_RUN and reads counters back.
 #![expect(clippy::missing_panics_doc, reason = "test harness: a panic is a test failure")]
 
+pub mod topology;
+
 use std::net::{IpAddr, SocketAddr};
 
 use aya::programs::{TestRun, TestRunOptions};

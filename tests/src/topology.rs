@@ -1,0 +1,162 @@
+//! A node with a client and HTTP backends, built from network namespaces and veth pairs:
+//!
+//! ```text
+//!  client ns            node ns (xvs attached to n0)           backend ns i (i = 1..=n)
+//!  c0 10.0.1.2/24 <---> n0 10.0.1.1/24
+//!                       nb<i> 10.0.<10+i>.1/24  <--------------> b0 10.0.<10+i>.2/24, HTTP :8080
+//! ```
+//! Every address lives inside namespaces this module creates; dropping the topology deletes them.
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub const CLIENT_ADDR: &str = "10.0.1.2";
+pub const NODE_IFACE: &str = "n0";
+pub const BACKEND_PORT: u16 = 8080;
+
+/// The namespaces of one topology, named `<prefix>-client`, `<prefix>-node`, `<prefix>-be<i>`.
+pub struct Topology {
+    pub prefix: String,
+    pub backends: usize,
+    servers: Vec<Child>,
+    dirs: Vec<PathBuf>,
+}
+
+/// Runs a command, panicking with its stderr if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Topology {
+    pub fn ns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    pub fn backend_addr(i: usize) -> String {
+        format!("10.0.{}.2", 10 + i)
+    }
+
+    /// Removes any namespaces left behind by an earlier run with this prefix.
+    pub fn clean(prefix: &str, backends: usize) {
+        let mut names = vec![format!("{prefix}-client"), format!("{prefix}-node")];
+        names.extend((1..=backends).map(|i| format!("{prefix}-be{i}")));
+        for n in names {
+            let _ = Command::new("ip").args(["netns", "del", &n]).stderr(Stdio::null()).status();
+        }
+    }
+
+    pub fn create(prefix: &str, backends: usize) -> Self {
+        Self::clean(prefix, backends);
+        let t = Self { prefix: prefix.to_owned(), backends, servers: Vec::new(), dirs: Vec::new() };
+        let (client, node) = (t.ns("client"), t.ns("node"));
+        for ns in [&client, &node] {
+            sh(&["ip", "netns", "add", ns]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        t.link(&client, "c0", &format!("{CLIENT_ADDR}/24"), NODE_IFACE, "10.0.1.1/24", "10.0.1.1");
+        for i in 1..=backends {
+            let be = t.ns(&format!("be{i}"));
+            sh(&["ip", "netns", "add", &be]);
+            sh(&["ip", "-n", &be, "link", "set", "lo", "up"]);
+            let gw = format!("10.0.{}.1", 10 + i);
+            t.link(&be, "b0", &format!("{}/24", Self::backend_addr(i)), &format!("nb{i}"), &format!("{gw}/24"), &gw);
+        }
+        sh(&["ip", "netns", "exec", &node, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        t
+    }
+
+    /// A veth pair from `ns` (the end with a default route via `gw`) to the node namespace.
+    /// Transmit checksum offload is turned off on the `ns` end: frames then carry full
+    /// checksums, which XDP needs (see ebpf/src/csum.rs) and which receivers verify, so the
+    /// end-to-end traffic checks xvs's checksum updates too.
+    fn link(&self, ns: &str, inner: &str, inner_addr: &str, outer: &str, outer_addr: &str, gw: &str) {
+        let node = self.ns("node");
+        sh(&["ip", "link", "add", inner, "netns", ns, "type", "veth", "peer", "name", outer, "netns", &node]);
+        sh(&["ip", "-n", ns, "addr", "add", inner_addr, "dev", inner]);
+        sh(&["ip", "-n", &node, "addr", "add", outer_addr, "dev", outer]);
+        sh(&["ip", "-n", ns, "link", "set", inner, "up"]);
+        sh(&["ip", "-n", &node, "link", "set", outer, "up"]);
+        sh(&["ip", "-n", ns, "route", "add", "default", "via", gw]);
+        sh(&["ip", "netns", "exec", ns, "ethtool", "-K", inner, "tx", "off"]);
+    }
+
+    /// Starts an HTTP server in every backend namespace answering `backend-<i>`, and waits until
+    /// each one answers from the node namespace.
+    pub fn start_http_backends(&mut self) {
+        for i in 1..=self.backends {
+            let dir = std::env::temp_dir().join(format!("{}-be{i}-www", self.prefix));
+            std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(dir.join("index.html"), format!("backend-{i}\n")).unwrap_or_else(|e| panic!("{e}"));
+            let child = Command::new("ip")
+                .args(["netns", "exec", &self.ns(&format!("be{i}")), "python3", "-m", "http.server"])
+                .args([&BACKEND_PORT.to_string(), "--bind", &Self::backend_addr(i), "--directory"])
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start python3 http.server: {e}"));
+            self.servers.push(child);
+            self.dirs.push(dir);
+        }
+        let node = self.ns("node");
+        for i in 1..=self.backends {
+            let url = format!("http://{}:{BACKEND_PORT}/", Self::backend_addr(i));
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let ok = Command::new("ip")
+                    .args(["netns", "exec", &node, "curl", "-sf", "--max-time", "1", &url])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if ok {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "backend {i} did not start serving {url}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// One HTTP GET from the client namespace; the body (trimmed) or the error.
+    pub fn client_get(&self, url: &str) -> Result<String, String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns("client"), "curl", "-sS", "--max-time", "5", url])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for c in &mut self.servers {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        Self::clean(&self.prefix, self.backends);
+    }
+}
+
+/// Moves the calling thread into a named network namespace (for attaching programs there).
+pub fn enter_netns(name: &str) {
+    let f = File::open(format!("/var/run/netns/{name}")).unwrap_or_else(|e| panic!("netns {name}: {e}"));
+    // SAFETY: setns on a valid fd; affects only this thread's network namespace.
+    #[expect(unsafe_code, reason = "setns(2) has no safe std wrapper")]
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
+}
