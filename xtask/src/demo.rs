@@ -1,4 +1,39 @@
-//! The demo (filled in below).
+//! `cargo xtask demo`: builds what is needed and runs the namespace demo as root; removes the
+//! demo's namespaces afterwards whatever happened, Ctrl-C included.
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::{build_ebpf, cmd};
+
+const PREFIX: &str = "xvs-demo";
+
 pub fn run() -> anyhow::Result<()> {
-    anyhow::bail!("demo: not built yet")
+    if !cmd::is_root() {
+        bail!("the demo creates network namespaces and attaches XDP/TC programs: run it as root");
+    }
+    let object = build_ebpf::run()?;
+    // Survive Ctrl-C (the demo itself stops) so the clean-up below always runs. A handler, not
+    // SIG_IGN: handlers are reset on exec, so the demo still stops on Ctrl-C.
+    ignore_sigint_here();
+    let result = cmd::run(
+        Command::new("cargo")
+            .current_dir(cmd::root())
+            .args(["run", "--quiet", "--package", "xvs-integration", "--bin", "xvs-demo"])
+            .env("XVS_BPF_OBJECT", &object),
+    );
+    for ns in ["client", "node", "be1", "be2", "be3"] {
+        let _ = Command::new("ip").args(["netns", "del", &format!("{PREFIX}-{ns}")]).stderr(std::process::Stdio::null()).status();
+    }
+    result
+}
+
+extern "C" fn on_sigint(_: libc::c_int) {}
+
+fn ignore_sigint_here() {
+    // SAFETY: installs an async-signal-safe no-op handler.
+    #[expect(unsafe_code, reason = "signal(2) has no safe std wrapper")]
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
 }
