@@ -7,19 +7,19 @@ use super::tables::TableError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
-    #[error("cannot read the eBPF object {path}: {source} (build it with `cargo xtask build-ebpf` or pass --bpf-object)")]
+    #[error("cannot read the eBPF object {path} (build it with `cargo xtask build-ebpf` or pass --bpf-object)")]
     ObjectMissing { path: PathBuf, source: std::io::Error },
-    #[error("loading the eBPF object {path} failed: {source} (needs root or CAP_BPF+CAP_NET_ADMIN, kernel >= 5.12)")]
+    #[error("loading the eBPF object {path} failed (needs root or CAP_BPF+CAP_NET_ADMIN, kernel >= 5.12)")]
     Load { path: PathBuf, source: Box<EbpfError> },
     #[error("the eBPF object has no map {0}: object and agent are from different builds")]
     MissingMap(&'static str),
     #[error("the eBPF object has no program {0}: object and agent are from different builds")]
     MissingProgram(&'static str),
-    #[error("map {map}: {op} failed: {source}")]
+    #[error("map {map}: {op} failed")]
     Map { map: &'static str, op: &'static str, source: Box<MapError> },
-    #[error("program {program}: {op} failed: {source}")]
+    #[error("program {program}: {op} failed")]
     Program { program: &'static str, op: String, source: Box<ProgramError> },
-    #[error("service {service}: {source}")]
+    #[error("service {service}: invalid selection table")]
     Table { service: String, source: TableError },
     #[error("service {service}: backend id {id} is out of range (1..{max})")]
     BackendId { service: String, id: u32, max: u32 },
