@@ -160,3 +160,22 @@ pub fn enter_netns(name: &str) {
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
 }
+
+/// Loads the datapath in the node namespace (entering it on this thread), programs `vip` (TCP,
+/// rr) over every backend's HTTP server, and attaches XDP (driver mode) plus TC egress to
+/// `NODE_IFACE`. Returns the dataplane (dropping it detaches) and the service it programmed.
+pub fn serve_vip(topo: &Topology, vip: &str) -> (xvs::dataplane::Dataplane, xvs::dataplane::ServiceEntry) {
+    use aya::programs::{TcAttachType, XdpMode};
+
+    enter_netns(&topo.ns("node"));
+    let mut dp = crate::load();
+    let backends: Vec<(u32, String, u32)> = (1..=topo.backends)
+        .map(|i| (i as u32, format!("{}:{BACKEND_PORT}", Topology::backend_addr(i)), 1))
+        .collect();
+    let refs: Vec<(u32, &str, u32)> = backends.iter().map(|(id, a, w)| (*id, a.as_str(), *w)).collect();
+    let svc = crate::service(1, vip, xvs_common::IPPROTO_TCP, xvs_common::Scheduler::RoundRobin, &refs);
+    dp.maps.apply_service(&svc).unwrap_or_else(|e| panic!("{e}"));
+    dp.attach_xdp(NODE_IFACE, XdpMode::Driver).unwrap_or_else(|e| panic!("{e}"));
+    dp.attach_tc(NODE_IFACE, xvs::dataplane::PROG_TC_EGRESS, TcAttachType::Egress).unwrap_or_else(|e| panic!("{e}"));
+    (dp, svc)
+}

@@ -4,13 +4,9 @@
 //! from a client namespace.
 use std::collections::BTreeMap;
 
-use aya::programs::{TcAttachType, XdpMode};
-use xvs::dataplane::{from_map_addr, PROG_TC_EGRESS};
-use xvs_common::{Reason, Scheduler, IPPROTO_TCP};
-use xvs_integration::{
-    load, service,
-    topology::{enter_netns, Topology, BACKEND_PORT, CLIENT_ADDR, NODE_IFACE},
-};
+use xvs::dataplane::from_map_addr;
+use xvs_common::{Reason, Scheduler};
+use xvs_integration::topology::{serve_vip, Topology, BACKEND_PORT, CLIENT_ADDR, NODE_IFACE};
 
 pub const PREFIX: &str = "xvs-demo";
 const VIP: &str = "10.96.0.10:80";
@@ -22,17 +18,9 @@ fn main() {
     println!("-- starting an HTTP server (python3 http.server) in each backend namespace on :{BACKEND_PORT}");
     topo.start_http_backends();
 
-    enter_netns(&topo.ns("node"));
-    let mut dp = load();
-    let backends: Vec<(u32, String, u32)> =
-        (1..=3).map(|i| (i as u32, format!("{}:{BACKEND_PORT}", Topology::backend_addr(i)), 1)).collect();
-    let refs: Vec<(u32, &str, u32)> = backends.iter().map(|(id, a, w)| (*id, a.as_str(), *w)).collect();
-    let svc = service(1, VIP, IPPROTO_TCP, Scheduler::RoundRobin, &refs);
-    println!("-- programming service TCP {VIP} rr -> {}", backends.iter().map(|b| b.1.as_str()).collect::<Vec<_>>().join(", "));
-    dp.maps.apply_service(&svc).unwrap_or_else(|e| panic!("{e}"));
-    println!("-- attaching XDP (driver mode) and TC egress to {NODE_IFACE} in {PREFIX}-node");
-    dp.attach_xdp(NODE_IFACE, XdpMode::Driver).unwrap_or_else(|e| panic!("{e}"));
-    dp.attach_tc(NODE_IFACE, PROG_TC_EGRESS, TcAttachType::Egress).unwrap_or_else(|e| panic!("{e}"));
+    println!("-- loading the datapath in {PREFIX}-node: service TCP {VIP} rr over the three backends,");
+    println!("   XDP (driver mode) and TC egress attached to {NODE_IFACE}");
+    let (dp, svc) = serve_vip(&topo, VIP);
 
     println!("-- 30 requests: curl http://10.96.0.10/ from {CLIENT_ADDR} in {PREFIX}-client");
     let mut served: BTreeMap<String, u32> = BTreeMap::new();
