@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "xvs", version)]
 pub struct Cli {
-    /// The eBPF object to load (default: $XVS_BPF_OBJECT, /usr/lib/xvs/xvs-ebpf.o, or the
-    /// workspace build output of `cargo xtask build-ebpf`).
+    /// The eBPF object to load (default: $XVS_BPF_OBJECT, else the object built into this
+    /// binary if it has one, else /usr/lib/xvs/xvs-ebpf.o or the output of `cargo xtask build-ebpf`).
     #[arg(long, global = true)]
     bpf_object: Option<PathBuf>,
     #[command(subcommand)]
@@ -26,9 +26,41 @@ enum Command {
 
 impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
-        let object = self.bpf_object.unwrap_or_else(xvs::dataplane::default_object_path);
+        let source = ObjectSource::choose(self.bpf_object);
         match self.command {
-            Command::Probe => probe::run(&object),
+            Command::Probe => probe::run(&source),
+        }
+    }
+}
+
+/// Where the eBPF object comes from, in order of precedence.
+pub enum ObjectSource {
+    File(PathBuf),
+    Embedded(&'static [u8]),
+}
+
+impl ObjectSource {
+    fn choose(flag: Option<PathBuf>) -> Self {
+        if let Some(path) = flag.or_else(|| std::env::var_os("XVS_BPF_OBJECT").map(PathBuf::from)) {
+            return Self::File(path);
+        }
+        match xvs::dataplane::embedded_object() {
+            Some(bytes) => Self::Embedded(bytes),
+            None => Self::File(xvs::dataplane::default_object_path()),
+        }
+    }
+
+    pub fn load(&self) -> Result<xvs::dataplane::Dataplane, xvs::dataplane::DataplaneError> {
+        match self {
+            Self::File(path) => xvs::dataplane::Dataplane::load(path),
+            Self::Embedded(bytes) => xvs::dataplane::Dataplane::load_bytes(bytes, std::path::Path::new("<embedded>")),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Self::File(path) => path.display().to_string(),
+            Self::Embedded(bytes) => format!("built into this binary ({} bytes)", bytes.len()),
         }
     }
 }

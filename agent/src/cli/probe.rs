@@ -1,11 +1,11 @@
 //! `xvs probe`: loads the datapath into the kernel and reports what the node supports.
-use std::path::Path;
+use xvs::dataplane::{PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP};
 
-use xvs::dataplane::{Dataplane, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP};
+use super::ObjectSource;
 
-pub fn run(object: &Path) -> anyhow::Result<()> {
-    println!("eBPF object: {}", object.display());
-    let mut dp = Dataplane::load(object)?;
+pub fn run(object: &ObjectSource) -> anyhow::Result<()> {
+    println!("eBPF object: {}", object.describe());
+    let mut dp = object.load()?;
     println!("maps: created");
     dp.xdp()?;
     println!("program {PROG_XDP}: verified and loaded");

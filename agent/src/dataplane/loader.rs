@@ -28,6 +28,18 @@ pub fn default_object_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bpfel-unknown-none/release/xvs-ebpf")
 }
 
+/// The eBPF object compiled into this binary (feature `embed-bpf`), if any.
+pub fn embedded_object() -> Option<&'static [u8]> {
+    #[cfg(feature = "embed-bpf")]
+    {
+        Some(include_bytes!(env!("XVS_EMBED_BPF_OBJECT")))
+    }
+    #[cfg(not(feature = "embed-bpf"))]
+    {
+        None
+    }
+}
+
 /// A loaded datapath: its programs and typed maps. Dropping it detaches whatever it attached
 /// (pinning for restarts is the agent's job).
 pub struct Dataplane {
