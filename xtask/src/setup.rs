@@ -3,7 +3,7 @@ use std::process::Command;
 
 use anyhow::bail;
 
-use crate::cmd::{self, output, succeeds};
+use crate::cmd::{self, output};
 
 /// LLVM major version bpf-linker is built against (the nightly's LLVM).
 pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -81,9 +81,8 @@ fn rust_src() -> anyhow::Result<()> {
 }
 
 fn has_bpf_linker() -> bool {
-    succeeds(Command::new("bpf-linker").arg("--version"))
-        && output(Command::new("bpf-linker").arg("--version"))
-            .is_some_and(|v| v.contains(&format!(" {BPF_LINKER_VERSION}.")))
+    output(Command::new("bpf-linker").arg("--version"))
+        .is_some_and(|v| v.contains(&format!(" {BPF_LINKER_VERSION}.")))
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
