@@ -2,7 +2,7 @@
 //! extension headers, TCP/UDP) into a `PacketMeta` holding the offsets later stages use.
 use core::mem::size_of;
 
-use xvs_common::{Reason, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
+use xvs_common::{addr_v4, addr_v6, Reason, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -152,8 +152,8 @@ fn parse_ipv4(data: usize, data_end: usize, l3_off: usize) -> Result<PacketMeta,
         l4_off: l3_off + hlen,
         family: AF_INET,
         proto: ip.proto,
-        saddr: [u32::from_ne_bytes(ip.saddr), 0, 0, 0],
-        daddr: [u32::from_ne_bytes(ip.daddr), 0, 0, 0],
+        saddr: addr_v4(ip.saddr),
+        daddr: addr_v4(ip.daddr),
         sport: 0,
         dport: 0,
         l3_len: u32::from(total_len),
@@ -194,21 +194,11 @@ fn parse_ipv6(data: usize, data_end: usize, l3_off: usize) -> Result<PacketMeta,
         l4_off: off,
         family: AF_INET6,
         proto: next,
-        saddr: words(ip.saddr),
-        daddr: words(ip.daddr),
+        saddr: addr_v6(ip.saddr),
+        daddr: addr_v6(ip.daddr),
         sport: 0,
         dport: 0,
         l3_len: u32::from(payload_len) + IPV6_HLEN as u32,
     })
 }
 
-/// An IPv6 address as four raw network-order words.
-#[inline(always)]
-fn words(b: [u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
-        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
-        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
-    ]
-}
