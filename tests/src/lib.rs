@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::{IpHeaders, IpNumber, Ipv4Header, Ipv4Options, PacketBuilder, VlanId};
-use xvs::dataplane::{default_object_path, BackendEntry, Dataplane, ServiceEntry, PROG_TC_EGRESS, PROG_TC_INGRESS};
+use xvs::dataplane::{BackendEntry, Dataplane, ObjectSource, ServiceEntry, PROG_TC_EGRESS, PROG_TC_INGRESS};
 use xvs_common::{reason::REASON_COUNT, Reason, Scheduler, IPPROTO_TCP, IPPROTO_UDP};
 
 pub const XDP_DROP: u32 = 1;
@@ -22,10 +22,10 @@ const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 
 /// Loads a fresh copy of the datapath (maps start empty). Needs root.
 pub fn load() -> Dataplane {
-    let path = default_object_path();
-    match Dataplane::load(&path) {
+    let object = ObjectSource::resolve(None);
+    match object.load() {
         Ok(dp) => dp,
-        Err(e) => panic!("{e} — these tests need root and `cargo xtask build-ebpf`; run them with `cargo xtask test`"),
+        Err(e) => panic!("{} ({e}) — these tests need root and `cargo xtask build-ebpf`; run them with `cargo xtask test`", object.describe()),
     }
 }
 

@@ -4,6 +4,7 @@ mod probe;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use xvs::dataplane::ObjectSource;
 
 /// eXpress Virtual Server: an eBPF service load balancer with IPVS semantics.
 #[derive(Parser)]
@@ -26,41 +27,10 @@ enum Command {
 
 impl Cli {
     pub fn run(self) -> anyhow::Result<()> {
-        let source = ObjectSource::choose(self.bpf_object);
+        let source = ObjectSource::resolve(self.bpf_object);
         match self.command {
             Command::Probe => probe::run(&source),
         }
     }
 }
 
-/// Where the eBPF object comes from, in order of precedence.
-pub enum ObjectSource {
-    File(PathBuf),
-    Embedded(&'static [u8]),
-}
-
-impl ObjectSource {
-    fn choose(flag: Option<PathBuf>) -> Self {
-        if let Some(path) = flag.or_else(|| std::env::var_os("XVS_BPF_OBJECT").map(PathBuf::from)) {
-            return Self::File(path);
-        }
-        match xvs::dataplane::embedded_object() {
-            Some(bytes) => Self::Embedded(bytes),
-            None => Self::File(xvs::dataplane::default_object_path()),
-        }
-    }
-
-    pub fn load(&self) -> Result<xvs::dataplane::Dataplane, xvs::dataplane::DataplaneError> {
-        match self {
-            Self::File(path) => xvs::dataplane::Dataplane::load(path),
-            Self::Embedded(bytes) => xvs::dataplane::Dataplane::load_bytes(bytes, std::path::Path::new("<embedded>")),
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            Self::File(path) => path.display().to_string(),
-            Self::Embedded(bytes) => format!("built into this binary ({} bytes)", bytes.len()),
-        }
-    }
-}

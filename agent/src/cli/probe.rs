@@ -1,7 +1,5 @@
 //! `xvs probe`: loads the datapath into the kernel and reports what the node supports.
-use xvs::dataplane::{PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP};
-
-use super::ObjectSource;
+use xvs::dataplane::{ObjectSource, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP};
 
 pub fn run(object: &ObjectSource) -> anyhow::Result<()> {
     println!("eBPF object: {}", object.describe());

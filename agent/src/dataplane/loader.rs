@@ -16,20 +16,47 @@ pub const PROG_TC_EGRESS: &str = "xvs_tc_egress";
 /// Installed location of the object (container image, packages).
 const INSTALLED_OBJECT: &str = "/usr/lib/xvs/xvs-ebpf.o";
 
-/// Where the agent looks for the eBPF object: `$XVS_BPF_OBJECT`, then the installed path, then
-/// the workspace build output of `cargo xtask build-ebpf`.
-pub fn default_object_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("XVS_BPF_OBJECT") {
-        return PathBuf::from(p);
+/// Where the eBPF object comes from.
+pub enum ObjectSource {
+    File(PathBuf),
+    Embedded(&'static [u8]),
+}
+
+impl ObjectSource {
+    /// The one place that decides which object to load, in this order: `flag` (--bpf-object),
+    /// `$XVS_BPF_OBJECT`, the object built into this binary (feature `embed-bpf`), the installed
+    /// path, the workspace build output of `cargo xtask build-ebpf`.
+    pub fn resolve(flag: Option<PathBuf>) -> Self {
+        if let Some(path) = flag.or_else(|| std::env::var_os("XVS_BPF_OBJECT").map(PathBuf::from)) {
+            return Self::File(path);
+        }
+        if let Some(bytes) = embedded_object() {
+            return Self::Embedded(bytes);
+        }
+        if Path::new(INSTALLED_OBJECT).exists() {
+            return Self::File(PathBuf::from(INSTALLED_OBJECT));
+        }
+        Self::File(Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bpfel-unknown-none/release/xvs-ebpf"))
     }
-    if Path::new(INSTALLED_OBJECT).exists() {
-        return PathBuf::from(INSTALLED_OBJECT);
+
+    pub fn load(&self) -> Result<Dataplane, DataplaneError> {
+        match self {
+            Self::File(path) => Dataplane::load(path),
+            Self::Embedded(bytes) => Dataplane::load_bytes(bytes, Path::new("<embedded>")),
+        }
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bpfel-unknown-none/release/xvs-ebpf")
+
+    /// Names the object for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::File(path) => path.display().to_string(),
+            Self::Embedded(bytes) => format!("built into this binary ({} bytes)", bytes.len()),
+        }
+    }
 }
 
 /// The eBPF object compiled into this binary (feature `embed-bpf`), if any.
-pub fn embedded_object() -> Option<&'static [u8]> {
+fn embedded_object() -> Option<&'static [u8]> {
     #[cfg(feature = "embed-bpf")]
     {
         Some(include_bytes!(env!("XVS_EMBED_BPF_OBJECT")))

@@ -8,6 +8,6 @@ pub mod tables;
 
 pub use addr::{from_map_addr, to_map_addr};
 pub use error::DataplaneError;
-pub use loader::{default_object_path, embedded_object, Dataplane, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP};
+pub use loader::{Dataplane, ObjectSource, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP};
 pub use maps::Maps;
 pub use service::{BackendEntry, ServiceEntry};
