@@ -6,8 +6,6 @@ use anyhow::bail;
 
 use crate::{build_ebpf, cmd};
 
-const PREFIX: &str = "xvs-demo";
-
 pub fn run() -> anyhow::Result<()> {
     if !cmd::is_root() {
         bail!("the demo creates network namespaces and attaches XDP/TC programs: run it as root");
@@ -16,16 +14,19 @@ pub fn run() -> anyhow::Result<()> {
     // Survive Ctrl-C (the demo itself stops) so the clean-up below always runs. A handler, not
     // SIG_IGN: handlers are reset on exec, so the demo still stops on Ctrl-C.
     ignore_sigint_here();
-    let result = cmd::run(
-        Command::new("cargo")
-            .current_dir(cmd::root())
-            .args(["run", "--quiet", "--package", "xvs-integration", "--bin", "xvs-demo"])
-            .env("XVS_BPF_OBJECT", &object),
-    );
-    for ns in ["client", "node", "be1", "be2", "be3"] {
-        let _ = Command::new("ip").args(["netns", "del", &format!("{PREFIX}-{ns}")]).stderr(std::process::Stdio::null()).status();
-    }
-    result
+    let demo = |args: &[&str]| {
+        cmd::run(
+            Command::new("cargo")
+                .current_dir(cmd::root())
+                .args(["run", "--quiet", "--package", "xvs-integration", "--bin", "xvs-demo", "--"])
+                .args(args)
+                .env("XVS_BPF_OBJECT", &object),
+        )
+    };
+    let result = demo(&[]);
+    // The demo cleans up after itself; this catches a run stopped by Ctrl-C.
+    let cleaned = demo(&["--clean"]);
+    result.and(cleaned)
 }
 
 extern "C" fn on_sigint(_: libc::c_int) {}

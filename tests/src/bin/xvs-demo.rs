@@ -8,13 +8,20 @@ use xvs::dataplane::from_map_addr;
 use xvs_common::{Reason, Scheduler};
 use xvs_integration::topology::{serve_vip, Topology, BACKEND_PORT, CLIENT_ADDR, NODE_IFACE};
 
-pub const PREFIX: &str = "xvs-demo";
+const PREFIX: &str = "xvs-demo";
+const BACKENDS: usize = 3;
 const VIP: &str = "10.96.0.10:80";
 
 fn main() {
+    // `--clean`: only remove what an interrupted run left behind (`cargo xtask demo` calls this
+    // after every run, Ctrl-C included).
+    if std::env::args().nth(1).as_deref() == Some("--clean") {
+        Topology::clean(PREFIX, BACKENDS);
+        return;
+    }
     println!("== xvs demo: one VIP, three HTTP backends, all in network namespaces on this machine");
     println!("-- creating namespaces {PREFIX}-client, {PREFIX}-node, {PREFIX}-be1..3 (veth pairs, 10.0.0.0/16 inside them only)");
-    let mut topo = Topology::create(PREFIX, 3);
+    let mut topo = Topology::create(PREFIX, BACKENDS);
     println!("-- starting an HTTP server (python3 http.server) in each backend namespace on :{BACKEND_PORT}");
     topo.start_http_backends();
 
