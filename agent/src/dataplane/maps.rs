@@ -64,15 +64,6 @@ impl Maps {
     pub fn backend_counters(&self, backend_id: u32) -> Result<Counters, DataplaneError> {
         sum(&self.backend_stats, backend_id, MAP_BACKEND_STATS)
     }
-
-    /// The connection-table entry for a flow key, if any.
-    pub fn flow(&self, key: &FlowKey) -> Result<Option<FlowEntry>, DataplaneError> {
-        match self.conntrack.get(key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(DataplaneError::map(MAP_CONNTRACK, "read")(e)),
-        }
-    }
 }
 
 fn sum(map: &PerCpuArray<MapData, Counters>, id: u32, name: &'static str) -> Result<Counters, DataplaneError> {
