@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod csum;
+pub mod flow;
 pub mod maps;
 pub mod reason;
 pub mod sched;

@@ -23,12 +23,27 @@ pub const MAP_SERVICE_STATS: &str = "XVS_SERVICE_STATS";
 pub const MAP_BACKEND_STATS: &str = "XVS_BACKEND_STATS";
 /// [`crate::Reason`] -> packet count. Per-CPU array.
 pub const MAP_REASONS: &str = "XVS_REASONS";
+/// [`AffinityKey`] -> [`AffinityEntry`]: session affinity (IPVS persistence). LRU hash.
+pub const MAP_AFFINITY: &str = "XVS_AFFINITY";
+
+/// Every map, in the order the agent pins and reports them.
+pub const ALL_MAPS: [&str; 8] = [
+    MAP_SERVICES,
+    MAP_SLOTS,
+    MAP_BACKENDS,
+    MAP_CONNTRACK,
+    MAP_AFFINITY,
+    MAP_SERVICE_STATS,
+    MAP_BACKEND_STATS,
+    MAP_REASONS,
+];
 
 /// Default capacities. The agent may raise them at load time (aya `set_max_entries`).
 pub const MAX_SERVICES: u32 = 8192;
 pub const MAX_BACKENDS: u32 = 65536;
 pub const MAX_SLOTS: u32 = 262_144;
 pub const MAX_FLOWS: u32 = 262_144;
+pub const MAX_AFFINITY: u32 = 65_536;
 
 /// Scheduler of a service, IPVS names and semantics.
 #[repr(u8)]
@@ -90,6 +105,8 @@ pub struct ServiceValue {
     /// `SERVICE_F_*` bits.
     pub flags: u8,
     pub _pad: [u8; 2],
+    /// Session affinity (IPVS persistence) timeout in seconds; 0 = no affinity.
+    pub affinity_timeout: u32,
 }
 
 /// Include the client port in the source hash (IPVS `IP_VS_SVC_F_SCHED_SH_PORT`).
@@ -118,6 +135,9 @@ pub struct Backend {
 }
 
 pub const BACKEND_F_PRESENT: u8 = 1;
+/// Weight 0 or terminating: no new flows (not even through session affinity); established
+/// flows continue.
+pub const BACKEND_F_DRAINING: u8 = 2;
 
 /// Key of [`MAP_CONNTRACK`]: a 5-tuple as seen on the wire in the packet's own direction.
 #[repr(C)]
@@ -144,6 +164,30 @@ pub struct FlowEntry {
     pub family: u8,
     pub svc_id: u32,
     pub backend_id: u32,
+    /// CLOCK_MONOTONIC seconds of the last packet (forward entries; see [`crate::flow`]).
+    pub last_seen: u32,
+    /// A [`crate::flow::FlowState`] as u8 (forward entries).
+    pub state: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of [`MAP_AFFINITY`]: one client of one service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub client: [u32; 4],
+    pub svc_id: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of [`MAP_AFFINITY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityEntry {
+    pub backend_id: u32,
+    /// CLOCK_MONOTONIC seconds of the last new flow or packet that used this entry.
+    pub last_seen: u32,
 }
 
 pub const FLOW_FORWARD: u8 = 1;
@@ -178,11 +222,13 @@ impl Counters {
 // build on both sides.
 const _: () = {
     assert!(core::mem::size_of::<ServiceKey>() == 20);
-    assert!(core::mem::size_of::<ServiceValue>() == 20);
+    assert!(core::mem::size_of::<ServiceValue>() == 24);
     assert!(core::mem::size_of::<SlotKey>() == 8);
     assert!(core::mem::size_of::<Backend>() == 24);
     assert!(core::mem::size_of::<FlowKey>() == 40);
-    assert!(core::mem::size_of::<FlowEntry>() == 28);
+    assert!(core::mem::size_of::<FlowEntry>() == 36);
+    assert!(core::mem::size_of::<AffinityKey>() == 24);
+    assert!(core::mem::size_of::<AffinityEntry>() == 8);
     assert!(core::mem::size_of::<Counters>() == 40);
 };
 

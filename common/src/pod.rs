@@ -1,5 +1,5 @@
 //! aya `Pod` impls so the agent can read and write these types in maps.
-use crate::{Backend, Counters, FlowEntry, FlowKey, ServiceKey, ServiceValue, SlotKey};
+use crate::{AffinityEntry, AffinityKey, Backend, Counters, FlowEntry, FlowKey, ServiceKey, ServiceValue, SlotKey};
 
 // SAFETY (all): `#[repr(C)]`, only integer fields, no implicit padding (sizes pinned in maps.rs),
 // so every bit pattern is a valid value.
@@ -13,4 +13,6 @@ mod impls {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityEntry {}
 }

@@ -1,7 +1,10 @@
 //! The connection table: pins every flow to its backend and remembers how to undo the NAT on
 //! replies. Each flow has two entries in one LRU map: forward (client -> VIP) and reply
 //! (backend -> client).
-use xvs_common::{Backend, FlowEntry, FlowKey, Reason, FLOW_FORWARD, FLOW_REPLY};
+use xvs_common::{
+    flow::{expired, FlowState},
+    Backend, FlowEntry, FlowKey, Reason, FLOW_FORWARD, FLOW_REPLY, IPPROTO_TCP,
+};
 
 use crate::{maps::XVS_CONNTRACK, parse::PacketMeta};
 
@@ -26,6 +29,39 @@ pub fn lookup(key: &FlowKey, kind: u8) -> Option<FlowEntry> {
     (entry.kind == kind).then_some(entry)
 }
 
+/// The state a client packet moves its flow to.
+#[inline(always)]
+pub fn next_state(entry_state: u8, meta: &PacketMeta) -> FlowState {
+    let state = FlowState::from_u8(entry_state);
+    if meta.proto == IPPROTO_TCP { state.after_tcp(meta.tcp_flags) } else { FlowState::Datagram }
+}
+
+/// Whether the forward entry still carries its flow: not idle past its timeout, and not a
+/// closed connection whose client port opens a new one.
+#[inline(always)]
+pub fn alive(entry: &FlowEntry, meta: &PacketMeta, now: u32) -> bool {
+    let state = FlowState::from_u8(entry.state);
+    let reopened = meta.proto == IPPROTO_TCP && state.reopened_by(meta.tcp_flags);
+    !reopened && !expired(state, entry.last_seen, now)
+}
+
+/// Stamps a client packet on its established flow. Written only when something changed, so a
+/// busy flow costs one write per second, not one per packet.
+#[inline(always)]
+pub fn touch(key: &FlowKey, meta: &PacketMeta, now: u32) {
+    if let Some(entry) = XVS_CONNTRACK.get_ptr_mut(key) {
+        // SAFETY: live map value; racing CPUs write equivalent values.
+        let entry = unsafe { &mut *entry };
+        let state = next_state(entry.state, meta) as u8;
+        if entry.state != state {
+            entry.state = state;
+        }
+        if entry.last_seen != now {
+            entry.last_seen = now;
+        }
+    }
+}
+
 /// Records a new (or rescheduled) flow: forward entry first, then the reply entry. Fails closed:
 /// the caller drops the packet if either insert fails.
 #[inline(always)]
@@ -35,6 +71,7 @@ pub fn create(
     svc_id: u32,
     backend_id: u32,
     backend: &Backend,
+    now: u32,
 ) -> Result<(), Reason> {
     let forward = FlowEntry {
         nat_addr: backend.addr,
@@ -43,6 +80,9 @@ pub fn create(
         family: meta.family,
         svc_id,
         backend_id,
+        last_seen: now,
+        state: next_state(FlowState::Datagram as u8, meta) as u8,
+        _pad: [0; 3],
     };
     let reply_key = FlowKey {
         saddr: backend.addr,
@@ -60,6 +100,10 @@ pub fn create(
         family: meta.family,
         svc_id,
         backend_id,
+        // Reply entries live and die with their forward entry (the agent removes both).
+        last_seen: now,
+        state: 0,
+        _pad: [0; 3],
     };
     XVS_CONNTRACK
         .insert(fwd_key, &forward, 0)

@@ -1,9 +1,10 @@
 //! The ingress pipeline for client -> service packets: parse, service lookup, connection table,
-//! scheduling of new flows, DNAT, counters. Shared by the XDP program and the TC ingress program.
+//! scheduling of new flows (session affinity first), DNAT, counters. Shared by the XDP program
+//! and the TC ingress program.
 use xvs_common::{Reason, FLOW_FORWARD};
 
 use crate::{
-    conntrack,
+    affinity, clock, conntrack,
     nat::{End, Packet},
     parse, select, service,
     stats::{self, Direction},
@@ -16,26 +17,44 @@ pub fn forward<P: Packet>(packet: &P) -> Result<Reason, Reason> {
     let (data, data_end) = packet.bounds();
     let meta = parse::parse(data, data_end)?;
     let svc = service::lookup(&meta).ok_or(Reason::NotService)?;
-    // SAFETY: `svc` points at a live map value.
-    let svc_id = unsafe { (*svc).svc_id };
+    // SAFETY: `svc` points at a live map value; copied so the cursor update stays in select.
+    let value = unsafe { *svc };
+    let svc_id = value.svc_id;
     let key = conntrack::key_of(&meta);
+    let now = clock::now_secs();
 
     let existing = conntrack::lookup(&key, FLOW_FORWARD);
+    // A flow keeps its backend while it is alive and the backend still serves this service
+    // (draining or not: established flows finish where they started).
     let pinned = existing.and_then(|entry| {
+        if !conntrack::alive(&entry, &meta, now) {
+            return None;
+        }
         let backend = service::backend(entry.backend_id)?;
         (entry.svc_id == svc_id && backend.svc_id == svc_id).then_some((entry.backend_id, backend))
     });
     let (outcome, backend_id, backend) = match pinned {
-        Some((id, backend)) => (Reason::Established, id, backend),
+        Some((id, backend)) => {
+            conntrack::touch(&key, &meta, now);
+            (Reason::Established, id, backend)
+        }
         None => {
-            let id = select::select(svc, &meta)?;
-            let backend = service::backend(id).ok_or(Reason::BackendMissing)?;
-            conntrack::create(&key, &meta, svc_id, id, &backend)?;
-            // A forward entry that existed but no longer leads to a live backend: the flow moved.
+            let (id, backend) = match affinity::find(&value, &meta, now) {
+                Some(bound) => bound,
+                None => {
+                    let id = select::select(svc, &meta)?;
+                    (id, service::backend(id).ok_or(Reason::BackendMissing)?)
+                }
+            };
+            conntrack::create(&key, &meta, svc_id, id, &backend, now)?;
+            // A forward entry that existed but no longer carries its flow: the flow moved.
             let outcome = if existing.is_some() { Reason::Rescheduled } else { Reason::NewFlow };
             (outcome, id, backend)
         }
     };
+    if value.affinity_timeout != 0 {
+        affinity::remember(&value, &meta, backend_id, now);
+    }
     packet.rewrite(&meta, End::Destination, &backend.addr, backend.port)?;
     let new_conn = outcome != Reason::Established;
     stats::count_flow(svc_id, backend_id, meta.l3_len, Direction::In { new_conn });

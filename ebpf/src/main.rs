@@ -6,6 +6,8 @@
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "core_intrinsics for atomic_xadd on the BPF target")]
 
+mod affinity;
+mod clock;
 mod conntrack;
 mod csum;
 mod forward;

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use xvs_common::{
-    reason::REASON_COUNT, Backend, Counters, FlowEntry, FlowKey, ServiceKey, ServiceValue,
-    SlotKey, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, MAX_SLOTS,
+    reason::REASON_COUNT, AffinityEntry, AffinityKey, Backend, Counters, FlowEntry, FlowKey, ServiceKey, ServiceValue,
+    SlotKey, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, MAX_SLOTS,
 };
 
 // Written by the agent only, so entries can be allocated on update (no prealloc): the map
@@ -26,6 +26,11 @@ pub static XVS_BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 
 #[map(name = "XVS_CONNTRACK")]
 pub static XVS_CONNTRACK: LruHashMap<FlowKey, FlowEntry> =
     LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+// LRU: a full table forgets the least recently seen client (it only loses stickiness).
+#[map(name = "XVS_AFFINITY")]
+pub static XVS_AFFINITY: LruHashMap<AffinityKey, AffinityEntry> =
+    LruHashMap::with_max_entries(MAX_AFFINITY, 0);
 
 #[map(name = "XVS_SERVICE_STATS")]
 pub static XVS_SERVICE_STATS: PerCpuArray<Counters> =

@@ -36,6 +36,8 @@ pub struct PacketMeta {
     pub daddr: [u32; 4],
     pub sport: u16,
     pub dport: u16,
+    /// TCP flags byte (0 for UDP): drives the flow state (see `xvs_common::flow`).
+    pub tcp_flags: u8,
     /// Bytes counted in stats: the IP packet length as the header states it.
     pub l3_len: u32,
 }
@@ -84,6 +86,8 @@ pub fn parse(data: usize, data_end: usize) -> Result<PacketMeta, Reason> {
     let ports = match meta.proto {
         IPPROTO_TCP => {
             let tcp: [u16; TCP_MIN_HLEN / 2] = load(data, data_end, meta.l4_off)?;
+            // Word 6 holds bytes 12 (data offset) and 13 (flags) in wire order.
+            meta.tcp_flags = tcp[6].to_ne_bytes()[1];
             [tcp[0], tcp[1]]
         }
         IPPROTO_UDP => {
@@ -156,6 +160,7 @@ fn parse_ipv4(data: usize, data_end: usize, l3_off: usize) -> Result<PacketMeta,
         daddr: addr_v4(ip.daddr),
         sport: 0,
         dport: 0,
+        tcp_flags: 0,
         l3_len: u32::from(total_len),
     })
 }
@@ -198,6 +203,7 @@ fn parse_ipv6(data: usize, data_end: usize, l3_off: usize) -> Result<PacketMeta,
         daddr: addr_v6(ip.daddr),
         sport: 0,
         dport: 0,
+        tcp_flags: 0,
         l3_len: u32::from(payload_len) + IPV6_HLEN as u32,
     })
 }

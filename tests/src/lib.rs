@@ -44,6 +44,7 @@ pub fn service(svc_id: u32, vip: &str, proto: u8, scheduler: Scheduler, backends
         proto,
         scheduler,
         flags: 0,
+        affinity_timeout: 0,
         backends: backends
             .iter()
             .map(|&(id, addr, weight)| {

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use aya::maps::MapError;
 use xvs_common::{
-    Backend, Scheduler, ServiceKey, ServiceValue, SlotKey, BACKEND_F_PRESENT, IPPROTO_TCP,
+    Backend, Scheduler, ServiceKey, ServiceValue, SlotKey, BACKEND_F_DRAINING, BACKEND_F_PRESENT, IPPROTO_TCP,
     IPPROTO_UDP, MAP_BACKENDS, MAP_SERVICES, MAP_SLOTS, MAX_BACKENDS,
 };
 
@@ -37,6 +37,8 @@ pub struct ServiceEntry {
     pub scheduler: Scheduler,
     /// `SERVICE_F_*` bits.
     pub flags: u8,
+    /// Session affinity timeout in seconds (IPVS persistence); 0 = none.
+    pub affinity_timeout: u32,
     pub backends: Vec<BackendEntry>,
 }
 
@@ -76,7 +78,8 @@ impl Maps {
                 return Err(DataplaneError::BackendId { service: svc.name(), id: b.id, max: MAX_BACKENDS });
             }
             let (addr, family) = to_map_addr(b.addr);
-            let value = Backend { addr, port: b.port.to_be(), family, flags: BACKEND_F_PRESENT, svc_id: svc.svc_id };
+            let flags = if b.weight == 0 { BACKEND_F_PRESENT | BACKEND_F_DRAINING } else { BACKEND_F_PRESENT };
+            let value = Backend { addr, port: b.port.to_be(), family, flags, svc_id: svc.svc_id };
             self.backends.set(b.id, value, 0).map_err(DataplaneError::map(MAP_BACKENDS, "write"))?;
         }
 
@@ -100,6 +103,7 @@ impl Maps {
             scheduler: svc.scheduler as u8,
             flags: svc.flags,
             _pad: [0; 2],
+            affinity_timeout: svc.affinity_timeout,
         };
         self.services.insert(key, value, 0).map_err(DataplaneError::map(MAP_SERVICES, "write"))?;
 
