@@ -1,3 +1,5 @@
-//! xvs agent library: the userspace side of the datapath. The `xvs` binary and the root-only
-//! kernel tests both drive the dataplane through this crate.
+//! xvs agent library: the desired-state model, its sources, and the dataplane it is rendered
+//! into. The `xvs` binary and the root-only kernel tests both drive xvs through this crate.
 pub mod dataplane;
+pub mod model;
+pub mod source;

@@ -132,6 +132,8 @@ pub struct Backend {
     /// The service this backend belongs to; a flow pinned to a backend of another service
     /// (an id reused after removal) is rescheduled.
     pub svc_id: u32,
+    /// Configured weight (what `xvs list -n` shows); the datapath uses the selection table.
+    pub weight: u32,
 }
 
 pub const BACKEND_F_PRESENT: u8 = 1;
@@ -224,7 +226,7 @@ const _: () = {
     assert!(core::mem::size_of::<ServiceKey>() == 20);
     assert!(core::mem::size_of::<ServiceValue>() == 24);
     assert!(core::mem::size_of::<SlotKey>() == 8);
-    assert!(core::mem::size_of::<Backend>() == 24);
+    assert!(core::mem::size_of::<Backend>() == 28);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowEntry>() == 36);
     assert!(core::mem::size_of::<AffinityKey>() == 24);

@@ -11,3 +11,4 @@ pub use error::DataplaneError;
 pub use loader::{Dataplane, ObjectSource, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP};
 pub use maps::Maps;
 pub use service::{BackendEntry, ServiceEntry};
+pub use tables::MAX_TABLE_LEN;

@@ -79,7 +79,7 @@ impl Maps {
             }
             let (addr, family) = to_map_addr(b.addr);
             let flags = if b.weight == 0 { BACKEND_F_PRESENT | BACKEND_F_DRAINING } else { BACKEND_F_PRESENT };
-            let value = Backend { addr, port: b.port.to_be(), family, flags, svc_id: svc.svc_id };
+            let value = Backend { addr, port: b.port.to_be(), family, flags, svc_id: svc.svc_id, weight: b.weight };
             self.backends.set(b.id, value, 0).map_err(DataplaneError::map(MAP_BACKENDS, "write"))?;
         }
 

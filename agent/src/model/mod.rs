@@ -1,0 +1,158 @@
+//! The desired state: what services exist and where their traffic goes. Pure data with one
+//! deterministic order (services by family, protocol, address, port; backends by address and
+//! port), filled by a source (services file, Kubernetes) and rendered into the dataplane.
+mod validate;
+
+use std::{collections::BTreeMap, fmt, net::IpAddr};
+
+pub use validate::{ModelError, ModelIssue, MAX_AFFINITY_TIMEOUT, MAX_WEIGHT};
+use xvs_common::{Scheduler, IPPROTO_TCP, IPPROTO_UDP};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub const fn number(self) -> u8 {
+        match self {
+            Self::Tcp => IPPROTO_TCP,
+            Self::Udp => IPPROTO_UDP,
+        }
+    }
+
+    pub const fn from_number(n: u8) -> Option<Self> {
+        match n {
+            IPPROTO_TCP => Some(Self::Tcp),
+            IPPROTO_UDP => Some(Self::Udp),
+            _ => None,
+        }
+    }
+
+    /// As ipvsadm prints it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+        }
+    }
+}
+
+/// A virtual service's identity: what a client connects to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceId {
+    pub vip: IpAddr,
+    pub port: u16,
+    pub proto: Protocol,
+}
+
+impl ServiceId {
+    /// ipvsadm's listing order: family, protocol, address, port.
+    fn sort_key(&self) -> (bool, Protocol, IpAddr, u16) {
+        (self.vip.is_ipv6(), self.proto, self.vip, self.port)
+    }
+}
+
+impl Ord for ServiceId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.sort_key().cmp(&other.sort_key())
+    }
+}
+
+impl PartialOrd for ServiceId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// `TCP 10.96.0.10:80`, `UDP [fd00::10]:53`.
+impl fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.proto.name(), std::net::SocketAddr::new(self.vip, self.port))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackendState {
+    /// Takes new flows (in proportion to its weight).
+    Active,
+    /// Going away (Kubernetes: serving + terminating): no new flows, established flows go on.
+    Terminating,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Backend {
+    pub addr: IpAddr,
+    pub port: u16,
+    /// Configured weight; 0 drains like a terminating backend.
+    pub weight: u32,
+    pub state: BackendState,
+}
+
+impl Backend {
+    /// The weight the dataplane uses: terminating backends get 0, like kube-proxy's IPVS mode.
+    pub const fn effective_weight(&self) -> u32 {
+        match self.state {
+            BackendState::Active => self.weight,
+            BackendState::Terminating => 0,
+        }
+    }
+
+    pub fn endpoint(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.addr, self.port)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub id: ServiceId,
+    pub scheduler: Scheduler,
+    /// ClientIP session affinity timeout in seconds (IPVS `persistent N`).
+    pub affinity_timeout: Option<u32>,
+    /// sh hashes the client port too (IPVS flag `sh-port`).
+    pub sh_port: bool,
+    /// Sorted by (address, port), unique.
+    pub backends: Vec<Backend>,
+}
+
+/// The whole desired state, validated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Model {
+    services: BTreeMap<ServiceId, Service>,
+}
+
+impl Model {
+    /// Validates `services` (all problems at once, each with the index of the service it is
+    /// about, so a source can point at its line) and puts everything in canonical order.
+    pub fn new(services: Vec<Service>) -> Result<Self, Vec<ModelError>> {
+        let errors = validate::check(&services);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let services = services
+            .into_iter()
+            .map(|mut s| {
+                s.backends.sort_by(|a, b| (a.addr, a.port).cmp(&(b.addr, b.port)));
+                (s.id, s)
+            })
+            .collect();
+        Ok(Self { services })
+    }
+
+    pub fn services(&self) -> impl ExactSizeIterator<Item = &Service> {
+        self.services.values()
+    }
+
+    pub fn get(&self, id: &ServiceId) -> Option<&Service> {
+        self.services.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+}

@@ -1,0 +1,249 @@
+//! The static services file (TOML): the source used without Kubernetes.
+//!
+//! ```toml
+//! [[service]]
+//! vip = "10.96.0.10"
+//! port = 80
+//! protocol = "tcp"                 # tcp (default) | udp
+//! scheduler = "rr"                 # rr (default) | wrr | sh
+//! session_affinity_timeout = 10800 # optional: ClientIP affinity (IPVS persistent), seconds
+//! flags = ["sh-port"]              # optional, sh only
+//! backends = [
+//!   { endpoint = "10.244.1.2:8080" },                      # weight 1, active
+//!   { endpoint = "10.244.1.3:8080", weight = 2 },
+//!   { endpoint = "10.244.1.4:8080", state = "terminating" },
+//! ]
+//! ```
+use std::{
+    net::{IpAddr, SocketAddr},
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+use xvs_common::Scheduler;
+
+use crate::model::{Backend, BackendState, Model, Protocol, Service, ServiceId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot read the services file {path}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// toml's message already names the line, column and the offending text.
+    #[error("services file {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("services file {path} is invalid:\n{}", .problems.join("\n"))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    service: Vec<Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    vip: IpAddr,
+    port: u16,
+    #[serde(default)]
+    protocol: RawProtocol,
+    #[serde(default)]
+    scheduler: RawScheduler,
+    session_affinity_timeout: Option<u32>,
+    #[serde(default)]
+    flags: Vec<RawFlag>,
+    #[serde(default)]
+    backends: Vec<RawBackend>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawProtocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawScheduler {
+    #[default]
+    Rr,
+    Wrr,
+    Sh,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+enum RawFlag {
+    #[serde(rename = "sh-port")]
+    ShPort,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackend {
+    endpoint: SocketAddr,
+    #[serde(default = "default_weight")]
+    weight: u32,
+    #[serde(default)]
+    state: RawState,
+}
+
+const fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawState {
+    #[default]
+    Active,
+    Terminating,
+}
+
+/// Reads and validates a services file.
+pub fn load(path: &Path) -> Result<Model, FileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FileError::Read { path: path.to_owned(), source })?;
+    parse(&text, path)
+}
+
+/// Parses services-file text (`path` only names it in errors).
+pub fn parse(text: &str, path: &Path) -> Result<Model, FileError> {
+    let raw: RawFile =
+        toml::from_str(text).map_err(|e| FileError::Syntax { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
+    let spans: Vec<Range<usize>> = raw.service.iter().map(Spanned::span).collect();
+    let services = raw.service.into_iter().map(|s| into_service(s.into_inner())).collect();
+    Model::new(services).map_err(|errors| FileError::Invalid {
+        path: path.to_owned(),
+        problems: errors
+            .iter()
+            .map(|e| {
+                let line = spans.get(e.index).map_or(0, |span| line_of(text, span.start));
+                format!("  line {line} ([[service]] #{}): {e}", e.index + 1)
+            })
+            .collect(),
+    })
+}
+
+fn into_service(raw: RawService) -> Service {
+    Service {
+        id: ServiceId {
+            vip: raw.vip,
+            port: raw.port,
+            proto: match raw.protocol {
+                RawProtocol::Tcp => Protocol::Tcp,
+                RawProtocol::Udp => Protocol::Udp,
+            },
+        },
+        scheduler: match raw.scheduler {
+            RawScheduler::Rr => Scheduler::RoundRobin,
+            RawScheduler::Wrr => Scheduler::WeightedRoundRobin,
+            RawScheduler::Sh => Scheduler::SourceHash,
+        },
+        affinity_timeout: raw.session_affinity_timeout,
+        sh_port: raw.flags.contains(&RawFlag::ShPort),
+        backends: raw
+            .backends
+            .into_iter()
+            .map(|b| Backend {
+                addr: b.endpoint.ip(),
+                port: b.endpoint.port(),
+                weight: b.weight,
+                state: match b.state {
+                    RawState::Active => BackendState::Active,
+                    RawState::Terminating => BackendState::Terminating,
+                },
+            })
+            .collect(),
+    }
+}
+
+/// 1-based line of byte offset `at`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        match parse(text, Path::new("svc.toml")) {
+            Ok(_) => "ok".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const GOOD: &str = r#"
+[[service]]
+vip = "10.96.0.10"
+port = 80
+backends = [
+  { endpoint = "10.244.1.3:8080", weight = 2 },
+  { endpoint = "10.244.1.2:8080" },
+  { endpoint = "10.244.1.4:8080", state = "terminating" },
+]
+
+[[service]]
+vip = "fd00::10"
+port = 53
+protocol = "udp"
+scheduler = "sh"
+flags = ["sh-port"]
+session_affinity_timeout = 10800
+backends = [{ endpoint = "[fd00::2]:5353" }]
+"#;
+
+    #[test]
+    fn parses_defaults_and_orders() {
+        let model = parse(GOOD, Path::new("svc.toml")).unwrap_or_default();
+        assert_eq!(model.len(), 2);
+        let web = model.services().next().cloned();
+        let web = web.as_ref();
+        assert_eq!(web.map(|s| s.scheduler), Some(Scheduler::RoundRobin));
+        let backends: Vec<(String, u32, BackendState)> = web
+            .map(|s| s.backends.iter().map(|b| (b.endpoint().to_string(), b.weight, b.state)).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            backends,
+            [
+                ("10.244.1.2:8080".into(), 1, BackendState::Active),
+                ("10.244.1.3:8080".into(), 2, BackendState::Active),
+                ("10.244.1.4:8080".into(), 1, BackendState::Terminating),
+            ]
+        );
+        let dns = model.services().nth(1);
+        assert_eq!(dns.map(|s| (s.id.to_string(), s.affinity_timeout, s.sh_port)), Some(("UDP [fd00::10]:53".into(), Some(10800), true)));
+    }
+
+    #[test]
+    fn syntax_errors_name_line_and_field() {
+        let e = err("[[service]]\nvip = \"10.96.0.300\"\nport = 80\n");
+        assert!(e.starts_with("services file svc.toml: TCP parse error at line 2") || e.contains("line 2"), "{e}");
+        assert!(e.contains("invalid IP address syntax"), "{e}");
+        let e = err("[[service]]\nvip = \"10.96.0.1\"\nport = 80\nschedular = \"rr\"\n");
+        assert!(e.contains("line 4") && e.contains("unknown field `schedular`"), "{e}");
+        let e = err("[[service]]\nvip = \"10.96.0.1\"\nport = 80\nscheduler = \"lc\"\n");
+        assert!(e.contains("line 4") && e.contains("unknown variant `lc`, expected one of `rr`, `wrr`, `sh`"), "{e}");
+        let e = err("[[service]]\nvip = \"10.96.0.1\"\nport = 80\nbackends = [{ endpoint = \"10.0.0.1\" }]\n");
+        assert!(e.contains("line 4") && e.contains("invalid socket address syntax"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_service_line() {
+        let text = "[[service]]\nvip = \"10.96.0.1\"\nport = 80\n\n[[service]]\nvip = \"10.96.0.1\"\nport = 80\nbackends = [{ endpoint = \"10.0.0.1:80\", weight = 100000 }]\n";
+        assert_eq!(
+            err(text),
+            "services file svc.toml is invalid:\n  line 5 ([[service]] #2): TCP 10.96.0.1:80: defined twice (first as service #1)\n  line 5 ([[service]] #2): TCP 10.96.0.1:80: backend 10.0.0.1:80: weight 100000 is out of range 0..=65535"
+        );
+    }
+
+    #[test]
+    fn empty_file_is_an_empty_model() {
+        assert_eq!(parse("", Path::new("x")).map(|m| m.len()).ok(), Some(0));
+    }
+}

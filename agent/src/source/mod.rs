@@ -1,0 +1,2 @@
+//! Where desired state comes from. Every source produces a validated `Model`.
+pub mod file;
