@@ -3,3 +3,16 @@
 pub mod dataplane;
 pub mod model;
 pub mod source;
+pub mod sync;
+
+/// An error with its causes, `: `-separated, for one-line logs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}

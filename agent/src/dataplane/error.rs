@@ -30,3 +30,13 @@ impl DataplaneError {
         move |source| Self::Map { map, op, source: Box::new(source) }
     }
 }
+
+/// Whether a map operation failed only because the key is not there (lookups say
+/// `KeyNotFound`, deletes say ENOENT).
+pub fn is_missing(error: &MapError) -> bool {
+    match error {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}

@@ -7,7 +7,7 @@ mod service;
 pub mod tables;
 
 pub use addr::{from_map_addr, to_map_addr};
-pub use error::DataplaneError;
+pub use error::{is_missing, DataplaneError};
 pub use loader::{Dataplane, ObjectSource, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP};
 pub use maps::Maps;
 pub use service::{BackendEntry, ServiceEntry};

@@ -9,7 +9,7 @@ use xvs_common::{
     IPPROTO_UDP, MAP_BACKENDS, MAP_SERVICES, MAP_SLOTS, MAX_BACKENDS,
 };
 
-use super::{addr::to_map_addr, error::DataplaneError, maps::Maps, tables};
+use super::{addr::to_map_addr, error::{is_missing, DataplaneError}, maps::Maps, tables};
 
 /// Selection tables alternate between two halves of the slot space, so the live table is never
 /// overwritten while packets read it.
@@ -61,54 +61,97 @@ impl ServiceEntry {
 
 fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
-        Err(MapError::KeyNotFound) => Ok(()),
+        Err(e) if is_missing(&e) => Ok(()),
         other => other,
     }
 }
 
+impl ServiceEntry {
+    /// The selection table as backend ids, slot by slot.
+    fn table(&self) -> Result<Vec<u32>, DataplaneError> {
+        let weights: Vec<u32> = self.backends.iter().map(|b| b.weight).collect();
+        let table = tables::render(self.scheduler, &weights)
+            .map_err(|source| DataplaneError::Table { service: self.name(), source })?;
+        Ok(table.into_iter().map(|i| self.backends[i].id).collect())
+    }
+
+    fn backend_value(&self, b: &BackendEntry) -> Backend {
+        let (addr, family) = to_map_addr(b.addr);
+        let flags = if b.weight == 0 { BACKEND_F_PRESENT | BACKEND_F_DRAINING } else { BACKEND_F_PRESENT };
+        Backend { addr, port: b.port.to_be(), family, flags, svc_id: self.svc_id, weight: b.weight }
+    }
+}
+
 impl Maps {
-    /// Creates or updates a service.
+    /// Creates or updates a service, writing everything.
     pub fn apply_service(&mut self, svc: &ServiceEntry) -> Result<(), DataplaneError> {
-        let weights: Vec<u32> = svc.backends.iter().map(|b| b.weight).collect();
-        let table = tables::render(svc.scheduler, &weights)
-            .map_err(|source| DataplaneError::Table { service: svc.name(), source })?;
+        self.update_service(None, svc)
+    }
 
-        for b in &svc.backends {
+    /// Moves a service from `old` (what was last written; `None` when unknown) to `new`,
+    /// writing only the entries that change: new or changed backends, then the selection table
+    /// (in the half the live service does not use) and the service entry that switches to it,
+    /// then the old table; backends `new` no longer has go last.
+    pub fn update_service(&mut self, old: Option<&ServiceEntry>, new: &ServiceEntry) -> Result<(), DataplaneError> {
+        let table = new.table()?;
+        for b in &new.backends {
             if b.id == 0 || b.id >= MAX_BACKENDS {
-                return Err(DataplaneError::BackendId { service: svc.name(), id: b.id, max: MAX_BACKENDS });
+                return Err(DataplaneError::BackendId { service: new.name(), id: b.id, max: MAX_BACKENDS });
             }
-            let (addr, family) = to_map_addr(b.addr);
-            let flags = if b.weight == 0 { BACKEND_F_PRESENT | BACKEND_F_DRAINING } else { BACKEND_F_PRESENT };
-            let value = Backend { addr, port: b.port.to_be(), family, flags, svc_id: svc.svc_id, weight: b.weight };
-            self.backends.set(b.id, value, 0).map_err(DataplaneError::map(MAP_BACKENDS, "write"))?;
+        }
+        for b in &new.backends {
+            if old.is_some_and(|o| o.svc_id == new.svc_id && o.backends.contains(b)) {
+                continue;
+            }
+            self.backends.set(b.id, new.backend_value(b), 0).map_err(DataplaneError::map(MAP_BACKENDS, "write"))?;
         }
 
-        let key = svc.key();
+        let key = new.key();
         let live = self.services.get(&key, 0).ok();
-        let base = match live {
-            Some(v) if v.slot_base == 0 => SLOT_HALF,
-            _ => 0,
+        let table_is_live = match (old, live) {
+            (Some(o), Some(v)) => v.svc_id == new.svc_id && v.slot_count as usize == table.len() && o.table()? == table,
+            _ => false,
         };
-        for (slot, &index) in (base..).zip(&table) {
-            let key = SlotKey { svc_id: svc.svc_id, slot };
-            self.slots.insert(key, svc.backends[index].id, 0).map_err(DataplaneError::map(MAP_SLOTS, "write"))?;
-        }
-
-        let value = ServiceValue {
-            svc_id: svc.svc_id,
-            slot_base: base,
+        let mut value = ServiceValue {
+            svc_id: new.svc_id,
+            slot_base: 0,
             slot_count: table.len() as u32,
             // Keep the rotation where it was: an update must not restart rr at the first backend.
             rr_cursor: live.map_or(0, |v| v.rr_cursor),
-            scheduler: svc.scheduler as u8,
-            flags: svc.flags,
+            scheduler: new.scheduler as u8,
+            flags: new.flags,
             _pad: [0; 2],
-            affinity_timeout: svc.affinity_timeout,
+            affinity_timeout: new.affinity_timeout,
         };
-        self.services.insert(key, value, 0).map_err(DataplaneError::map(MAP_SERVICES, "write"))?;
+        match live {
+            Some(v) if table_is_live => {
+                value.slot_base = v.slot_base;
+                if value != v {
+                    self.services.insert(key, value, 0).map_err(DataplaneError::map(MAP_SERVICES, "write"))?;
+                }
+            }
+            _ => {
+                value.slot_base = match live {
+                    Some(v) if v.slot_base == 0 => SLOT_HALF,
+                    _ => 0,
+                };
+                for (slot, &id) in (value.slot_base..).zip(&table) {
+                    let key = SlotKey { svc_id: new.svc_id, slot };
+                    self.slots.insert(key, id, 0).map_err(DataplaneError::map(MAP_SLOTS, "write"))?;
+                }
+                self.services.insert(key, value, 0).map_err(DataplaneError::map(MAP_SERVICES, "write"))?;
+                if let Some(v) = live {
+                    self.remove_slots(&v)?;
+                }
+            }
+        }
 
-        if let Some(old) = live {
-            self.remove_slots(&old)?;
+        if let Some(o) = old {
+            for b in &o.backends {
+                if !new.backends.iter().any(|n| n.id == b.id) {
+                    self.remove_backend(b.id)?;
+                }
+            }
         }
         Ok(())
     }

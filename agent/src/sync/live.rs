@@ -1,0 +1,89 @@
+//! The live dataplane read back from the maps: what `list`, `verify` and a restarted agent see.
+use std::collections::BTreeMap;
+
+use xvs_common::{Backend, ServiceKey, ServiceValue, SlotKey, BACKEND_F_PRESENT, MAP_BACKENDS, MAP_SERVICES, MAX_BACKENDS, SERVICE_F_SH_PORT};
+
+use crate::{
+    dataplane::{from_map_addr, BackendEntry, DataplaneError, Maps, ServiceEntry},
+    model::{Protocol, ServiceId},
+};
+
+/// One service entry of the maps with its table resolved slot by slot.
+#[derive(Clone, Debug)]
+pub struct LiveService {
+    pub id: ServiceId,
+    pub value: ServiceValue,
+    /// The backend id in each slot of the live table; `None` where a slot entry is missing.
+    pub table: Vec<Option<u32>>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LiveState {
+    pub services: BTreeMap<ServiceId, LiveService>,
+    /// Present backends by id.
+    pub backends: BTreeMap<u32, Backend>,
+    /// Service entries whose key cannot be decoded (unknown family or protocol): never written
+    /// by xvs, so they are drift.
+    pub unreadable: Vec<ServiceKey>,
+}
+
+/// The `ServiceId` a map key stands for.
+pub fn service_id(key: &ServiceKey) -> Option<ServiceId> {
+    Some(ServiceId {
+        vip: from_map_addr(&key.addr, key.family)?,
+        port: u16::from_be(key.port),
+        proto: Protocol::from_number(key.proto)?,
+    })
+}
+
+impl LiveState {
+    pub fn read(maps: &Maps) -> Result<Self, DataplaneError> {
+        let mut state = Self::default();
+        for item in maps.services.iter() {
+            let (key, value) = item.map_err(DataplaneError::map(MAP_SERVICES, "read"))?;
+            let Some(id) = service_id(&key) else {
+                state.unreadable.push(key);
+                continue;
+            };
+            let table = (value.slot_base..value.slot_base.wrapping_add(value.slot_count))
+                .map(|slot| maps.slots.get(&SlotKey { svc_id: value.svc_id, slot }, 0).ok())
+                .collect();
+            state.services.insert(id, LiveService { id, value, table });
+        }
+        for id in 1..MAX_BACKENDS {
+            let backend = maps.backends.get(&id, 0).map_err(DataplaneError::map(MAP_BACKENDS, "read"))?;
+            if backend.flags & BACKEND_F_PRESENT != 0 {
+                state.backends.insert(id, backend);
+            }
+        }
+        Ok(state)
+    }
+
+    /// Present backends that belong to service `svc_id`.
+    pub fn backends_of(&self, svc_id: u32) -> impl Iterator<Item = (u32, &Backend)> {
+        self.backends.iter().filter(move |(_, b)| b.svc_id == svc_id).map(|(&id, b)| (id, b))
+    }
+
+    /// The service as the agent would have written it (for adoption after a restart): its
+    /// backends in canonical order, with the weights the maps hold.
+    pub fn entry(&self, svc: &LiveService) -> ServiceEntry {
+        let mut backends: Vec<BackendEntry> = self
+            .backends_of(svc.value.svc_id)
+            .filter_map(|(id, b)| {
+                let addr = from_map_addr(&b.addr, b.family)?;
+                Some(BackendEntry { id, addr, port: u16::from_be(b.port), weight: b.weight })
+            })
+            .collect();
+        backends.sort_by_key(|b| (b.addr, b.port));
+        ServiceEntry {
+            svc_id: svc.value.svc_id,
+            vip: svc.id.vip,
+            port: svc.id.port,
+            proto: svc.id.proto.number(),
+            scheduler: xvs_common::Scheduler::from_u8(svc.value.scheduler).unwrap_or(xvs_common::Scheduler::RoundRobin),
+            flags: svc.value.flags & SERVICE_F_SH_PORT,
+            affinity_timeout: svc.value.affinity_timeout,
+            backends,
+        }
+    }
+}

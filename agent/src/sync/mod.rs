@@ -1,0 +1,55 @@
+//! From desired state to dataplane state: the reconciler that writes the maps, the live view
+//! read back from them, flow accounting, and the diff `verify` reports.
+mod clock;
+pub mod flows;
+mod ids;
+pub mod live;
+mod reconcile;
+pub mod verify;
+
+pub use clock::monotonic_secs;
+pub use live::LiveState;
+pub use reconcile::{Reconciler, SyncError, SyncReport};
+
+use aya::maps::PerCpuValues;
+use xvs_common::{Counters, MAP_BACKEND_STATS, MAP_SERVICE_STATS};
+
+use crate::dataplane::{DataplaneError, Maps, ServiceEntry};
+
+/// Which id space a counter belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counted {
+    Service,
+    Backend,
+}
+
+/// The writes the reconciler makes: the BPF maps in the agent, a recorder in tests.
+pub trait Writer {
+    /// Moves a service from `old` (last written) to `new`, make-before-break.
+    fn update_service(&mut self, old: Option<&ServiceEntry>, new: &ServiceEntry) -> Result<(), DataplaneError>;
+    fn remove_service(&mut self, entry: &ServiceEntry) -> Result<(), DataplaneError>;
+    fn reset_counters(&mut self, kind: Counted, id: u32) -> Result<(), DataplaneError>;
+}
+
+impl Writer for Maps {
+    fn update_service(&mut self, old: Option<&ServiceEntry>, new: &ServiceEntry) -> Result<(), DataplaneError> {
+        Maps::update_service(self, old, new)
+    }
+
+    fn remove_service(&mut self, entry: &ServiceEntry) -> Result<(), DataplaneError> {
+        Maps::remove_service(self, entry)
+    }
+
+    fn reset_counters(&mut self, kind: Counted, id: u32) -> Result<(), DataplaneError> {
+        let (map, name) = match kind {
+            Counted::Service => (&mut self.service_stats, MAP_SERVICE_STATS),
+            Counted::Backend => (&mut self.backend_stats, MAP_BACKEND_STATS),
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::map(name, "count CPUs")(aya::maps::MapError::IoError(e)))?;
+        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|e| DataplaneError::map(name, "write")(aya::maps::MapError::IoError(e)))?;
+        map.set(id, zeros, 0).map_err(DataplaneError::map(name, "write"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

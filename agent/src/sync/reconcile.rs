@@ -1,0 +1,259 @@
+//! Keeps the dataplane equal to the model. It remembers what it wrote (adopted from the maps
+//! after a restart), diffs each service against the model, and writes only what changed.
+//! A failure is confined to its service: that service keeps its last good state, the others
+//! are still applied.
+//!
+//! Graceful termination: a backend that leaves a service is not deleted but drained: it stays
+//! with weight 0 (no new flows, its established flows continue) until it has no live flow or
+//! the drain timeout passes, like kube-proxy's IPVS graceful termination.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
+
+use xvs_common::{MAX_BACKENDS, MAX_SERVICES, SERVICE_F_SH_PORT};
+
+use super::{flows::ConnCounts, ids::IdPool, live::LiveState, Counted, Writer};
+use crate::{
+    dataplane::{BackendEntry, DataplaneError, ServiceEntry},
+    model::{Model, Service, ServiceId},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("service {service}: {cause}")]
+    Dataplane { service: ServiceId, cause: String, source: DataplaneError },
+    #[error("service {service}: no free {what} id (the dataplane holds at most {max})")]
+    IdsExhausted { service: ServiceId, what: &'static str, max: u32 },
+}
+
+/// What one sync did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub created: usize,
+    pub updated: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+    /// Backends that started draining in this sync.
+    pub draining: Vec<(ServiceId, SocketAddr)>,
+}
+
+#[derive(Debug)]
+pub struct Reconciler {
+    applied: BTreeMap<ServiceId, ServiceEntry>,
+    /// Backends being drained, with the time (CLOCK_MONOTONIC s) the drain started.
+    draining: BTreeMap<(ServiceId, SocketAddr), u32>,
+    svc_ids: IdPool,
+    backend_ids: IdPool,
+    drain_timeout: u32,
+}
+
+impl Reconciler {
+    pub fn new(drain_timeout: u32) -> Self {
+        Self {
+            applied: BTreeMap::new(),
+            draining: BTreeMap::new(),
+            svc_ids: IdPool::new(MAX_SERVICES),
+            backend_ids: IdPool::new(MAX_BACKENDS),
+            drain_timeout,
+        }
+    }
+
+    /// Takes over what a previous agent left in the maps, so established flows keep their
+    /// backends and nothing is rewritten that does not change. Weight-0 backends adopted here
+    /// are drained again if the model no longer has them.
+    pub fn adopt(live: &LiveState, drain_timeout: u32) -> Self {
+        let applied: BTreeMap<ServiceId, ServiceEntry> =
+            live.services.values().map(|s| (s.id, live.entry(s))).collect();
+        let svc_ids = IdPool::with_used(MAX_SERVICES, applied.values().map(|e| e.svc_id));
+        let backend_ids = IdPool::with_used(MAX_BACKENDS, live.backends.keys().copied());
+        Self { applied, draining: BTreeMap::new(), svc_ids, backend_ids, drain_timeout }
+    }
+
+    /// What the reconciler believes is in the dataplane.
+    pub fn applied(&self) -> impl Iterator<Item = &ServiceEntry> {
+        self.applied.values()
+    }
+
+    pub fn draining(&self) -> impl Iterator<Item = &(ServiceId, SocketAddr)> {
+        self.draining.keys()
+    }
+
+    /// Brings the dataplane to `model`. Every service is attempted; the errors of those that
+    /// failed (and kept their previous state) are returned with the report.
+    pub fn sync(&mut self, model: &Model, w: &mut impl Writer, now: u32) -> (SyncReport, Vec<SyncError>) {
+        let mut report = SyncReport::default();
+        let mut errors = Vec::new();
+
+        let gone: Vec<ServiceId> = self.applied.keys().filter(|id| model.get(id).is_none()).copied().collect();
+        for id in gone {
+            match self.remove(id, w) {
+                Ok(()) => report.removed += 1,
+                Err(e) => errors.push(e),
+            }
+        }
+        for svc in model.services() {
+            let old = self.applied.get(&svc.id).cloned();
+            match self.desired(svc, old.as_ref(), w, now, &mut report) {
+                Ok(new) if old.as_ref() == Some(&new) => report.unchanged += 1,
+                Ok(new) => match w.update_service(old.as_ref(), &new) {
+                    Ok(()) => {
+                        if old.is_some() { report.updated += 1 } else { report.created += 1 }
+                        self.applied.insert(svc.id, new);
+                    }
+                    Err(source) => {
+                        self.release_unused(old.as_ref(), &new);
+                        errors.push(SyncError::Dataplane { service: svc.id, cause: "update failed; it keeps its previous state".into(), source });
+                    }
+                },
+                Err(e) => errors.push(e),
+            }
+        }
+        // Drains of backends that came back, or of services that went, are over.
+        let applied = &self.applied;
+        self.draining.retain(|(sid, ep), _| {
+            applied.get(sid).is_some_and(|e| e.backends.iter().any(|b| b.weight == 0 && SocketAddr::new(b.addr, b.port) == *ep))
+        });
+        (report, errors)
+    }
+
+    /// Ends the drains that are complete: no live flow left on the backend (`conns` from a
+    /// connection-table scan) or the drain timeout passed. Returns the backends removed.
+    pub fn finish_drains(
+        &mut self,
+        conns: &HashMap<u32, ConnCounts>,
+        w: &mut impl Writer,
+        now: u32,
+    ) -> (Vec<(ServiceId, SocketAddr)>, Vec<SyncError>) {
+        let mut done: BTreeMap<ServiceId, Vec<SocketAddr>> = BTreeMap::new();
+        for (&(sid, ep), &since) in &self.draining {
+            let Some(entry) = self.applied.get(&sid) else { continue };
+            let Some(b) = entry.backends.iter().find(|b| SocketAddr::new(b.addr, b.port) == ep) else { continue };
+            let flows = conns.get(&b.id).map_or(0, ConnCounts::total);
+            if flows == 0 || now.saturating_sub(since) >= self.drain_timeout {
+                done.entry(sid).or_default().push(ep);
+            }
+        }
+        let mut removed = Vec::new();
+        let mut errors = Vec::new();
+        for (sid, eps) in done {
+            let Some(old) = self.applied.get(&sid).cloned() else { continue };
+            let mut new = old.clone();
+            new.backends.retain(|b| !eps.contains(&SocketAddr::new(b.addr, b.port)));
+            match w.update_service(Some(&old), &new) {
+                Ok(()) => {
+                    for b in old.backends.iter().filter(|b| !new.backends.contains(b)) {
+                        self.backend_ids.release(b.id);
+                    }
+                    for ep in eps {
+                        self.draining.remove(&(sid, ep));
+                        removed.push((sid, ep));
+                    }
+                    self.applied.insert(sid, new);
+                }
+                Err(source) => errors.push(SyncError::Dataplane { service: sid, cause: "removing drained backends failed".into(), source }),
+            }
+        }
+        (removed, errors)
+    }
+
+    fn remove(&mut self, id: ServiceId, w: &mut impl Writer) -> Result<(), SyncError> {
+        let Some(entry) = self.applied.get(&id) else { return Ok(()) };
+        w.remove_service(entry).map_err(|source| SyncError::Dataplane {
+            service: id,
+            cause: "removal failed; it stays in the dataplane".into(),
+            source,
+        })?;
+        self.svc_ids.release(entry.svc_id);
+        for b in &entry.backends {
+            self.backend_ids.release(b.id);
+        }
+        self.applied.remove(&id);
+        Ok(())
+    }
+
+    /// The entry `svc` should have, reusing ids of `old` and allocating (with zeroed counters)
+    /// what is new; backends that left go on with weight 0 while they drain.
+    fn desired(
+        &mut self,
+        svc: &Service,
+        old: Option<&ServiceEntry>,
+        w: &mut impl Writer,
+        now: u32,
+        report: &mut SyncReport,
+    ) -> Result<ServiceEntry, SyncError> {
+        let exhausted = |what, max| SyncError::IdsExhausted { service: svc.id, what, max: max - 1 };
+        let svc_id = match old {
+            Some(o) => o.svc_id,
+            None => self.allocate(Counted::Service, w).ok_or_else(|| exhausted("service", MAX_SERVICES))?,
+        };
+        let mut backends = Vec::with_capacity(svc.backends.len());
+        for b in &svc.backends {
+            let reuse = old.and_then(|o| o.backends.iter().find(|ob| ob.addr == b.addr && ob.port == b.port));
+            let id = match reuse {
+                Some(ob) => ob.id,
+                None => match self.allocate(Counted::Backend, w) {
+                    Some(id) => id,
+                    None => {
+                        // Give back what this attempt took.
+                        for fresh in backends.iter().filter(|n: &&BackendEntry| !old.is_some_and(|o| o.backends.iter().any(|ob| ob.id == n.id))) {
+                            self.backend_ids.release(fresh.id);
+                        }
+                        if old.is_none() {
+                            self.svc_ids.release(svc_id);
+                        }
+                        return Err(exhausted("backend", MAX_BACKENDS));
+                    }
+                },
+            };
+            backends.push(BackendEntry { id, addr: b.addr, port: b.port, weight: b.effective_weight() });
+        }
+        for ob in old.map(|o| o.backends.as_slice()).unwrap_or_default() {
+            if svc.backends.iter().any(|b| b.addr == ob.addr && b.port == ob.port) {
+                continue;
+            }
+            let ep = SocketAddr::new(ob.addr, ob.port);
+            if !self.draining.contains_key(&(svc.id, ep)) {
+                self.draining.insert((svc.id, ep), now);
+                report.draining.push((svc.id, ep));
+            }
+            backends.push(BackendEntry { weight: 0, ..ob.clone() });
+        }
+        backends.sort_by_key(|b| (b.addr, b.port));
+        Ok(ServiceEntry {
+            svc_id,
+            vip: svc.id.vip,
+            port: svc.id.port,
+            proto: svc.id.proto.number(),
+            scheduler: svc.scheduler,
+            flags: if svc.sh_port { SERVICE_F_SH_PORT } else { 0 },
+            affinity_timeout: svc.affinity_timeout.unwrap_or(0),
+            backends,
+        })
+    }
+
+    fn allocate(&mut self, kind: Counted, w: &mut impl Writer) -> Option<u32> {
+        let pool = match kind {
+            Counted::Service => &mut self.svc_ids,
+            Counted::Backend => &mut self.backend_ids,
+        };
+        let id = pool.allocate()?;
+        // A reused id must not inherit its predecessor's counters. Failing that only skews stats.
+        if let Err(e) = w.reset_counters(kind, id) {
+            tracing::warn!(error = %crate::error_chain(&e), ?kind, id, "could not zero the counters of a reused id");
+        }
+        Some(id)
+    }
+
+    /// After a failed write: ids allocated for `new` that `old` does not hold go back.
+    fn release_unused(&mut self, old: Option<&ServiceEntry>, new: &ServiceEntry) {
+        for b in &new.backends {
+            if !old.is_some_and(|o| o.backends.iter().any(|ob| ob.id == b.id)) {
+                self.backend_ids.release(b.id);
+            }
+        }
+        if old.is_none() {
+            self.svc_ids.release(new.svc_id);
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Golden tests of the reconciler against a recording writer: which writes a model change
+//! causes, in order.
+use std::collections::HashMap;
+
+use super::{flows::ConnCounts, Counted, Reconciler, Writer};
+use crate::{
+    dataplane::{DataplaneError, ServiceEntry},
+    source::file,
+};
+
+#[derive(Default)]
+struct Recorder {
+    ops: Vec<String>,
+    /// Services (by VIP text) whose writes fail.
+    failing: Vec<String>,
+}
+
+fn show(e: &ServiceEntry) -> String {
+    let backends: Vec<String> = e.backends.iter().map(|b| format!("{}={}:{}/w{}", b.id, b.addr, b.port, b.weight)).collect();
+    format!("{} #{} {:?} aff={} [{}]", e.name(), e.svc_id, e.scheduler, e.affinity_timeout, backends.join(" "))
+}
+
+impl Writer for Recorder {
+    fn update_service(&mut self, old: Option<&ServiceEntry>, new: &ServiceEntry) -> Result<(), DataplaneError> {
+        if self.failing.contains(&new.vip.to_string()) {
+            return Err(DataplaneError::MissingMap("XVS_TEST"));
+        }
+        self.ops.push(format!("{} {}", if old.is_some() { "update" } else { "create" }, show(new)));
+        Ok(())
+    }
+    fn remove_service(&mut self, entry: &ServiceEntry) -> Result<(), DataplaneError> {
+        self.ops.push(format!("remove {}", show(entry)));
+        Ok(())
+    }
+    fn reset_counters(&mut self, kind: Counted, id: u32) -> Result<(), DataplaneError> {
+        self.ops.push(format!("zero {kind:?} {id}"));
+        Ok(())
+    }
+}
+
+fn model(text: &str) -> crate::model::Model {
+    file::parse(text, std::path::Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+const TWO: &str = r#"
+[[service]]
+vip = "10.96.0.10"
+port = 80
+backends = [{ endpoint = "10.244.1.3:80" }, { endpoint = "10.244.1.2:80" }]
+
+[[service]]
+vip = "10.96.0.53"
+port = 53
+protocol = "udp"
+scheduler = "wrr"
+session_affinity_timeout = 60
+backends = [{ endpoint = "10.244.2.2:53", weight = 3 }]
+"#;
+
+#[test]
+fn first_sync_creates_everything_then_nothing() {
+    let mut w = Recorder::default();
+    let mut r = Reconciler::new(30);
+    let (report, errors) = r.sync(&model(TWO), &mut w, 100);
+    assert!(errors.is_empty());
+    assert_eq!((report.created, report.updated, report.removed), (2, 0, 0));
+    assert_eq!(
+        w.ops,
+        [
+            "zero Service 1",
+            "zero Backend 1",
+            "zero Backend 2",
+            "create TCP 10.96.0.10:80 #1 RoundRobin aff=0 [1=10.244.1.2:80/w1 2=10.244.1.3:80/w1]",
+            "zero Service 2",
+            "zero Backend 3",
+            "create UDP 10.96.0.53:53 #2 WeightedRoundRobin aff=60 [3=10.244.2.2:53/w3]",
+        ]
+    );
+    w.ops.clear();
+    let (report, _) = r.sync(&model(TWO), &mut w, 101);
+    assert_eq!(report.unchanged, 2);
+    assert!(w.ops.is_empty(), "{:?}", w.ops);
+}
+
+#[test]
+fn removed_backend_drains_until_its_flows_end() {
+    let mut w = Recorder::default();
+    let mut r = Reconciler::new(30);
+    r.sync(&model(TWO), &mut w, 100);
+    w.ops.clear();
+    let one_left = TWO.replace(r#"{ endpoint = "10.244.1.3:80" }, "#, "");
+    let (report, _) = r.sync(&model(&one_left), &mut w, 110);
+    assert_eq!(report.draining.len(), 1);
+    assert_eq!(w.ops, ["update TCP 10.96.0.10:80 #1 RoundRobin aff=0 [1=10.244.1.2:80/w1 2=10.244.1.3:80/w0]"]);
+    w.ops.clear();
+
+    // Still one established flow on backend 2, timeout not reached: it stays.
+    let busy = HashMap::from([(2, ConnCounts { active: 1, inactive: 0 })]);
+    let (removed, _) = r.finish_drains(&busy, &mut w, 120);
+    assert!(removed.is_empty() && w.ops.is_empty());
+    // The flow ended: removed.
+    let (removed, _) = r.finish_drains(&HashMap::new(), &mut w, 121);
+    assert_eq!(removed.len(), 1);
+    assert_eq!(w.ops, ["update TCP 10.96.0.10:80 #1 RoundRobin aff=0 [1=10.244.1.2:80/w1]"]);
+    w.ops.clear();
+
+    // Its id is free again for the next new backend.
+    let added = TWO.replace("10.244.1.3:80", "10.244.1.9:80");
+    r.sync(&model(&added), &mut w, 130);
+    assert_eq!(w.ops, ["zero Backend 2", "update TCP 10.96.0.10:80 #1 RoundRobin aff=0 [1=10.244.1.2:80/w1 2=10.244.1.9:80/w1]"]);
+}
+
+#[test]
+fn drain_timeout_ends_a_busy_drain_and_a_returning_backend_is_active_again() {
+    let mut w = Recorder::default();
+    let mut r = Reconciler::new(30);
+    r.sync(&model(TWO), &mut w, 100);
+    let one_left = TWO.replace(r#"{ endpoint = "10.244.1.3:80" }, "#, "");
+    r.sync(&model(&one_left), &mut w, 100);
+    let busy = HashMap::from([(2, ConnCounts { active: 0, inactive: 4 })]);
+    assert_eq!(r.finish_drains(&busy, &mut w, 129).0.len(), 0);
+    assert_eq!(r.finish_drains(&busy, &mut w, 130).0.len(), 1);
+
+    let mut r = Reconciler::new(30);
+    r.sync(&model(TWO), &mut w, 100);
+    r.sync(&model(&one_left), &mut w, 100);
+    w.ops.clear();
+    r.sync(&model(TWO), &mut w, 105);
+    assert_eq!(w.ops, ["update TCP 10.96.0.10:80 #1 RoundRobin aff=0 [1=10.244.1.2:80/w1 2=10.244.1.3:80/w1]"]);
+    assert_eq!(r.draining().count(), 0);
+}
+
+#[test]
+fn terminating_backends_get_weight_zero_and_services_go() {
+    let mut w = Recorder::default();
+    let mut r = Reconciler::new(30);
+    r.sync(&model(TWO), &mut w, 100);
+    w.ops.clear();
+    let text = TWO.replace(r#"{ endpoint = "10.244.1.3:80" }"#, r#"{ endpoint = "10.244.1.3:80", state = "terminating" }"#);
+    let first_only = &text[..text.find("[[service]]\nvip = \"10.96.0.53\"").unwrap_or(text.len())];
+    let (report, _) = r.sync(&model(first_only), &mut w, 100);
+    assert_eq!((report.updated, report.removed), (1, 1));
+    assert_eq!(
+        w.ops,
+        [
+            "remove UDP 10.96.0.53:53 #2 WeightedRoundRobin aff=60 [3=10.244.2.2:53/w3]",
+            "update TCP 10.96.0.10:80 #1 RoundRobin aff=0 [1=10.244.1.2:80/w1 2=10.244.1.3:80/w0]",
+        ]
+    );
+}
+
+#[test]
+fn a_failing_service_keeps_its_state_and_others_still_apply() {
+    let mut w = Recorder { failing: vec!["10.96.0.10".into()], ..Recorder::default() };
+    let mut r = Reconciler::new(30);
+    let (report, errors) = r.sync(&model(TWO), &mut w, 100);
+    assert_eq!(report.created, 1);
+    let messages: Vec<String> = errors.iter().map(|e| crate::error_chain(e)).collect();
+    assert_eq!(
+        messages,
+        ["service TCP 10.96.0.10:80: update failed; it keeps its previous state: the eBPF object has no map XVS_TEST: object and agent are from different builds"]
+    );
+    let applied: Vec<String> = r.applied().map(show).collect();
+    assert_eq!(applied, ["UDP 10.96.0.53:53 #1 WeightedRoundRobin aff=60 [1=10.244.2.2:53/w3]"]);
+}
