@@ -4,6 +4,7 @@ pub mod dataplane;
 pub mod model;
 pub mod source;
 pub mod sync;
+pub mod view;
 
 /// An error with its causes, `: `-separated, for one-line logs.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

@@ -21,6 +21,14 @@ pub enum DataplaneError {
     Program { program: &'static str, op: String, source: Box<ProgramError> },
     #[error("service {service}: invalid selection table")]
     Table { service: String, source: TableError },
+    #[error("{path}: cannot {what}")]
+    Pin { path: PathBuf, what: String, source: std::io::Error },
+    #[error("no xvs dataplane pinned at {path} (is `xvs run` running, or was it started with another --pin-dir?)")]
+    NotPinned { path: PathBuf, source: Box<MapError> },
+    #[error("the pinned map {map} under {dir} has another layout than this build's (left by another xvs version): run `xvs cleanup` to start afresh (drops established flows)")]
+    PinnedLayout { dir: PathBuf, map: &'static str, source: Box<MapError> },
+    #[error("the {what} link on {iface} cannot be pinned: the kernel attached it without a BPF link")]
+    Unpinnable { iface: String, what: &'static str },
     #[error("service {service}: backend id {id} is out of range (1..{max})")]
     BackendId { service: String, id: u32, max: u32 },
 }

@@ -7,7 +7,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 
-use super::{error::DataplaneError, maps::Maps};
+use xvs_common::ALL_MAPS;
+
+use super::{error::DataplaneError, maps::Maps, pin::map_pin};
 
 pub const PROG_XDP: &str = "xvs_xdp_ingress";
 pub const PROG_TC_INGRESS: &str = "xvs_tc_ingress";
@@ -40,9 +42,19 @@ impl ObjectSource {
     }
 
     pub fn load(&self) -> Result<Dataplane, DataplaneError> {
+        self.load_pinned(None)
+    }
+
+    /// Loads the object with its maps pinned under `pin_dir` (reusing maps already pinned
+    /// there), or unpinned when `None`.
+    pub fn load_pinned(&self, pin_dir: Option<&Path>) -> Result<Dataplane, DataplaneError> {
         match self {
-            Self::File(path) => Dataplane::load(path),
-            Self::Embedded(bytes) => Dataplane::load_bytes(bytes, Path::new("<embedded>")),
+            Self::File(path) => {
+                let bytes = std::fs::read(path)
+                    .map_err(|source| DataplaneError::ObjectMissing { path: path.clone(), source })?;
+                Dataplane::load_bytes_pinned(&bytes, path, pin_dir)
+            }
+            Self::Embedded(bytes) => Dataplane::load_bytes_pinned(bytes, Path::new("<embedded>"), pin_dir),
         }
     }
 
@@ -76,17 +88,34 @@ pub struct Dataplane {
 
 impl Dataplane {
     pub fn load(path: &Path) -> Result<Self, DataplaneError> {
-        let bytes = std::fs::read(path)
-            .map_err(|source| DataplaneError::ObjectMissing { path: path.to_owned(), source })?;
-        Self::load_bytes(&bytes, path)
+        ObjectSource::File(path.to_owned()).load()
     }
 
     /// Loads an object already in memory (`path` only names it in errors).
     pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new()
+        Self::load_bytes_pinned(bytes, path, None)
+    }
+
+    fn load_bytes_pinned(bytes: &[u8], path: &Path, pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
+        let mut loader = EbpfLoader::new();
+        let pins: Vec<(&str, PathBuf)> = match pin_dir {
+            Some(dir) => ALL_MAPS.iter().map(|&name| (name, map_pin(dir, name))).collect(),
+            None => Vec::new(),
+        };
+        for (name, pin) in &pins {
+            loader.map_pin_path(name, pin.as_path());
+        }
+        let mut ebpf = loader
             .load(bytes)
             .map_err(|source| DataplaneError::Load { path: path.to_owned(), source: Box::new(source) })?;
-        let maps = Maps::take(&mut ebpf)?;
+        let maps = Maps::take(&mut ebpf).map_err(|e| match (e, pin_dir) {
+            (DataplaneError::Map { map, source, .. }, Some(dir))
+                if matches!(*source, aya::maps::MapError::InvalidKeySize { .. } | aya::maps::MapError::InvalidValueSize { .. }) =>
+            {
+                DataplaneError::PinnedLayout { dir: dir.to_owned(), map, source }
+            }
+            (e, _) => e,
+        })?;
         Ok(Self { ebpf, maps })
     }
 

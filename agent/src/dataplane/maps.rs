@@ -1,11 +1,11 @@
 //! Typed handles on every map of the datapath, and the reads the agent and tests need.
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
     Ebpf,
 };
 use xvs_common::{
-    reason::REASON_COUNT, Backend, Counters, FlowEntry, FlowKey, Reason, ServiceKey,
-    ServiceValue, SlotKey, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONNTRACK, MAP_REASONS,
+    reason::REASON_COUNT, AffinityEntry, AffinityKey, Backend, Counters, FlowEntry, FlowKey, Reason, ServiceKey,
+    ServiceValue, SlotKey, MAP_AFFINITY, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONNTRACK, MAP_REASONS,
     MAP_SERVICES, MAP_SERVICE_STATS, MAP_SLOTS,
 };
 
@@ -16,29 +16,37 @@ pub struct Maps {
     pub slots: HashMap<MapData, SlotKey, u32>,
     pub backends: Array<MapData, Backend>,
     pub conntrack: HashMap<MapData, FlowKey, FlowEntry>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
     pub service_stats: PerCpuArray<MapData, Counters>,
     pub backend_stats: PerCpuArray<MapData, Counters>,
     pub reasons: PerCpuArray<MapData, u64>,
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
+fn typed<T>(source: &mut dyn FnMut(&'static str) -> Option<Map>, name: &'static str) -> Result<T, DataplaneError>
 where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    T: TryFrom<Map, Error = MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))?;
+    let map = source(name).ok_or(DataplaneError::MissingMap(name))?;
     T::try_from(map).map_err(DataplaneError::map(name, "open"))
 }
 
 impl Maps {
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
+        Self::from_maps(&mut |name| ebpf.take_map(name))
+    }
+
+    /// Builds the typed handles from `source` (map by name); a wrong key or value size (a map
+    /// from another build) is an error here, before any program uses it.
+    pub(super) fn from_maps(source: &mut dyn FnMut(&'static str) -> Option<Map>) -> Result<Self, DataplaneError> {
         Ok(Self {
-            services: take(ebpf, MAP_SERVICES)?,
-            slots: take(ebpf, MAP_SLOTS)?,
-            backends: take(ebpf, MAP_BACKENDS)?,
-            conntrack: take(ebpf, MAP_CONNTRACK)?,
-            service_stats: take(ebpf, MAP_SERVICE_STATS)?,
-            backend_stats: take(ebpf, MAP_BACKEND_STATS)?,
-            reasons: take(ebpf, MAP_REASONS)?,
+            services: typed(source, MAP_SERVICES)?,
+            slots: typed(source, MAP_SLOTS)?,
+            backends: typed(source, MAP_BACKENDS)?,
+            conntrack: typed(source, MAP_CONNTRACK)?,
+            affinity: typed(source, MAP_AFFINITY)?,
+            service_stats: typed(source, MAP_SERVICE_STATS)?,
+            backend_stats: typed(source, MAP_BACKEND_STATS)?,
+            reasons: typed(source, MAP_REASONS)?,
         })
     }
 

@@ -3,6 +3,7 @@ mod addr;
 mod error;
 mod loader;
 mod maps;
+mod pin;
 mod service;
 pub mod tables;
 
@@ -10,5 +11,6 @@ pub use addr::{from_map_addr, to_map_addr};
 pub use error::{is_missing, DataplaneError};
 pub use loader::{Dataplane, ObjectSource, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP};
 pub use maps::Maps;
+pub use pin::{ensure_bpffs, map_pin, unpin_all, DEFAULT_PIN_DIR};
 pub use service::{BackendEntry, ServiceEntry};
 pub use tables::MAX_TABLE_LEN;

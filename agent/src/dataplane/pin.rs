@@ -1,0 +1,139 @@
+//! Pinning under bpffs, so the datapath outlives the agent: maps (services, flows, counters) and
+//! program links stay in the kernel when the agent stops or crashes, traffic keeps flowing, and
+//! the next agent adopts them: it reuses the pinned maps and swaps its programs into the pinned
+//! links atomically (bpf_link_update), so established flows keep their backends.
+use std::{
+    ffi::CString,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Map, MapData},
+    programs::{links::{FdLink, PinnedLink}, tc::SchedClassifierLink, xdp::XdpLink, TcAttachType, XdpMode},
+};
+use xvs_common::ALL_MAPS;
+
+use super::{error::DataplaneError, loader::Dataplane, maps::Maps, PROG_XDP};
+
+/// Where the agent pins by default.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xvs";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The pin path of map `name` under `dir`.
+pub fn map_pin(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
+
+fn link_pin(dir: &Path, iface: &str, what: &str) -> PathBuf {
+    dir.join("links").join(format!("{iface}_{what}"))
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return false };
+    // SAFETY: zeroed statfs is a valid out-buffer; `c` is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// Makes `dir` a directory on a bpffs: if its parent is not on one, a bpffs is mounted on the
+/// parent (as Cilium does for /sys/fs/bpf on hosts that do not mount it).
+pub fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
+    let err = |what: String, source: std::io::Error| DataplaneError::Pin { path: dir.to_owned(), what, source };
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    if !is_bpffs(parent) {
+        std::fs::create_dir_all(parent).map_err(|e| err(format!("create {}", parent.display()), e))?;
+        let target = CString::new(parent.as_os_str().as_bytes())
+            .map_err(|_| err("use the path".into(), std::io::ErrorKind::InvalidInput.into()))?;
+        // SAFETY: NUL-terminated strings; no data argument.
+        let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+        if rc != 0 {
+            return Err(err(format!("mount bpffs on {} (mount -t bpf bpf {0})", parent.display()), std::io::Error::last_os_error()));
+        }
+    }
+    std::fs::create_dir_all(dir.join("links")).map_err(|e| err("create the pin directory".into(), e))
+}
+
+impl Maps {
+    /// Opens the maps a running (or stopped) agent pinned under `dir`, without loading programs:
+    /// what `xvs list` and `xvs verify` read.
+    pub fn open_pinned(dir: &Path) -> Result<Self, DataplaneError> {
+        let mut maps = std::collections::HashMap::new();
+        for name in ALL_MAPS {
+            let path = map_pin(dir, name);
+            let data = MapData::from_pin(&path).map_err(|source| DataplaneError::NotPinned { path: path.clone(), source: Box::new(source) })?;
+            let map = Map::from_map_data(data).map_err(DataplaneError::map(name, "open"))?;
+            maps.insert(name, map);
+        }
+        Maps::from_maps(&mut |name| maps.remove(name))
+    }
+}
+
+/// Removes everything pinned under `dir` (links first, which detaches the programs once no
+/// process holds them).
+pub fn unpin_all(dir: &Path) -> Result<(), DataplaneError> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(DataplaneError::Pin { path: dir.to_owned(), what: "remove".into(), source: e })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// An existing pinned link, or None (absent, or defunct: its interface is gone).
+fn pinned_link(path: &Path) -> Option<FdLink> {
+    let link = PinnedLink::from_pin(path).ok()?;
+    let fd: FdLink = link.into();
+    match fd.info() {
+        Ok(_) => Some(fd),
+        Err(_) => {
+            let _ = std::fs::remove_file(path);
+            None
+        }
+    }
+}
+
+impl Dataplane {
+    /// Attaches XDP to `iface` through a link pinned under `dir`: adopts (and updates to this
+    /// object's program) a link a previous agent left, or creates and pins a new one.
+    pub fn attach_xdp_pinned(&mut self, iface: &str, mode: XdpMode, dir: &Path) -> Result<(), DataplaneError> {
+        let path = link_pin(dir, iface, "xdp");
+        let fail = |op: String| move |source| DataplaneError::Program { program: PROG_XDP, op, source: Box::new(source) };
+        let xdp = self.xdp()?;
+        if let Some(fd) = pinned_link(&path)
+            && let Ok(link) = XdpLink::try_from(fd)
+        {
+            xdp.attach_to_link(link).map_err(fail(format!("replace the program in the pinned link {}", path.display())))?;
+            return Ok(());
+        }
+        let _ = std::fs::remove_file(&path);
+        let id = xdp.attach(iface, mode).map_err(fail(format!("attach to {iface} in {mode:?} mode (try another --xdp-mode, or --attach tc)")))?;
+        let link = xdp.take_link(id).map_err(fail("take the link".into()))?;
+        let fd = FdLink::try_from(link).map_err(|_| DataplaneError::Unpinnable { iface: iface.into(), what: "XDP" })?;
+        fd.pin(&path).map_err(|e| DataplaneError::Pin { path: path.clone(), what: "pin the XDP link".into(), source: std::io::Error::other(e) })?;
+        Ok(())
+    }
+
+    /// The same for a TC program (`name`) in direction `kind`, through a TCX link.
+    pub fn attach_tc_pinned(&mut self, iface: &str, name: &'static str, kind: TcAttachType, dir: &Path) -> Result<(), DataplaneError> {
+        let what = match kind {
+            TcAttachType::Ingress => "tc_ingress",
+            _ => "tc_egress",
+        };
+        let path = link_pin(dir, iface, what);
+        let fail = |op: String| move |source| DataplaneError::Program { program: name, op, source: Box::new(source) };
+        let tc = self.tc(name)?;
+        if let Some(fd) = pinned_link(&path)
+            && let Ok(link) = SchedClassifierLink::try_from(fd)
+        {
+            tc.attach_to_link(link).map_err(fail(format!("replace the program in the pinned link {}", path.display())))?;
+            return Ok(());
+        }
+        let _ = std::fs::remove_file(&path);
+        let id = tc.attach(iface, kind).map_err(fail(format!("attach to {iface} {kind:?}")))?;
+        let link = tc.take_link(id).map_err(fail("take the link".into()))?;
+        let fd = FdLink::try_from(link).map_err(|_| DataplaneError::Unpinnable { iface: iface.into(), what: "TC (needs TCX, kernel >= 6.6)" })?;
+        fd.pin(&path).map_err(|e| DataplaneError::Pin { path: path.clone(), what: format!("pin the {what} link"), source: std::io::Error::other(e) })?;
+        Ok(())
+    }
+}

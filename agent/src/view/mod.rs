@@ -1,0 +1,121 @@
+//! Views of the live dataplane for people: the listing `xvs list` prints, read from the maps.
+pub mod ipvsadm;
+
+use std::net::SocketAddr;
+
+use xvs_common::{Counters, Scheduler, MAX_FLOWS, SERVICE_F_SH_PORT};
+
+use crate::{
+    dataplane::{DataplaneError, Maps},
+    model::ServiceId,
+    sync::{flows, flows::ConnCounts, monotonic_secs, LiveState},
+};
+
+/// Everything `ipvsadm -L -n` shows, for the services in the maps, in ipvsadm's order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listing {
+    /// Capacity of the connection table (ipvsadm's "size").
+    pub size: u32,
+    pub services: Vec<ListedService>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedService {
+    pub id: ServiceId,
+    pub scheduler: String,
+    pub sh_port: bool,
+    pub persistent: Option<u32>,
+    pub stats: Counters,
+    pub backends: Vec<ListedBackend>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedBackend {
+    pub endpoint: SocketAddr,
+    pub weight: u32,
+    pub conns: ConnCounts,
+    pub stats: Counters,
+}
+
+/// Per-second rates, IPVS's estimator columns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rate {
+    pub cps: u64,
+    pub in_pps: u64,
+    pub out_pps: u64,
+    pub in_bps: u64,
+    pub out_bps: u64,
+}
+
+impl Rate {
+    fn between(a: &Counters, b: &Counters, secs: f64) -> Self {
+        let per_sec = |x: u64, y: u64| (y.saturating_sub(x) as f64 / secs).round() as u64;
+        Self {
+            cps: per_sec(a.conns, b.conns),
+            in_pps: per_sec(a.in_pkts, b.in_pkts),
+            out_pps: per_sec(a.out_pkts, b.out_pkts),
+            in_bps: per_sec(a.in_bytes, b.in_bytes),
+            out_bps: per_sec(a.out_bytes, b.out_bytes),
+        }
+    }
+}
+
+/// Rates of each service and its backends, in the listing's order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rates {
+    pub services: Vec<(Rate, Vec<Rate>)>,
+}
+
+impl Rates {
+    /// Rates from two listings taken `secs` apart (matched by service and backend).
+    pub fn between(before: &Listing, after: &Listing, secs: f64) -> Self {
+        let services = after
+            .services
+            .iter()
+            .map(|s| {
+                let old = before.services.iter().find(|o| o.id == s.id);
+                let svc = Rate::between(old.map_or(&s.stats, |o| &o.stats), &s.stats, secs);
+                let backends = s
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let ob = old.and_then(|o| o.backends.iter().find(|x| x.endpoint == b.endpoint));
+                        Rate::between(ob.map_or(&b.stats, |x| &x.stats), &b.stats, secs)
+                    })
+                    .collect();
+                (svc, backends)
+            })
+            .collect();
+        Self { services }
+    }
+}
+
+impl Listing {
+    /// Reads services, backends, counters and live connections from the maps.
+    pub fn read(maps: &Maps) -> Result<Self, DataplaneError> {
+        let live = LiveState::read(maps)?;
+        let scan = flows::scan(maps, monotonic_secs())?;
+        let mut services = Vec::with_capacity(live.services.len());
+        for l in live.services.values() {
+            let entry = live.entry(l);
+            let mut backends = Vec::with_capacity(entry.backends.len());
+            for b in &entry.backends {
+                backends.push(ListedBackend {
+                    endpoint: SocketAddr::new(b.addr, b.port),
+                    weight: b.weight,
+                    conns: scan.per_backend.get(&b.id).copied().unwrap_or_default(),
+                    stats: maps.backend_counters(b.id)?,
+                });
+            }
+            services.push(ListedService {
+                id: l.id,
+                scheduler: Scheduler::from_u8(l.value.scheduler).map_or("?", Scheduler::ipvs_name).to_owned(),
+                sh_port: l.value.flags & SERVICE_F_SH_PORT != 0,
+                persistent: (l.value.affinity_timeout != 0).then_some(l.value.affinity_timeout),
+                stats: maps.service_counters(l.value.svc_id)?,
+                backends,
+            });
+        }
+        Ok(Self { size: MAX_FLOWS, services })
+    }
+}
