@@ -2,7 +2,19 @@
 mod cli;
 
 use clap::Parser;
+use tracing_subscriber::EnvFilter;
 
-fn main() -> anyhow::Result<()> {
-    cli::Cli::parse().run()
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("XVS_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    match cli::Cli::parse().run() {
+        Ok(cli::Outcome::Success) => std::process::ExitCode::SUCCESS,
+        Ok(cli::Outcome::Failure) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
 }

@@ -3,6 +3,7 @@
 //! through BPF_PROG_TEST_RUN and reads counters back.
 #![expect(clippy::missing_panics_doc, reason = "test harness: a panic is a test failure")]
 
+pub mod agent;
 pub mod topology;
 
 use std::net::{IpAddr, SocketAddr};

@@ -125,6 +125,42 @@ impl Topology {
         }
     }
 
+    /// Starts a line echo server on `port` in every backend namespace: each line comes back as
+    /// `backend-<i>:<line>`, so a long-lived connection shows which backend carries it.
+    pub fn start_echo_backends(&mut self, port: u16) {
+        const ECHO: &str = "import socketserver,sys\n\
+class H(socketserver.StreamRequestHandler):\n\
+    def handle(self):\n\
+        for line in self.rfile:\n\
+            self.wfile.write(sys.argv[1].encode() + b':' + line)\n\
+socketserver.ThreadingTCPServer.allow_reuse_address = True\n\
+socketserver.ThreadingTCPServer((sys.argv[2], int(sys.argv[3])), H).serve_forever()\n";
+        for i in 1..=self.backends {
+            let child = Command::new("ip")
+                .args(["netns", "exec", &self.ns(&format!("be{i}")), "python3", "-c", ECHO])
+                .args([&format!("backend-{i}"), &Self::backend_addr(i), &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start the echo server: {e}"));
+            self.servers.push(child);
+        }
+        let node = self.ns("node");
+        for i in 1..=self.backends {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let target = format!("{}:{port}", Self::backend_addr(i));
+            loop {
+                let probe = format!("import socket;socket.create_connection(('{}',{port}),1).close()", Self::backend_addr(i));
+                let ok = Command::new("ip").args(["netns", "exec", &node, "python3", "-c", &probe]).output().is_ok_and(|o| o.status.success());
+                if ok {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "echo backend {target} did not start");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
     /// One HTTP GET from the client namespace; the body (trimmed) or the error.
     pub fn client_get(&self, url: &str) -> Result<String, String> {
         let out = Command::new("ip")

@@ -27,6 +27,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::new("cargo")
             .current_dir(&root)
             .args(["test", "--package", "xvs-integration", "--", "--test-threads=1"])
-            .env("XVS_BPF_OBJECT", &object),
+            .env("XVS_BPF_OBJECT", &object)
+            .env("XVS_BIN", root.join("target/release/xvs")),
     )
 }

@@ -1,10 +1,13 @@
 //! Command-line interface: one file per subcommand; doc comments are the help text.
+mod list;
 mod probe;
+mod run;
+mod verify;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use xvs::dataplane::ObjectSource;
+use xvs::dataplane::{unpin_all, ObjectSource};
 
 /// eXpress Virtual Server: an eBPF service load balancer with IPVS semantics.
 #[derive(Parser)]
@@ -23,14 +26,42 @@ enum Command {
     /// Check that this node can run the xvs datapath: load the eBPF object and pass every
     /// program through the kernel verifier, without attaching anything.
     Probe,
+    /// Run the agent: attach the datapath and keep it equal to the services file.
+    Run(run::RunArgs),
+    /// Print the live dataplane like `ipvsadm -L -n` (also --stats, --rate).
+    List(list::ListArgs),
+    /// Compare the live dataplane with a services file; exit status 1 on any difference.
+    Verify(verify::VerifyArgs),
+    /// Remove the pinned datapath (maps and links): detaches xvs and drops its flows.
+    Cleanup {
+        #[arg(long, default_value = xvs::dataplane::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+}
+
+pub enum Outcome {
+    Success,
+    /// The command ran but found a problem (verify's drift): exit status 1.
+    Failure,
 }
 
 impl Cli {
-    pub fn run(self) -> anyhow::Result<()> {
+    pub fn run(self) -> anyhow::Result<Outcome> {
         let source = ObjectSource::resolve(self.bpf_object);
         match self.command {
-            Command::Probe => probe::run(&source),
+            Command::Probe => probe::run(&source)?,
+            Command::Run(args) => run::run(&source, args)?,
+            Command::List(args) => list::run(args)?,
+            Command::Verify(args) => {
+                if !verify::run(args)? {
+                    return Ok(Outcome::Failure);
+                }
+            }
+            Command::Cleanup { pin_dir } => {
+                unpin_all(&pin_dir)?;
+                println!("removed {}", pin_dir.display());
+            }
         }
+        Ok(Outcome::Success)
     }
 }
-

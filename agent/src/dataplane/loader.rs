@@ -105,12 +105,15 @@ impl Dataplane {
         for (name, pin) in &pins {
             loader.map_pin_path(name, pin.as_path());
         }
+        // Only maps that were pinned before this load can be from another build.
+        let preexisting: Vec<&str> = pins.iter().filter(|(_, pin)| pin.exists()).map(|(name, _)| *name).collect();
         let mut ebpf = loader
             .load(bytes)
             .map_err(|source| DataplaneError::Load { path: path.to_owned(), source: Box::new(source) })?;
         let maps = Maps::take(&mut ebpf).map_err(|e| match (e, pin_dir) {
             (DataplaneError::Map { map, source, .. }, Some(dir))
-                if matches!(*source, aya::maps::MapError::InvalidKeySize { .. } | aya::maps::MapError::InvalidValueSize { .. }) =>
+                if preexisting.contains(&map)
+                    && matches!(*source, aya::maps::MapError::InvalidKeySize { .. } | aya::maps::MapError::InvalidValueSize { .. }) =>
             {
                 DataplaneError::PinnedLayout { dir: dir.to_owned(), map, source }
             }

@@ -7,7 +7,7 @@
 //! with weight 0 (no new flows, its established flows continue) until it has no live flow or
 //! the drain timeout passes, like kube-proxy's IPVS graceful termination.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
 };
 
@@ -46,6 +46,8 @@ pub struct Reconciler {
     svc_ids: IdPool,
     backend_ids: IdPool,
     drain_timeout: u32,
+    /// Services whose maps may differ from `applied` (drift): rewritten in full next sync.
+    dirty: BTreeSet<ServiceId>,
 }
 
 impl Reconciler {
@@ -56,6 +58,7 @@ impl Reconciler {
             svc_ids: IdPool::new(MAX_SERVICES),
             backend_ids: IdPool::new(MAX_BACKENDS),
             drain_timeout,
+            dirty: BTreeSet::new(),
         }
     }
 
@@ -67,7 +70,13 @@ impl Reconciler {
             live.services.values().map(|s| (s.id, live.entry(s))).collect();
         let svc_ids = IdPool::with_used(MAX_SERVICES, applied.values().map(|e| e.svc_id));
         let backend_ids = IdPool::with_used(MAX_BACKENDS, live.backends.keys().copied());
-        Self { applied, draining: BTreeMap::new(), svc_ids, backend_ids, drain_timeout }
+        Self { applied, draining: BTreeMap::new(), svc_ids, backend_ids, drain_timeout, dirty: BTreeSet::new() }
+    }
+
+    /// Marks services whose maps were changed behind the reconciler's back: the next sync
+    /// rewrites them in full (same ids, so their flows stay).
+    pub fn invalidate(&mut self, services: impl IntoIterator<Item = ServiceId>) {
+        self.dirty.extend(services);
     }
 
     /// What the reconciler believes is in the dataplane.
@@ -94,9 +103,11 @@ impl Reconciler {
         }
         for svc in model.services() {
             let old = self.applied.get(&svc.id).cloned();
+            let dirty = self.dirty.remove(&svc.id);
             match self.desired(svc, old.as_ref(), w, now, &mut report) {
-                Ok(new) if old.as_ref() == Some(&new) => report.unchanged += 1,
-                Ok(new) => match w.update_service(old.as_ref(), &new) {
+                Ok(new) if old.as_ref() == Some(&new) && !dirty => report.unchanged += 1,
+                // A dirty service is written as if nothing were known about its maps.
+                Ok(new) => match w.update_service(old.as_ref().filter(|_| !dirty), &new) {
                     Ok(()) => {
                         if old.is_some() { report.updated += 1 } else { report.created += 1 }
                         self.applied.insert(svc.id, new);

@@ -1,0 +1,128 @@
+//! `xvs run`: the daemon. Loads (or adopts) the pinned datapath, attaches it, applies the
+//! services file, and keeps the dataplane equal to it until SIGTERM/SIGINT.
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context as _;
+use aya::programs::{TcAttachType, XdpMode};
+use clap::{Args, ValueEnum};
+use tokio::signal::unix::{signal, SignalKind};
+use xvs::{
+    daemon::Agent,
+    dataplane::{ensure_bpffs, unpin_all, ObjectSource, PROG_TC_EGRESS, PROG_TC_INGRESS},
+    source::file,
+};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Services file (TOML; see README "Services file"). Reloaded on SIGHUP and when it changes.
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    /// Interface to serve on (repeatable): ingress program for client traffic, TC egress for
+    /// reverse NAT of replies.
+    #[arg(long = "iface", short = 'i', required = true)]
+    ifaces: Vec<String>,
+    /// Ingress program: XDP (fast path) or TC (where XDP cannot run, or the senders use
+    /// checksum offload).
+    #[arg(long, value_enum, default_value_t = Attach::Xdp)]
+    attach: Attach,
+    /// XDP mode: native (driver), skb (generic) or auto (the kernel picks).
+    #[arg(long, value_enum, default_value_t = Mode::Native)]
+    xdp_mode: Mode,
+    /// bpffs directory for pinned maps and links (a bpffs is mounted on its parent if needed).
+    #[arg(long, default_value = xvs::dataplane::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Longest time a removed backend drains (weight 0, established flows only) before it is
+    /// deleted even with flows left, in seconds.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout: u32,
+    /// How often the services file is checked for changes, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    watch_interval_ms: u64,
+    /// How often dead flows are removed and drains checked, in seconds.
+    #[arg(long, default_value_t = 5)]
+    flow_interval: u64,
+    /// How often the maps are compared with the desired state and drift is repaired, in seconds.
+    #[arg(long, default_value_t = 60)]
+    resync_interval: u64,
+    /// On SIGTERM/SIGINT remove the pinned maps and links (detaching the datapath, dropping
+    /// established flows). Without it the datapath keeps serving until the next agent adopts it.
+    #[arg(long)]
+    cleanup: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Attach {
+    Xdp,
+    Tc,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Native,
+    Skb,
+    Auto,
+}
+
+pub fn run(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?.block_on(serve(object, args))
+}
+
+async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
+    // Fail before touching the dataplane: an invalid file at start leaves pinned state as is.
+    let model = file::load(&args.config)?;
+    ensure_bpffs(&args.pin_dir)?;
+    tracing::info!(object = %object.describe(), pin_dir = %args.pin_dir.display(), "loading the datapath");
+    let mut dataplane = object.load_pinned(Some(&args.pin_dir))?;
+    let mode = match args.xdp_mode {
+        Mode::Native => XdpMode::Driver,
+        Mode::Skb => XdpMode::Skb,
+        Mode::Auto => XdpMode::Default,
+    };
+    for iface in &args.ifaces {
+        match args.attach {
+            Attach::Xdp => dataplane.attach_xdp_pinned(iface, mode, &args.pin_dir)?,
+            Attach::Tc => dataplane.attach_tc_pinned(iface, PROG_TC_INGRESS, TcAttachType::Ingress, &args.pin_dir)?,
+        }
+        dataplane.attach_tc_pinned(iface, PROG_TC_EGRESS, TcAttachType::Egress, &args.pin_dir)?;
+        tracing::info!(iface, "datapath attached");
+    }
+    let mut agent = Agent::start(dataplane, args.config.clone(), model, args.drain_timeout)?;
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut watch = tokio::time::interval(Duration::from_millis(args.watch_interval_ms.max(50)));
+    let mut flows = tokio::time::interval(Duration::from_secs(args.flow_interval.max(1)));
+    let mut resync = tokio::time::interval(Duration::from_secs(args.resync_interval.max(1)));
+    resync.tick().await;
+    tracing::info!("running");
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the services file");
+                agent.reload(true);
+            }
+            _ = watch.tick() => agent.reload(false),
+            _ = flows.tick() => {
+                if let Err(e) = agent.tend_flows() {
+                    tracing::error!("{}", xvs::error_chain(&e));
+                }
+            }
+            _ = resync.tick() => {
+                if let Err(e) = agent.repair_drift() {
+                    tracing::error!("{}", xvs::error_chain(&e));
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    if args.cleanup {
+        drop(agent);
+        unpin_all(&args.pin_dir)?;
+        tracing::info!(pin_dir = %args.pin_dir.display(), "stopped; pinned maps and links removed, datapath detached");
+    } else {
+        tracing::info!(pin_dir = %args.pin_dir.display(), "stopped; the pinned datapath keeps serving until the next agent adopts it");
+    }
+    Ok(())
+}

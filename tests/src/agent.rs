@@ -1,0 +1,201 @@
+//! The `xvs` binary as a user runs it: `xvs run` as a daemon in the node namespace (entered
+//! with nsenter for the network only, so its bpffs pins live in the host's mount namespace and
+//! outlive it, as on a real node), and the `xvs list` / `xvs verify` CLI.
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+/// The `xvs` binary under test: `$XVS_BIN` (set by `cargo xtask test`).
+pub fn xvs_bin() -> PathBuf {
+    std::env::var_os("XVS_BIN").map(PathBuf::from).unwrap_or_else(|| panic!("XVS_BIN is not set: run these tests with `cargo xtask test`"))
+}
+
+/// Runs `xvs <args>` to completion.
+pub fn xvs(args: &[&str]) -> Output {
+    Command::new(xvs_bin()).args(args).output().unwrap_or_else(|e| panic!("xvs {args:?}: {e}"))
+}
+
+/// `xvs list -n <extra>` against `pin_dir`, stdout as text (panics on failure).
+pub fn list(pin_dir: &Path, extra: &[&str]) -> String {
+    let pin = pin_dir.to_string_lossy();
+    let mut args = vec!["list", "-n", "--pin-dir", &pin];
+    args.extend_from_slice(extra);
+    let out = xvs(&args);
+    assert!(out.status.success(), "xvs list failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Retries `check` every 100 ms until it returns true or `secs` pass.
+pub fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A running `xvs run`.
+pub struct Agent {
+    child: Option<Child>,
+    pub pin_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts `xvs run --config <config> --iface <iface> --pin-dir <pin_dir> <extra>` in network
+    /// namespace `netns` and waits until it runs.
+    pub fn start(netns: &str, config: &Path, iface: &str, pin_dir: &Path, extra: &[&str]) -> Self {
+        let name = pin_dir.file_name().map_or_else(|| "xvs".into(), |n| n.to_string_lossy().into_owned());
+        let log = std::env::temp_dir().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{netns}"))
+            .arg(xvs_bin())
+            .args(["run", "--config"])
+            .arg(config)
+            .args(["--iface", iface, "--pin-dir"])
+            .arg(pin_dir)
+            .args(extra)
+            .env("XVS_LOG", "debug,aya=info,aya_obj=info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start xvs run: {e}"));
+        let agent = Self { child: Some(child), pin_dir: pin_dir.to_owned(), log };
+        agent.wait_log("running", 20);
+        agent
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` `times` times in all.
+    pub fn wait_log_count(&self, needle: &str, times: usize, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let log = self.log();
+            if log.matches(needle).count() >= times {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the agent never logged {needle:?} ({times}x); log:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn wait_log(&self, needle: &str, secs: u64) {
+        self.wait_log_count(needle, 1, secs);
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) on our own child's pid.
+            #[expect(unsafe_code, reason = "kill(2) has no safe std wrapper for signals other than SIGKILL")]
+            let rc = unsafe { libc::kill(child.id() as i32, sig) };
+            assert_eq!(rc, 0, "kill {sig}: {}", std::io::Error::last_os_error());
+        }
+    }
+
+    pub fn hup(&self) {
+        self.signal(libc::SIGHUP);
+    }
+
+    /// SIGKILL: the agent dies without any cleanup.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns whether it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        self.signal(libc::SIGTERM);
+        self.child.take().is_some_and(|mut c| c.wait().is_ok_and(|s| s.success()))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = Command::new(xvs_bin()).args(["cleanup", "--pin-dir"]).arg(&self.pin_dir).output();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A long-lived TCP connection from a namespace, driven line by line: each `send` writes a
+/// line and returns the echoed reply.
+pub struct Conn {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Conn {
+    pub fn open(netns: &str, addr: &str, port: u16) -> Self {
+        const CLIENT: &str = "import socket,struct,sys\n\
+s=socket.create_connection((sys.argv[1],int(sys.argv[2])),5)\n\
+f=s.makefile('rwb')\n\
+for line in sys.stdin:\n\
+    if line.strip()=='RST':\n\
+        s.setsockopt(socket.SOL_SOCKET,socket.SO_LINGER,struct.pack('ii',1,0)); s.close(); break\n\
+    f.write(line.encode()); f.flush()\n\
+    r=f.readline()\n\
+    print(r.decode().strip() if r else 'EOF', flush=True)\n";
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", netns, "python3", "-u", "-c", CLIENT, addr, &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the client: {e}"));
+        let stdin = child.stdin.take().unwrap_or_else(|| panic!("no stdin"));
+        let stdout = BufReader::new(child.stdout.take().unwrap_or_else(|| panic!("no stdout")));
+        Self { child, stdin, stdout }
+    }
+
+    /// Sends `line`, returns the reply (`backend-<i>:<line>`), or "EOF" if the server closed.
+    pub fn send(&mut self, line: &str) -> String {
+        writeln!(self.stdin, "{line}").unwrap_or_else(|e| panic!("client write: {e}"));
+        self.stdin.flush().unwrap_or_else(|e| panic!("client flush: {e}"));
+        let mut reply = String::new();
+        self.stdout.read_line(&mut reply).unwrap_or_else(|e| panic!("client read: {e}"));
+        reply.trim().to_owned()
+    }
+
+    /// The backend serving this connection, from one round trip.
+    pub fn backend(&mut self) -> String {
+        let reply = self.send("ping");
+        reply.split(':').next().unwrap_or_default().to_owned()
+    }
+
+    /// Aborts the connection with a RST.
+    pub fn reset(mut self) {
+        let _ = writeln!(self.stdin, "RST");
+        let _ = self.stdin.flush();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A services file for `vip` over `backends` (`(endpoint, extra TOML fields)`), written to `path`.
+pub fn write_services(path: &Path, vip: &str, port: u16, backends: &[(&str, &str)]) {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|(ep, extra)| if extra.is_empty() { format!("{{ endpoint = \"{ep}\" }}") } else { format!("{{ endpoint = \"{ep}\", {extra} }}") })
+        .collect();
+    let text = format!("[[service]]\nvip = \"{vip}\"\nport = {port}\nbackends = [{}]\n", list.join(", "));
+    // Write and rename, as editors and config management do, so the agent never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("{e}"));
+}
