@@ -136,15 +136,20 @@ pub struct Conn {
 
 impl Conn {
     pub fn open(netns: &str, addr: &str, port: u16) -> Self {
-        const CLIENT: &str = "import socket,struct,sys\n\
-s=socket.create_connection((sys.argv[1],int(sys.argv[2])),5)\n\
-f=s.makefile('rwb')\n\
-for line in sys.stdin:\n\
-    if line.strip()=='RST':\n\
-        s.setsockopt(socket.SOL_SOCKET,socket.SO_LINGER,struct.pack('ii',1,0)); s.close(); break\n\
-    f.write(line.encode()); f.flush()\n\
-    r=f.readline()\n\
-    print(r.decode().strip() if r else 'EOF', flush=True)\n";
+        const CLIENT: &str = r#"
+import socket, struct, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)
+f = s.makefile("rwb")
+for line in sys.stdin:
+    if line.strip() == "RST":
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+        break
+    f.write(line.encode())
+    f.flush()
+    r = f.readline()
+    print(r.decode().strip() if r else "EOF", flush=True)
+"#;
         let mut child = Command::new("ip")
             .args(["netns", "exec", netns, "python3", "-u", "-c", CLIENT, addr, &port.to_string()])
             .stdin(Stdio::piped())

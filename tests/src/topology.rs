@@ -128,13 +128,15 @@ impl Topology {
     /// Starts a line echo server on `port` in every backend namespace: each line comes back as
     /// `backend-<i>:<line>`, so a long-lived connection shows which backend carries it.
     pub fn start_echo_backends(&mut self, port: u16) {
-        const ECHO: &str = "import socketserver,sys\n\
-class H(socketserver.StreamRequestHandler):\n\
-    def handle(self):\n\
-        for line in self.rfile:\n\
-            self.wfile.write(sys.argv[1].encode() + b':' + line)\n\
-socketserver.ThreadingTCPServer.allow_reuse_address = True\n\
-socketserver.ThreadingTCPServer((sys.argv[2], int(sys.argv[3])), H).serve_forever()\n";
+        const ECHO: &str = r#"
+import socketserver, sys
+class H(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(sys.argv[1].encode() + b":" + line)
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer((sys.argv[2], int(sys.argv[3])), H).serve_forever()
+"#;
         for i in 1..=self.backends {
             let child = Command::new("ip")
                 .args(["netns", "exec", &self.ns(&format!("be{i}")), "python3", "-c", ECHO])

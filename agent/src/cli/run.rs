@@ -70,6 +70,7 @@ pub fn run(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
 async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
     // Fail before touching the dataplane: an invalid file at start leaves pinned state as is.
     let model = file::load(&args.config)?;
+    tracing::info!(file = %args.config.display(), services = model.len(), "services file loaded");
     ensure_bpffs(&args.pin_dir)?;
     tracing::info!(object = %object.describe(), pin_dir = %args.pin_dir.display(), "loading the datapath");
     let mut dataplane = object.load_pinned(Some(&args.pin_dir))?;
