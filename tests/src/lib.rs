@@ -60,6 +60,10 @@ pub fn service(svc_id: u32, vip: &str, proto: u8, scheduler: Scheduler, backends
 pub enum L4 {
     TcpSyn,
     TcpAck,
+    /// FIN + ACK: the client closes.
+    TcpFin,
+    /// RST: the client aborts.
+    TcpRst,
     Udp,
     /// UDP over IPv4 sent without checksum (0).
     UdpNoChecksum,
@@ -95,7 +99,7 @@ impl Pkt {
     }
 
     pub fn proto(&self) -> u8 {
-        if matches!(self.l4, L4::TcpSyn | L4::TcpAck) { IPPROTO_TCP } else { IPPROTO_UDP }
+        if matches!(self.l4, L4::TcpSyn | L4::TcpAck | L4::TcpFin | L4::TcpRst) { IPPROTO_TCP } else { IPPROTO_UDP }
     }
 
     pub fn bytes(&self) -> Vec<u8> {
@@ -127,6 +131,8 @@ impl Pkt {
         let written = match self.l4 {
             L4::TcpSyn => ip_step.tcp(sport, dport, 1000, 64240).syn().write(&mut out, &self.payload),
             L4::TcpAck => ip_step.tcp(sport, dport, 1001, 64240).ack(5000).write(&mut out, &self.payload),
+            L4::TcpFin => ip_step.tcp(sport, dport, 1001, 64240).ack(5000).fin().write(&mut out, &self.payload),
+            L4::TcpRst => ip_step.tcp(sport, dport, 1001, 64240).rst().write(&mut out, &self.payload),
             L4::Udp | L4::UdpNoChecksum => ip_step.udp(sport, dport).write(&mut out, &self.payload),
         };
         written.unwrap_or_else(|e| panic!("building {self:?}: {e}"));

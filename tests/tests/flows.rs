@@ -106,3 +106,92 @@ fn replies_are_reverse_natted_v4_and_v6() {
     let run = tc_egress(&mut dp, &stranger.bytes());
     assert_eq!((run.verdict, run.out), (TC_ACT_OK, stranger.bytes()));
 }
+
+/// The forward entry of the flow `client -> VIP`.
+fn forward_entry(dp: &Dataplane, client: &str) -> xvs_common::FlowEntry {
+    let (c, v) = (sa(client), sa(VIP));
+    let (saddr, family) = xvs::dataplane::to_map_addr(c.ip());
+    let key = xvs_common::FlowKey {
+        saddr,
+        daddr: xvs::dataplane::to_map_addr(v.ip()).0,
+        sport: c.port().to_be(),
+        dport: v.port().to_be(),
+        proto: IPPROTO_TCP,
+        family,
+        _pad: [0; 2],
+    };
+    dp.maps.conntrack.get(&key, 0).unwrap_or_else(|e| panic!("no forward entry for {client}: {e}"))
+}
+
+#[test]
+fn flow_state_follows_the_client_and_a_closed_port_reopens_as_a_new_flow() {
+    use xvs_common::flow::FlowState;
+    let mut dp = load();
+    apply(&mut dp, &two_backends(1));
+    let state = |dp: &Dataplane| FlowState::from_u8(forward_entry(dp, CLIENT).state);
+    assert_eq!(send(&mut dp, &Pkt::new(L4::TcpSyn, CLIENT, VIP)), (Reason::NewFlow, sa(A)));
+    assert_eq!(state(&dp), FlowState::SynSent);
+    let now = xvs::sync::monotonic_secs();
+    assert!(forward_entry(&dp, CLIENT).last_seen.abs_diff(now) <= 1, "stamped with CLOCK_MONOTONIC seconds");
+    send(&mut dp, &Pkt::new(L4::TcpAck, CLIENT, VIP));
+    assert_eq!(state(&dp), FlowState::Established);
+    assert_eq!(send(&mut dp, &Pkt::new(L4::TcpFin, CLIENT, VIP)), (Reason::Established, sa(A)));
+    assert_eq!(state(&dp), FlowState::Closing);
+    // The last ACK of the close stays on the backend; a new SYN on the same port is a new
+    // connection and is scheduled afresh (rr: the next backend).
+    assert_eq!(send(&mut dp, &Pkt::new(L4::TcpAck, CLIENT, VIP)), (Reason::Established, sa(A)));
+    assert_eq!(send(&mut dp, &Pkt::new(L4::TcpSyn, CLIENT, VIP)), (Reason::Rescheduled, sa(B)));
+    assert_eq!(state(&dp), FlowState::SynSent);
+    assert_eq!(send(&mut dp, &Pkt::new(L4::TcpRst, CLIENT, VIP)), (Reason::Established, sa(B)));
+    assert_eq!(state(&dp), FlowState::Closed);
+}
+
+#[test]
+fn an_idle_flow_past_its_timeout_is_rescheduled() {
+    let mut dp = load();
+    apply(&mut dp, &two_backends(1));
+    send(&mut dp, &Pkt::new(L4::TcpSyn, CLIENT, VIP));
+    send(&mut dp, &Pkt::new(L4::TcpAck, CLIENT, VIP));
+    // Age the flow: last seen longer ago than an established flow may idle (900 s).
+    let mut entry = forward_entry(&dp, CLIENT);
+    let (c, v) = (sa(CLIENT), sa(VIP));
+    let key = xvs_common::FlowKey {
+        saddr: xvs::dataplane::to_map_addr(c.ip()).0,
+        daddr: xvs::dataplane::to_map_addr(v.ip()).0,
+        sport: c.port().to_be(),
+        dport: v.port().to_be(),
+        proto: IPPROTO_TCP,
+        family: xvs_common::AF_INET,
+        _pad: [0; 2],
+    };
+    entry.last_seen = entry.last_seen.saturating_sub(901);
+    dp.maps.conntrack.insert(key, entry, 0).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(send(&mut dp, &Pkt::new(L4::TcpAck, CLIENT, VIP)), (Reason::Rescheduled, sa(B)));
+}
+
+#[test]
+fn session_affinity_keeps_a_client_on_its_backend_until_it_drains_or_times_out() {
+    let mut dp = load();
+    let mut svc = two_backends(1);
+    svc.affinity_timeout = 1;
+    apply(&mut dp, &svc);
+    // Every new connection of one client goes where its first went; another client moves rr on.
+    for port in 40000..40006 {
+        assert_eq!(send(&mut dp, &Pkt::new(L4::TcpSyn, &format!("10.0.1.2:{port}"), VIP)), (Reason::NewFlow, sa(A)));
+    }
+    assert_eq!(send(&mut dp, &Pkt::new(L4::TcpSyn, "10.0.1.3:40000", VIP)), (Reason::NewFlow, sa(B)));
+    // A draining backend takes no new flow, not even from a client bound to it; the client
+    // is bound anew.
+    let mut drained = two_backends(0);
+    drained.affinity_timeout = 1;
+    apply(&mut dp, &drained);
+    assert_eq!(send(&mut dp, &Pkt::new(L4::TcpSyn, "10.0.1.2:40010", VIP)), (Reason::NewFlow, sa(B)));
+    apply(&mut dp, &svc);
+    assert_eq!(send(&mut dp, &Pkt::new(L4::TcpSyn, "10.0.1.2:40011", VIP)), (Reason::NewFlow, sa(B)));
+    // After the timeout with no packet from the client, the binding to B is gone: rr decides
+    // (another client takes B first, so rr's next pick is A), and the new binding holds.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_eq!(send(&mut dp, &Pkt::new(L4::TcpSyn, "10.0.1.4:40000", VIP)).1, sa(B));
+    let picks: Vec<_> = (40020..40022).map(|p| send(&mut dp, &Pkt::new(L4::TcpSyn, &format!("10.0.1.2:{p}"), VIP)).1).collect();
+    assert_eq!(picks, [sa(A), sa(A)]);
+}
