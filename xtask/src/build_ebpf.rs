@@ -22,3 +22,16 @@ pub fn run() -> anyhow::Result<PathBuf> {
     println!("eBPF object: {}", object.display());
     Ok(object)
 }
+
+/// Builds the release `xvs` binary with `object` built in (one file, as images ship it) and
+/// returns its path.
+pub fn agent(object: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let root = cmd::root();
+    cmd::run(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["build", "--release", "--package", "xvs", "--features", "embed-bpf"])
+            .env("XVS_EMBED_BPF_OBJECT", object),
+    )?;
+    Ok(root.join("target/release/xvs"))
+}

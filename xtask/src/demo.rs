@@ -11,6 +11,8 @@ pub fn run() -> anyhow::Result<()> {
         bail!("the demo creates network namespaces and attaches XDP/TC programs: run it as root");
     }
     let object = build_ebpf::run()?;
+    println!("== building the agent (xvs, release, with the eBPF object built in)");
+    let xvs = build_ebpf::agent(&object)?;
     // Survive Ctrl-C (the demo itself stops) so the clean-up below always runs. A handler, not
     // SIG_IGN: handlers are reset on exec, so the demo still stops on Ctrl-C.
     ignore_sigint_here();
@@ -20,7 +22,7 @@ pub fn run() -> anyhow::Result<()> {
                 .current_dir(cmd::root())
                 .args(["run", "--quiet", "--package", "xvs-integration", "--bin", "xvs-demo", "--"])
                 .args(args)
-                .env("XVS_BPF_OBJECT", &object),
+                .env("XVS_BIN", &xvs),
         )
     };
     let result = demo(&[]);

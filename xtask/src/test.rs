@@ -14,20 +14,15 @@ pub fn run() -> anyhow::Result<()> {
         bail!("the kernel tests (BPF_PROG_TEST_RUN, XDP/TC attach, netns) need root: run `sudo -E cargo xtask test`");
     }
     println!("== release binary with the object built in: `xvs probe` loads and verifies it");
-    cmd::run(
-        Command::new("cargo")
-            .current_dir(&root)
-            .args(["build", "--release", "--package", "xvs", "--features", "embed-bpf"])
-            .env("XVS_EMBED_BPF_OBJECT", &object),
-    )?;
-    cmd::run(Command::new(root.join("target/release/xvs")).arg("probe").env_remove("XVS_BPF_OBJECT"))?;
-    println!("== kernel tests (root): packet tables through BPF_PROG_TEST_RUN, schedulers, netns end to end");
+    let xvs = build_ebpf::agent(&object)?;
+    cmd::run(Command::new(&xvs).arg("probe").env_remove("XVS_BPF_OBJECT"))?;
+    println!("== kernel tests (root): packet tables through BPF_PROG_TEST_RUN, schedulers, flows, netns end to end, the agent");
     // One test at a time: the end-to-end tests share namespace names and the machine has 2 cores.
     cmd::run(
         Command::new("cargo")
             .current_dir(&root)
             .args(["test", "--package", "xvs-integration", "--", "--test-threads=1"])
             .env("XVS_BPF_OBJECT", &object)
-            .env("XVS_BIN", root.join("target/release/xvs")),
+            .env("XVS_BIN", &xvs),
     )
 }
