@@ -56,9 +56,19 @@ fn list_matches_ipvsadm_and_verify_catches_and_repair_fixes_drift() {
         -> 10.0.13.2:8080               Masq    1      0          10        \n";
     assert_eq!(list(&agent.pin_dir, &[]), expected);
 
+    // --rate: the title ipvsadm prints, and per-second rates of traffic sent while it measures.
+    let pin_for_rate = agent.pin_dir.clone();
+    let rate = std::thread::spawn(move || list(&pin_for_rate, &["--rate", "--interval-ms", "1500"]));
+    spread(&topo, 6);
+    let rate = rate.join().unwrap_or_default();
+    let lines: Vec<&str> = rate.lines().collect();
+    assert_eq!(lines.get(1).copied(), Some("Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS"), "{rate}");
+    let in_pps: u64 = lines.get(3).and_then(|l| l.split_whitespace().nth(3)).and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert!(in_pps > 0, "no inbound packet rate measured: {rate}");
+
     let stats = list(&agent.pin_dir, &["--stats"]);
     let conns: Vec<&str> = stats.lines().skip(3).map(|l| l.split_whitespace().rev().nth(4).unwrap_or_default()).collect();
-    assert_eq!(conns, ["30", "10", "10", "10"], "{stats}");
+    assert_eq!(conns, ["36", "12", "12", "12"], "{stats}");
 
     let pin = agent.pin_dir.to_string_lossy().into_owned();
     let cfg = config.to_string_lossy().into_owned();
@@ -113,7 +123,16 @@ fn established_connection_survives_kill_9_and_restart_on_the_same_backend() {
     // New flows continue the rotation where it was.
     let mut third = Conn::open(&topo.ns("client"), "10.96.0.10", ECHO_PORT);
     assert_eq!(third.backend(), "backend-3");
-    drop(agent);
+
+    // SIGTERM without --cleanup: the agent exits, the pinned datapath stays and keeps serving.
+    let mut agent = agent;
+    assert!(agent.stop(), "{}", agent.log());
+    assert!(agent.log().contains("the pinned datapath keeps serving"), "{}", agent.log());
+    assert!(pin.join(xvs_common::MAP_CONNTRACK).exists());
+    assert_eq!(conn.send("after-stop"), "backend-2:after-stop");
+    // `xvs cleanup` removes it: the datapath is detached.
+    let out = xvs(&["cleanup", "--pin-dir", &pin.to_string_lossy()]);
+    assert!(out.status.success() && !pin.exists(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -114,3 +114,85 @@ fn diff_service(svc: &Service, l: &LiveService, live: &LiveState, out: &mut Vec<
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use xvs_common::{Backend, ServiceValue, BACKEND_F_PRESENT};
+
+    use super::*;
+    use crate::{dataplane::to_map_addr, source::file, sync::live::LiveService};
+
+    fn backend(ep: &str, svc_id: u32, weight: u32) -> Backend {
+        let ep: SocketAddr = ep.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (addr, family) = to_map_addr(ep.ip());
+        Backend { addr, port: ep.port().to_be(), family, flags: BACKEND_F_PRESENT, svc_id, weight }
+    }
+
+    /// The maps as the agent writes `TCP 10.96.0.10:80 rr` over .1 and .2 (ids 1, 2), plus a
+    /// draining .9 (id 3).
+    fn live() -> LiveState {
+        let id = ServiceId { vip: IpAddr::from([10, 96, 0, 10]), port: 80, proto: crate::model::Protocol::Tcp };
+        let value = ServiceValue { svc_id: 7, slot_base: 0, slot_count: 2, scheduler: Scheduler::RoundRobin as u8, ..Default::default() };
+        let mut state = LiveState::default();
+        state.services.insert(id, LiveService { id, value, table: vec![Some(1), Some(2)] });
+        state.backends.insert(1, backend("10.0.0.1:80", 7, 1));
+        state.backends.insert(2, backend("10.0.0.2:80", 7, 1));
+        state.backends.insert(3, backend("10.0.0.9:80", 7, 0));
+        state
+    }
+
+    fn model(text: &str) -> Model {
+        file::parse(text, std::path::Path::new("t.toml")).unwrap_or_default()
+    }
+
+    const WANT: &str = "[[service]]\nvip = \"10.96.0.10\"\nport = 80\nbackends = [{ endpoint = \"10.0.0.1:80\" }, { endpoint = \"10.0.0.2:80\" }]\n";
+
+    fn diff_text(model: &Model, live: &LiveState) -> Vec<String> {
+        diff(model, live).iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn matching_maps_have_no_drift_and_draining_backends_are_not_drift() {
+        assert_eq!(diff_text(&model(WANT), &live()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_kind_of_drift_is_named() {
+        let mut l = live();
+        if let Some(s) = l.services.values_mut().next() {
+            s.table[1] = None;
+            s.value.affinity_timeout = 30;
+        }
+        l.backends.insert(2, backend("10.0.0.2:80", 7, 5));
+        l.backends.insert(4, backend("10.0.0.4:80", 7, 1));
+        let want = format!("{WANT}\n[[service]]\nvip = \"10.96.0.11\"\nport = 80\n");
+        assert_eq!(
+            diff_text(&model(&want), &l),
+            [
+                "TCP 10.96.0.10:80: session affinity timeout is 30, want 0",
+                "TCP 10.96.0.10:80: backend 10.0.0.2:80 has weight 5, want 1",
+                "TCP 10.96.0.10:80: backend 10.0.0.4:80 (weight 1) is not desired",
+                "TCP 10.96.0.10:80: selection table slot 1 is missing (want 10.0.0.2:80)",
+                "TCP 10.96.0.11:80: missing from the dataplane",
+            ]
+        );
+        assert_eq!(diff_text(&Model::default(), &live()), ["TCP 10.96.0.10:80: in the dataplane but not desired"]);
+    }
+
+    #[test]
+    fn a_slot_pointing_elsewhere_is_drift() {
+        let mut l = live();
+        if let Some(s) = l.services.values_mut().next() {
+            s.table = vec![Some(2), Some(99)];
+        }
+        assert_eq!(
+            diff_text(&model(WANT), &l),
+            [
+                "TCP 10.96.0.10:80: selection table slot 0 sends to 10.0.0.2:80, want 10.0.0.1:80",
+                "TCP 10.96.0.10:80: selection table slot 1 names backend id 99, which is not a backend of this service (want 10.0.0.2:80)",
+            ]
+        );
+    }
+}
