@@ -133,7 +133,7 @@ impl Model {
         let services = services
             .into_iter()
             .map(|mut s| {
-                s.backends.sort_by(|a, b| (a.addr, a.port).cmp(&(b.addr, b.port)));
+                s.backends.sort_by_key(|b| (b.addr, b.port));
                 (s.id, s)
             })
             .collect();

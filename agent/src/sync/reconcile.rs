@@ -224,8 +224,8 @@ impl Reconciler {
                 continue;
             }
             let ep = SocketAddr::new(ob.addr, ob.port);
-            if !self.draining.contains_key(&(svc.id, ep)) {
-                self.draining.insert((svc.id, ep), now);
+            if let std::collections::btree_map::Entry::Vacant(v) = self.draining.entry((svc.id, ep)) {
+                v.insert(now);
                 report.draining.push((svc.id, ep));
             }
             backends.push(BackendEntry { weight: 0, ..ob.clone() });
