@@ -102,7 +102,7 @@ impl Agent {
     pub fn tend_flows(&mut self) -> Result<(), DataplaneError> {
         let now = monotonic_secs();
         let scan = flows::scan(&self.dataplane.maps, now)?;
-        let removed = flows::collect_garbage(&mut self.dataplane.maps, &scan)?;
+        let removed = flows::collect_garbage(&mut self.dataplane.maps, &scan, now)?;
         if removed > 0 {
             tracing::debug!(entries = removed, "expired flows removed");
         }

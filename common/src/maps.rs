@@ -154,6 +154,23 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
+impl FlowKey {
+    /// The key of the other direction, with the NAT applied: for a forward key (client -> VIP)
+    /// and the backend it is DNATed to, the reply key (backend -> client); for a reply key and
+    /// the VIP it is SNATed back to, the forward key.
+    pub const fn reversed_via(&self, nat_addr: [u32; 4], nat_port: u16) -> Self {
+        Self {
+            saddr: nat_addr,
+            daddr: self.saddr,
+            sport: nat_port,
+            dport: self.sport,
+            proto: self.proto,
+            family: self.family,
+            _pad: [0; 2],
+        }
+    }
+}
+
 /// Value of [`MAP_CONNTRACK`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

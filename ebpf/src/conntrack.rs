@@ -84,15 +84,7 @@ pub fn create(
         state: next_state(FlowState::Datagram as u8, meta) as u8,
         _pad: [0; 3],
     };
-    let reply_key = FlowKey {
-        saddr: backend.addr,
-        daddr: meta.saddr,
-        sport: backend.port,
-        dport: meta.sport,
-        proto: meta.proto,
-        family: meta.family,
-        _pad: [0; 2],
-    };
+    let reply_key = fwd_key.reversed_via(backend.addr, backend.port);
     let reply = FlowEntry {
         nat_addr: meta.daddr,
         nat_port: meta.dport,

@@ -107,11 +107,11 @@ fn replies_are_reverse_natted_v4_and_v6() {
     assert_eq!((run.verdict, run.out), (TC_ACT_OK, stranger.bytes()));
 }
 
-/// The forward entry of the flow `client -> VIP`.
-fn forward_entry(dp: &Dataplane, client: &str) -> xvs_common::FlowEntry {
+/// The connection-table key of the TCP flow `client -> VIP`.
+fn forward_key(client: &str) -> xvs_common::FlowKey {
     let (c, v) = (sa(client), sa(VIP));
     let (saddr, family) = xvs::dataplane::to_map_addr(c.ip());
-    let key = xvs_common::FlowKey {
+    xvs_common::FlowKey {
         saddr,
         daddr: xvs::dataplane::to_map_addr(v.ip()).0,
         sport: c.port().to_be(),
@@ -119,8 +119,12 @@ fn forward_entry(dp: &Dataplane, client: &str) -> xvs_common::FlowEntry {
         proto: IPPROTO_TCP,
         family,
         _pad: [0; 2],
-    };
-    dp.maps.conntrack.get(&key, 0).unwrap_or_else(|e| panic!("no forward entry for {client}: {e}"))
+    }
+}
+
+/// The forward entry of the flow `client -> VIP`.
+fn forward_entry(dp: &Dataplane, client: &str) -> xvs_common::FlowEntry {
+    dp.maps.conntrack.get(&forward_key(client), 0).unwrap_or_else(|e| panic!("no forward entry for {client}: {e}"))
 }
 
 #[test]
@@ -154,18 +158,8 @@ fn an_idle_flow_past_its_timeout_is_rescheduled() {
     send(&mut dp, &Pkt::new(L4::TcpAck, CLIENT, VIP));
     // Age the flow: last seen longer ago than an established flow may idle (900 s).
     let mut entry = forward_entry(&dp, CLIENT);
-    let (c, v) = (sa(CLIENT), sa(VIP));
-    let key = xvs_common::FlowKey {
-        saddr: xvs::dataplane::to_map_addr(c.ip()).0,
-        daddr: xvs::dataplane::to_map_addr(v.ip()).0,
-        sport: c.port().to_be(),
-        dport: v.port().to_be(),
-        proto: IPPROTO_TCP,
-        family: xvs_common::AF_INET,
-        _pad: [0; 2],
-    };
     entry.last_seen = entry.last_seen.saturating_sub(901);
-    dp.maps.conntrack.insert(key, entry, 0).unwrap_or_else(|e| panic!("{e}"));
+    dp.maps.conntrack.insert(forward_key(CLIENT), entry, 0).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(send(&mut dp, &Pkt::new(L4::TcpAck, CLIENT, VIP)), (Reason::Rescheduled, sa(B)));
 }
 

@@ -35,28 +35,7 @@ pub struct FlowScan {
 
 /// The reply key a forward entry created.
 pub fn reply_key(fwd: &FlowKey, entry: &FlowEntry) -> FlowKey {
-    FlowKey {
-        saddr: entry.nat_addr,
-        daddr: fwd.saddr,
-        sport: entry.nat_port,
-        dport: fwd.sport,
-        proto: fwd.proto,
-        family: fwd.family,
-        _pad: [0; 2],
-    }
-}
-
-/// The forward key a reply entry belongs to.
-fn forward_key(reply: &FlowKey, entry: &FlowEntry) -> FlowKey {
-    FlowKey {
-        saddr: reply.daddr,
-        daddr: entry.nat_addr,
-        sport: reply.dport,
-        dport: entry.nat_port,
-        proto: reply.proto,
-        family: reply.family,
-        _pad: [0; 2],
-    }
+    fwd.reversed_via(entry.nat_addr, entry.nat_port)
 }
 
 /// Walks the whole table once. `now` is CLOCK_MONOTONIC seconds.
@@ -89,25 +68,34 @@ pub fn scan(maps: &Maps, now: u32) -> Result<FlowScan, DataplaneError> {
         }
     }
     for (key, entry) in replies {
-        if maps.conntrack.get(&forward_key(&key, &entry), 0).is_err() {
+        if maps.conntrack.get(&key.reversed_via(entry.nat_addr, entry.nat_port), 0).is_err() {
             out.orphan_replies.push(key);
         }
     }
     Ok(out)
 }
 
-/// Deletes dead flows (both entries) and orphaned replies; returns how many flows went.
-pub fn collect_garbage(maps: &mut Maps, scan: &FlowScan) -> Result<usize, DataplaneError> {
+/// Deletes dead flows (both entries) and orphaned replies; returns how many entries went. Each
+/// dead flow is read again first: a packet may have revived it since the scan (a new SYN on the
+/// same ports), and a live flow must never lose its entry.
+pub fn collect_garbage(maps: &mut Maps, scan: &FlowScan, now: u32) -> Result<usize, DataplaneError> {
+    let mut keys = Vec::with_capacity(scan.dead.len() * 2 + scan.orphan_replies.len());
+    for (key, entry) in &scan.dead {
+        let still_dead = match maps.conntrack.get(key, 0) {
+            Ok(current) => current.kind == FLOW_FORWARD && expired(FlowState::from_u8(current.state), current.last_seen, now),
+            Err(_) => true,
+        };
+        if still_dead {
+            keys.push(*key);
+            keys.push(reply_key(key, entry));
+        }
+    }
+    keys.extend(scan.orphan_replies.iter().copied());
     let mut removed = 0;
-    let keys = scan
-        .dead
-        .iter()
-        .flat_map(|(key, entry)| [*key, reply_key(key, entry)])
-        .chain(scan.orphan_replies.iter().copied());
     for key in keys {
         match maps.conntrack.remove(&key) {
             Ok(()) => removed += 1,
-            // Evicted or reused meanwhile: fine.
+            // Evicted meanwhile: fine.
             Err(e) if is_missing(&e) => {}
             Err(e) => return Err(DataplaneError::map(MAP_CONNTRACK, "delete")(e)),
         }
