@@ -155,15 +155,28 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
-    /// The key of the other direction, with the NAT applied: for a forward key (client -> VIP)
-    /// and the backend it is DNATed to, the reply key (backend -> client); for a reply key and
-    /// the VIP it is SNATed back to, the forward key.
-    pub const fn reversed_via(&self, nat_addr: [u32; 4], nat_port: u16) -> Self {
+    /// For a forward key (client -> VIP) DNATed to `backend`, the key replies arrive with
+    /// (backend -> client).
+    pub const fn reply_of(&self, backend_addr: [u32; 4], backend_port: u16) -> Self {
         Self {
-            saddr: nat_addr,
+            saddr: backend_addr,
             daddr: self.saddr,
-            sport: nat_port,
+            sport: backend_port,
             dport: self.sport,
+            proto: self.proto,
+            family: self.family,
+            _pad: [0; 2],
+        }
+    }
+
+    /// For a reply key (backend -> client) whose flow was addressed to `vip`, the forward key
+    /// (client -> VIP).
+    pub const fn forward_of(&self, vip_addr: [u32; 4], vip_port: u16) -> Self {
+        Self {
+            saddr: self.daddr,
+            daddr: vip_addr,
+            sport: self.dport,
+            dport: vip_port,
             proto: self.proto,
             family: self.family,
             _pad: [0; 2],
@@ -285,4 +298,18 @@ pub const fn addr_octets(addr: &[u32; 4]) -> [u8; 16] {
         i += 1;
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_and_forward_keys_are_inverse() {
+        let fwd = FlowKey { saddr: addr_v4([10, 0, 1, 2]), daddr: addr_v4([10, 96, 0, 10]), sport: 40000u16.to_be(), dport: 80u16.to_be(), proto: IPPROTO_TCP, family: AF_INET, _pad: [0; 2] };
+        let backend = addr_v4([10, 0, 11, 2]);
+        let reply = fwd.reply_of(backend, 8080u16.to_be());
+        assert_eq!((reply.saddr, reply.daddr, u16::from_be(reply.sport), u16::from_be(reply.dport)), (backend, fwd.saddr, 8080, 40000));
+        assert_eq!(reply.forward_of(fwd.daddr, fwd.dport), fwd);
+    }
 }

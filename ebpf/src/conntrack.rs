@@ -84,7 +84,7 @@ pub fn create(
         state: next_state(FlowState::Datagram as u8, meta) as u8,
         _pad: [0; 3],
     };
-    let reply_key = fwd_key.reversed_via(backend.addr, backend.port);
+    let reply_key = fwd_key.reply_of(backend.addr, backend.port);
     let reply = FlowEntry {
         nat_addr: meta.daddr,
         nat_port: meta.dport,

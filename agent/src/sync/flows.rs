@@ -35,7 +35,7 @@ pub struct FlowScan {
 
 /// The reply key a forward entry created.
 pub fn reply_key(fwd: &FlowKey, entry: &FlowEntry) -> FlowKey {
-    fwd.reversed_via(entry.nat_addr, entry.nat_port)
+    fwd.reply_of(entry.nat_addr, entry.nat_port)
 }
 
 /// Walks the whole table once. `now` is CLOCK_MONOTONIC seconds.
@@ -68,7 +68,7 @@ pub fn scan(maps: &Maps, now: u32) -> Result<FlowScan, DataplaneError> {
         }
     }
     for (key, entry) in replies {
-        if maps.conntrack.get(&key.reversed_via(entry.nat_addr, entry.nat_port), 0).is_err() {
+        if maps.conntrack.get(&key.forward_of(entry.nat_addr, entry.nat_port), 0).is_err() {
             out.orphan_replies.push(key);
         }
     }
