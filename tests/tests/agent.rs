@@ -192,3 +192,21 @@ fn graceful_termination_and_reloads_move_new_flows_only() {
     agent.wait_log_count("services file loaded", 1, 10);
     eventually(5, "backend-1 back with weight 3", || list(&pin, &[]).contains(&format!("  -> {be1:<28} Masq    3 ")));
 }
+
+#[test]
+fn tc_attach_mode_serves_through_pinned_tcx_links() {
+    let mut topo = Topology::create("xvs-ag4", 3);
+    topo.start_http_backends();
+    let config = config_path("ag4");
+    let eps = http_backends(3);
+    let backends: Vec<(&str, &str)> = eps.iter().map(|e| (e.as_str(), "")).collect();
+    write_services(&config, "10.96.0.10", 80, &backends);
+    let pin = pin_dir("ag4");
+    let agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin, &["--attach", "tc"]);
+    assert!(pin.join("links").join(format!("{NODE_IFACE}_tc_ingress")).exists());
+    assert!(pin.join("links").join(format!("{NODE_IFACE}_tc_egress")).exists());
+    assert!(!pin.join("links").join(format!("{NODE_IFACE}_xdp")).exists());
+    let served = spread(&topo, 6);
+    assert_eq!(served.values().copied().collect::<Vec<_>>(), [2, 2, 2], "{served:?}");
+    drop(agent);
+}
