@@ -4,6 +4,7 @@ mod cmd;
 mod demo;
 mod setup;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,8 @@ enum Task {
     Test,
     /// Run the demo: three HTTP backends behind one VIP in network namespaces, 30 requests.
     Demo,
+    /// Run the IPVS tests in a VM booting Debian's kernel (this kernel has no IPVS).
+    VmTest,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +35,9 @@ fn main() -> anyhow::Result<()> {
         Task::BuildEbpf => build_ebpf::run().map(|_| ()),
         Task::Test => test::run(),
         Task::Demo => demo::run(),
+        Task::VmTest => {
+            let object = build_ebpf::run()?;
+            vm::run(&build_ebpf::agent(&object)?)
+        }
     }
 }

@@ -10,7 +10,8 @@ pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13";
 
 /// Debian packages: LLVM for bpf-linker; iproute2/ethtool for attaching and the netns tests;
-/// curl and python3 for the end-to-end HTTP traffic.
+/// curl and python3 for the end-to-end HTTP traffic; qemu, busybox, cpio and ipvsadm for the
+/// IPVS tests in a VM (this kernel has no IPVS).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -19,6 +20,10 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "curl",
     "python3",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "ipvsadm",
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -3,7 +3,7 @@ use std::process::Command;
 
 use anyhow::bail;
 
-use crate::{build_ebpf, cmd};
+use crate::{build_ebpf, cmd, vm};
 
 pub fn run() -> anyhow::Result<()> {
     let object = build_ebpf::run()?;
@@ -24,5 +24,7 @@ pub fn run() -> anyhow::Result<()> {
             .args(["test", "--package", "xvs-integration", "--", "--test-threads=1"])
             .env("XVS_BPF_OBJECT", &object)
             .env("XVS_BIN", &xvs),
-    )
+    )?;
+    println!("== IPVS tests in a VM (this kernel has no IPVS): the client and ipvsadm parity");
+    vm::run(&xvs)
 }

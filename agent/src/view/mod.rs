@@ -119,3 +119,37 @@ impl Listing {
         Ok(Self { size: MAX_FLOWS, services })
     }
 }
+
+impl Listing {
+    /// The kernel IPVS table as `ipvsadm -L -n` shows it (address-based TCP/UDP services; the
+    /// connection counters are the kernel's).
+    pub fn read_ipvs(client: &crate::ipvs::IpvsClient) -> Result<Self, crate::ipvs::IpvsError> {
+        use crate::ipvs::wire::{SVC_F_PERSISTENT, SVC_F_SCHED2};
+        let info = client.info()?;
+        let mut services = Vec::new();
+        for s in client.services()? {
+            let Some(proto) = u8::try_from(s.protocol).ok().and_then(crate::model::Protocol::from_number) else { continue };
+            let mut backends: Vec<ListedBackend> = client
+                .dests(&s)?
+                .into_iter()
+                .map(|d| ListedBackend {
+                    endpoint: SocketAddr::new(d.addr, d.port),
+                    weight: d.weight,
+                    conns: ConnCounts { active: d.active_conns, inactive: d.inactive_conns },
+                    stats: Counters::default(),
+                })
+                .collect();
+            backends.sort_by_key(|b| b.endpoint);
+            services.push(ListedService {
+                id: ServiceId { vip: s.addr, port: s.port, proto },
+                sh_port: s.scheduler == "sh" && s.flags & SVC_F_SCHED2 != 0,
+                persistent: (s.flags & SVC_F_PERSISTENT != 0).then_some(s.timeout),
+                scheduler: s.scheduler,
+                stats: Counters::default(),
+                backends,
+            });
+        }
+        services.sort_by_key(|s| s.id);
+        Ok(Self { size: info.conn_tab_size, services })
+    }
+}
