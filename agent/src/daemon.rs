@@ -1,5 +1,6 @@
-//! The agent's work between signals: apply the services file, keep the connection table clean,
-//! end drains, and repair drift. The binary owns the event loop (cli/run.rs); this owns state.
+//! The agent's work between signals: apply the services file to the eBPF dataplane and/or the
+//! kernel IPVS mirror, keep the connection table clean, end drains, and repair drift. The
+//! binary owns the event loop (cli/run.rs); this owns state.
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
@@ -8,6 +9,7 @@ use std::{
 use crate::{
     dataplane::{Dataplane, DataplaneError},
     error_chain,
+    ipvs::mirror::IpvsMirror,
     model::{Model, ServiceId},
     source::file,
     sync::{flows, monotonic_secs, verify, LiveState, Reconciler, Writer},
@@ -27,28 +29,40 @@ pub fn stamp(path: &Path) -> Option<FileStamp> {
     Some(FileStamp { modified: m.modified().ok(), len: m.len(), inode: m.ino() })
 }
 
-pub struct Agent {
+/// The eBPF side: the loaded (pinned) datapath and the reconciler that writes its maps.
+pub struct Ebpf {
     pub dataplane: Dataplane,
-    config: PathBuf,
-    stamp: Option<FileStamp>,
-    /// The last valid model: what the dataplane is kept equal to.
-    model: Model,
     reconciler: Reconciler,
 }
 
-impl Agent {
-    /// Adopts whatever a previous agent left in the (pinned) maps, then applies `model`.
-    pub fn start(dataplane: Dataplane, config: PathBuf, model: Model, drain_timeout: u32) -> Result<Self, DataplaneError> {
+impl Ebpf {
+    /// Adopts whatever a previous agent left in the (pinned) maps.
+    pub fn adopt(dataplane: Dataplane, drain_timeout: u32) -> Result<Self, DataplaneError> {
         let live = LiveState::read(&dataplane.maps)?;
-        let adopted = live.services.len();
         let reconciler = Reconciler::adopt(&live, drain_timeout);
-        if adopted > 0 {
-            tracing::info!(services = adopted, backends = live.backends.len(), "adopted the pinned dataplane of a previous agent");
+        if !live.services.is_empty() {
+            tracing::info!(services = live.services.len(), backends = live.backends.len(), "adopted the pinned dataplane of a previous agent");
         }
+        Ok(Self { dataplane, reconciler })
+    }
+}
+
+pub struct Agent {
+    pub ebpf: Option<Ebpf>,
+    pub ipvs: Option<IpvsMirror>,
+    config: PathBuf,
+    stamp: Option<FileStamp>,
+    /// The last valid model: what the dataplanes are kept equal to.
+    model: Model,
+}
+
+impl Agent {
+    /// Applies `model` to whichever dataplanes are given.
+    pub fn start(ebpf: Option<Ebpf>, ipvs: Option<IpvsMirror>, config: PathBuf, model: Model) -> Self {
         let stamp = stamp(&config);
-        let mut agent = Self { dataplane, config, stamp, model, reconciler };
+        let mut agent = Self { ebpf, ipvs, config, stamp, model };
         agent.apply();
-        Ok(agent)
+        agent
     }
 
     pub fn model(&self) -> &Model {
@@ -56,7 +70,7 @@ impl Agent {
     }
 
     /// Re-reads the services file if it changed on disk (or always, when `force`: SIGHUP).
-    /// An invalid file is reported and ignored: the dataplane keeps the last good state.
+    /// An invalid file is reported and ignored: the dataplanes keep the last good state.
     pub fn reload(&mut self, force: bool) {
         let now_stamp = stamp(&self.config);
         if !force && now_stamp == self.stamp {
@@ -72,41 +86,59 @@ impl Agent {
                 self.model = model;
                 self.apply();
             }
-            Err(e) => tracing::error!(
-                "{}; keeping the last good state ({} services)",
-                error_chain(&e),
-                self.model.len()
-            ),
+            Err(e) => tracing::error!("{}; keeping the last good state ({} services)", error_chain(&e), self.model.len()),
         }
     }
 
     fn apply(&mut self) {
-        let (report, errors) = self.reconciler.sync(&self.model, &mut self.dataplane.maps, monotonic_secs());
-        for e in &errors {
-            tracing::error!("{}", error_chain(e));
+        if let Some(ebpf) = &mut self.ebpf {
+            let (report, errors) = ebpf.reconciler.sync(&self.model, &mut ebpf.dataplane.maps, monotonic_secs());
+            for e in &errors {
+                tracing::error!("{}", error_chain(e));
+            }
+            for (svc, backend) in &report.draining {
+                tracing::info!(service = %svc, %backend, "backend draining: no new flows, established flows continue");
+            }
+            tracing::info!(
+                created = report.created,
+                updated = report.updated,
+                removed = report.removed,
+                unchanged = report.unchanged,
+                failed = errors.len(),
+                "dataplane synced"
+            );
         }
-        for (svc, backend) in &report.draining {
-            tracing::info!(service = %svc, %backend, "backend draining: no new flows, established flows continue");
-        }
-        tracing::info!(
-            created = report.created,
-            updated = report.updated,
-            removed = report.removed,
-            unchanged = report.unchanged,
-            failed = errors.len(),
-            "dataplane synced"
-        );
+        self.sync_ipvs();
     }
 
-    /// Removes dead flows and finishes drains whose backends have no flow left.
+    fn sync_ipvs(&mut self) {
+        let Some(mirror) = &self.ipvs else { return };
+        match mirror.sync(&self.model) {
+            Ok((done, errors)) => {
+                for op in &done {
+                    tracing::info!(op = %op, "ipvs");
+                }
+                for e in &errors {
+                    tracing::error!("ipvs: {}", error_chain(e));
+                }
+                tracing::info!(changes = done.len(), failed = errors.len(), "ipvs synced");
+            }
+            Err(e) => tracing::error!("ipvs: reading the kernel table failed: {}", error_chain(&e)),
+        }
+    }
+
+    /// Removes dead flows and finishes drains whose backends have no flow left (eBPF), and
+    /// deletes IPVS dests whose connections are gone.
     pub fn tend_flows(&mut self) -> Result<(), DataplaneError> {
+        self.sync_ipvs_quietly();
+        let Some(ebpf) = &mut self.ebpf else { return Ok(()) };
         let now = monotonic_secs();
-        let scan = flows::scan(&self.dataplane.maps, now)?;
-        let removed = flows::collect_garbage(&mut self.dataplane.maps, &scan, now)?;
+        let scan = flows::scan(&ebpf.dataplane.maps, now)?;
+        let removed = flows::collect_garbage(&mut ebpf.dataplane.maps, &scan, now)?;
         if removed > 0 {
             tracing::debug!(entries = removed, "expired flows removed");
         }
-        let (done, errors) = self.reconciler.finish_drains(&scan.per_backend, &mut self.dataplane.maps, now);
+        let (done, errors) = ebpf.reconciler.finish_drains(&scan.per_backend, &mut ebpf.dataplane.maps, now);
         for (svc, backend) in done {
             tracing::info!(service = %svc, %backend, "backend drained and removed");
         }
@@ -116,9 +148,20 @@ impl Agent {
         Ok(())
     }
 
+    /// IPVS drains end when the kernel's counters reach 0: a periodic sync finishes them.
+    fn sync_ipvs_quietly(&mut self) {
+        let Some(mirror) = &self.ipvs else { return };
+        match mirror.drift(&self.model) {
+            Ok(ops) if ops.is_empty() => {}
+            Ok(_) => self.sync_ipvs(),
+            Err(e) => tracing::error!("ipvs: {}", error_chain(&e)),
+        }
+    }
+
     /// Compares the maps with the model and rewrites what someone else changed.
     pub fn repair_drift(&mut self) -> Result<usize, DataplaneError> {
-        let live = LiveState::read(&self.dataplane.maps)?;
+        let Some(ebpf) = &mut self.ebpf else { return Ok(0) };
+        let live = LiveState::read(&ebpf.dataplane.maps)?;
         let drift = verify::diff(&self.model, &live);
         if drift.is_empty() {
             return Ok(0);
@@ -130,7 +173,7 @@ impl Agent {
                 && let Some(l) = live.services.get(id)
             {
                 let entry = live.entry(l);
-                if let Err(e) = Writer::remove_service(&mut self.dataplane.maps, &entry) {
+                if let Err(e) = Writer::remove_service(&mut ebpf.dataplane.maps, &entry) {
                     tracing::error!("{}", error_chain(&e));
                 }
             }
@@ -138,7 +181,7 @@ impl Agent {
                 dirty.insert(id);
             }
         }
-        self.reconciler.invalidate(dirty);
+        ebpf.reconciler.invalidate(dirty);
         self.apply();
         Ok(drift.len())
     }

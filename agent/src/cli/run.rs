@@ -7,7 +7,8 @@ use aya::programs::{TcAttachType, XdpMode};
 use clap::{Args, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 use xvs::{
-    daemon::Agent,
+    daemon::{Agent, Ebpf},
+    ipvs::mirror::IpvsMirror,
     dataplane::{ensure_bpffs, unpin_all, ObjectSource, PROG_TC_EGRESS, PROG_TC_INGRESS},
     source::file,
 };
@@ -19,7 +20,7 @@ pub struct RunArgs {
     config: PathBuf,
     /// Interface to serve on (repeatable): ingress program for client traffic, TC egress for
     /// reverse NAT of replies.
-    #[arg(long = "iface", short = 'i', required = true)]
+    #[arg(long = "iface", short = 'i')]
     ifaces: Vec<String>,
     /// Ingress program: XDP (fast path) or TC (where XDP cannot run, or the senders use
     /// checksum offload).
@@ -44,10 +45,27 @@ pub struct RunArgs {
     /// How often the maps are compared with the desired state and drift is repaired, in seconds.
     #[arg(long, default_value_t = 60)]
     resync_interval: u64,
+    /// Which dataplanes to program: the eBPF datapath, the kernel IPVS mirror, both, or auto
+    /// (both where available: eBPF only when the kernel has no IPVS, IPVS only when the eBPF
+    /// datapath cannot load or attach).
+    #[arg(long, value_enum, default_value_t = DataplaneMode::Auto)]
+    dataplane: DataplaneMode,
+    /// The dummy interface VIPs are bound to for IPVS (kube-proxy's kube-ipvs0); created if
+    /// missing. Virtual services on its addresses are xvs's; others are never touched.
+    #[arg(long, default_value = "xvs-ipvs0")]
+    ipvs_dummy: String,
     /// On SIGTERM/SIGINT remove the pinned maps and links (detaching the datapath, dropping
     /// established flows). Without it the datapath keeps serving until the next agent adopts it.
     #[arg(long)]
     cleanup: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DataplaneMode {
+    Ebpf,
+    Ipvs,
+    Both,
+    Auto,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -71,23 +89,31 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
     // Fail before touching the dataplane: an invalid file at start leaves pinned state as is.
     let model = file::load(&args.config)?;
     tracing::info!(file = %args.config.display(), services = model.len(), "services file loaded");
-    ensure_bpffs(&args.pin_dir)?;
-    tracing::info!(object = %object.describe(), pin_dir = %args.pin_dir.display(), "loading the datapath");
-    let mut dataplane = object.load_pinned(Some(&args.pin_dir))?;
-    let mode = match args.xdp_mode {
-        Mode::Native => XdpMode::Driver,
-        Mode::Skb => XdpMode::Skb,
-        Mode::Auto => XdpMode::Default,
+    let ipvs = match args.dataplane {
+        DataplaneMode::Ebpf => None,
+        DataplaneMode::Ipvs | DataplaneMode::Both => Some(IpvsMirror::open(&args.ipvs_dummy)?),
+        DataplaneMode::Auto => match IpvsMirror::open(&args.ipvs_dummy) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!("IPVS mirror off ({}): serving with the eBPF datapath only", xvs::error_chain(&e));
+                None
+            }
+        },
     };
-    for iface in &args.ifaces {
-        match args.attach {
-            Attach::Xdp => dataplane.attach_xdp_pinned(iface, mode, &args.pin_dir)?,
-            Attach::Tc => dataplane.attach_tc_pinned(iface, PROG_TC_INGRESS, TcAttachType::Ingress, &args.pin_dir)?,
-        }
-        dataplane.attach_tc_pinned(iface, PROG_TC_EGRESS, TcAttachType::Egress, &args.pin_dir)?;
-        tracing::info!(iface, "datapath attached");
-    }
-    let mut agent = Agent::start(dataplane, args.config.clone(), model, args.drain_timeout)?;
+    let ebpf = match args.dataplane {
+        DataplaneMode::Ipvs => None,
+        DataplaneMode::Ebpf | DataplaneMode::Both => Some(start_ebpf(object, &args)?),
+        DataplaneMode::Auto => match start_ebpf(object, &args) {
+            Ok(e) => Some(e),
+            Err(e) if ipvs.is_some() => {
+                tracing::warn!("eBPF datapath unavailable ({e:#}): serving with kernel IPVS only");
+                None
+            }
+            Err(e) => return Err(e.context("neither the eBPF datapath nor IPVS is available")),
+        },
+    };
+    tracing::info!(ebpf = ebpf.is_some(), ipvs = ipvs.is_some(), "dataplanes");
+    let mut agent = Agent::start(ebpf, ipvs, args.config.clone(), model);
 
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -118,7 +144,7 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
             _ = int.recv() => break,
         }
     }
-    if args.cleanup {
+    if args.cleanup && agent.ebpf.is_some() {
         drop(agent);
         unpin_all(&args.pin_dir)?;
         tracing::info!(pin_dir = %args.pin_dir.display(), "stopped; pinned maps and links removed, datapath detached");
@@ -126,4 +152,28 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(pin_dir = %args.pin_dir.display(), "stopped; the pinned datapath keeps serving until the next agent adopts it");
     }
     Ok(())
+}
+
+/// Loads (or adopts) the pinned datapath and attaches it to every interface.
+fn start_ebpf(object: &ObjectSource, args: &RunArgs) -> anyhow::Result<Ebpf> {
+    if args.ifaces.is_empty() {
+        anyhow::bail!("the eBPF datapath needs at least one --iface to attach to (or run with --dataplane ipvs)");
+    }
+    ensure_bpffs(&args.pin_dir)?;
+    tracing::info!(object = %object.describe(), pin_dir = %args.pin_dir.display(), "loading the datapath");
+    let mut dataplane = object.load_pinned(Some(&args.pin_dir))?;
+    let mode = match args.xdp_mode {
+        Mode::Native => XdpMode::Driver,
+        Mode::Skb => XdpMode::Skb,
+        Mode::Auto => XdpMode::Default,
+    };
+    for iface in &args.ifaces {
+        match args.attach {
+            Attach::Xdp => dataplane.attach_xdp_pinned(iface, mode, &args.pin_dir)?,
+            Attach::Tc => dataplane.attach_tc_pinned(iface, PROG_TC_INGRESS, TcAttachType::Ingress, &args.pin_dir)?,
+        }
+        dataplane.attach_tc_pinned(iface, PROG_TC_EGRESS, TcAttachType::Egress, &args.pin_dir)?;
+        tracing::info!(iface, "datapath attached");
+    }
+    Ok(Ebpf::adopt(dataplane, args.drain_timeout)?)
 }

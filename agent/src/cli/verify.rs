@@ -1,36 +1,108 @@
-//! `xvs verify`: the live maps against the services file; exit status 1 on any difference.
+//! `xvs verify`: the live dataplanes against the services file, and against each other; exit
+//! status 1 on any difference.
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use xvs::{
     dataplane::Maps,
+    ipvs::{mirror::IpvsMirror, IpvsError},
     source::file,
     sync::{verify, LiveState},
+    view::{ListedService, Listing},
 };
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Which {
+    /// The pinned eBPF maps.
+    Ebpf,
+    /// The kernel IPVS table (xvs's services: those on the dummy link's addresses).
+    Ipvs,
+    /// Every dataplane present on this node, and eBPF against IPVS when both are.
+    All,
+}
 
 #[derive(Args)]
 pub struct VerifyArgs {
     /// Services file holding the desired state.
     #[arg(long, short = 'c')]
     config: PathBuf,
+    /// Which dataplane to check.
+    #[arg(long, value_enum, default_value_t = Which::All)]
+    source: Which,
     /// Where `xvs run` pinned the dataplane.
     #[arg(long, default_value = xvs::dataplane::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// The dummy interface `xvs run` binds VIPs to for IPVS.
+    #[arg(long, default_value = "xvs-ipvs0")]
+    ipvs_dummy: String,
 }
 
-/// Returns whether the dataplane matches.
+/// Returns whether everything checked matches.
 pub fn run(args: VerifyArgs) -> anyhow::Result<bool> {
     let model = file::load(&args.config)?;
-    let maps = Maps::open_pinned(&args.pin_dir)?;
-    let live = LiveState::read(&maps)?;
-    let drift = verify::diff(&model, &live);
-    for d in &drift {
-        println!("drift: {d}");
+    let mut differences = 0;
+    let mut checked = Vec::new();
+    let mut ebpf_listing = None;
+    let maps = match (args.source, Maps::open_pinned(&args.pin_dir)) {
+        (Which::Ipvs, _) => None,
+        (_, Ok(maps)) => Some(maps),
+        (Which::Ebpf, Err(e)) => return Err(e.into()),
+        (Which::All, Err(_)) => None,
+    };
+    if let Some(maps) = &maps {
+        let live = LiveState::read(maps)?;
+        for d in verify::diff(&model, &live) {
+            println!("drift: ebpf: {d}");
+            differences += 1;
+        }
+        ebpf_listing = Some(Listing::read(maps)?);
+        checked.push("ebpf");
     }
-    if drift.is_empty() {
-        println!("ok: {} services in the dataplane match {}", model.len(), args.config.display());
+    let mirror = match (args.source, IpvsMirror::open(&args.ipvs_dummy)) {
+        (Which::Ebpf, _) => None,
+        (_, Ok(m)) => Some(m),
+        (Which::Ipvs, Err(e)) => return Err(e.into()),
+        (Which::All, Err(IpvsError::Unavailable)) => None,
+        (Which::All, Err(e)) => return Err(e.into()),
+    };
+    if let Some(mirror) = &mirror {
+        for op in mirror.drift(&model)? {
+            println!("drift: ipvs: needs `ipvsadm {op}`");
+            differences += 1;
+        }
+        checked.push("ipvs");
+        if let Some(ebpf) = &ebpf_listing {
+            let ipvs = Listing::read_ipvs(&mirror.client)?;
+            for d in cross_check(ebpf, &ipvs) {
+                println!("drift: ebpf vs ipvs: {d}");
+                differences += 1;
+            }
+        }
+    }
+    if checked.is_empty() {
+        anyhow::bail!("nothing to verify: no pinned eBPF dataplane at {} and no IPVS in this kernel", args.pin_dir.display());
+    }
+    if differences == 0 {
+        println!("ok: {} ({}) match {} ({} services)", checked.join(" and "), if checked.len() > 1 { "and each other" } else { "checked" }, args.config.display(), model.len());
     } else {
-        println!("{} differences between the dataplane and {}", drift.len(), args.config.display());
+        println!("{differences} differences between the dataplane and {}", args.config.display());
     }
-    Ok(drift.is_empty())
+    Ok(differences == 0)
+}
+
+/// One service's rules (not its counters) as comparable lines.
+fn rules(s: &ListedService) -> Vec<String> {
+    let head = format!("{} {} persistent={:?} sh-port={}", s.id, s.scheduler, s.persistent, s.sh_port);
+    std::iter::once(head).chain(s.backends.iter().map(|b| format!("{} -> {} weight {}", s.id, b.endpoint, b.weight))).collect()
+}
+
+/// Differences between the two dataplanes' rules: the services xvs holds in eBPF must be in
+/// IPVS with the same scheduler, persistence and weighted backends. IPVS may also hold foreign
+/// services; those are not compared.
+fn cross_check(ebpf: &Listing, ipvs: &Listing) -> Vec<String> {
+    let e: Vec<String> = ebpf.services.iter().flat_map(rules).collect();
+    let i: Vec<String> = ipvs.services.iter().filter(|s| ebpf.services.iter().any(|x| x.id == s.id)).flat_map(rules).collect();
+    let mut out: Vec<String> = e.iter().filter(|r| !i.contains(r)).map(|r| format!("{r}: only in ebpf")).collect();
+    out.extend(i.iter().filter(|r| !e.contains(r)).map(|r| format!("{r}: only in ipvs")));
+    out
 }

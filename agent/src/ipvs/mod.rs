@@ -2,6 +2,9 @@
 //! that writes the desired state as kube-proxy's IPVS mode would.
 mod client;
 mod error;
+pub mod dummy;
+pub mod mirror;
+pub mod render;
 pub mod wire;
 
 use std::net::IpAddr;

@@ -1,0 +1,246 @@
+//! Keeps the kernel IPVS table equal to the desired state, as kube-proxy's IPVS proxier does,
+//! but touching only xvs's own services (those whose address is bound to xvs's dummy link):
+//! foreign virtual services are left alone. Planning is pure (golden-tested); applying runs the
+//! plan through the client, one operation at a time, collecting errors per operation.
+use std::{
+    collections::BTreeSet,
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
+
+use super::{
+    dummy::DummyLink,
+    render::{render, DesiredIpvs},
+    wire::SVC_F_PERSISTENT,
+    IpvsClient, IpvsDest, IpvsError, IpvsService,
+};
+use crate::model::Model;
+
+/// One change to the kernel, shown as the ipvsadm command that would make it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Bind(IpAddr),
+    AddService(IpvsService),
+    EditService(IpvsService),
+    AddDest(IpvsService, IpvsDest),
+    EditDest(IpvsService, IpvsDest),
+    DelDest(IpvsService, IpvsDest),
+    DelService(IpvsService),
+    Unbind(IpAddr),
+}
+
+fn svc_args(s: &IpvsService) -> String {
+    let flag = match s.protocol {
+        17 => "-u",
+        132 => "--sctp-service",
+        _ => "-t",
+    };
+    format!("{flag} {}", SocketAddr::new(s.addr, s.port))
+}
+
+fn svc_opts(s: &IpvsService) -> String {
+    let mut out = format!(" -s {}", s.scheduler);
+    if s.flags & SVC_F_PERSISTENT != 0 {
+        out.push_str(&format!(" -p {}", s.timeout));
+    }
+    if s.flags & super::wire::SVC_F_SCHED2 != 0 {
+        out.push_str(" -b sh-port");
+    }
+    out
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dest = |d: &IpvsDest| SocketAddr::new(d.addr, d.port);
+        match self {
+            Self::Bind(ip) => write!(f, "bind {ip}"),
+            Self::Unbind(ip) => write!(f, "unbind {ip}"),
+            Self::AddService(s) => write!(f, "-A {}{}", svc_args(s), svc_opts(s)),
+            Self::EditService(s) => write!(f, "-E {}{}", svc_args(s), svc_opts(s)),
+            Self::DelService(s) => write!(f, "-D {}", svc_args(s)),
+            Self::AddDest(s, d) => write!(f, "-a {} -r {} -m -w {}", svc_args(s), dest(d), d.weight),
+            Self::EditDest(s, d) => write!(f, "-e {} -r {} -m -w {}", svc_args(s), dest(d), d.weight),
+            Self::DelDest(s, d) => write!(f, "-d {} -r {}", svc_args(s), dest(d)),
+        }
+    }
+}
+
+/// What the kernel holds now: every address-based service with its dests (only needed for
+/// services that are desired or owned), and the addresses on the dummy link.
+#[derive(Clone, Debug, Default)]
+pub struct Current {
+    pub services: Vec<(IpvsService, Vec<IpvsDest>)>,
+    pub bound: BTreeSet<IpAddr>,
+}
+
+fn same_id(a: &IpvsService, b: &IpvsService) -> bool {
+    (a.protocol, a.addr, a.port) == (b.protocol, b.addr, b.port)
+}
+
+/// The operations that turn `current` into `desired`, make-before-break: VIPs are bound
+/// before their services exist, services are edited in place (never deleted and re-added),
+/// dests that leave drain at weight 0 while the kernel still counts connections to them (TCP;
+/// UDP dests go at once, as in kube-proxy), and VIPs are unbound last.
+pub fn plan(desired: &[DesiredIpvs], current: &Current) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let vips: BTreeSet<IpAddr> = desired.iter().map(|d| d.service.addr).collect();
+    for vip in vips.difference(&current.bound) {
+        ops.push(Op::Bind(*vip));
+    }
+    for want in desired {
+        let have = current.services.iter().find(|(s, _)| same_id(s, &want.service));
+        let Some((svc, dests)) = have else {
+            ops.push(Op::AddService(want.service.clone()));
+            ops.extend(want.dests.iter().map(|d| Op::AddDest(want.service.clone(), d.clone())));
+            continue;
+        };
+        if (svc.scheduler.as_str(), svc.flags, svc.timeout) != (want.service.scheduler.as_str(), want.service.flags, want.service.timeout) {
+            ops.push(Op::EditService(want.service.clone()));
+        }
+        for d in &want.dests {
+            match dests.iter().find(|x| (x.addr, x.port) == (d.addr, d.port)) {
+                None => ops.push(Op::AddDest(want.service.clone(), d.clone())),
+                Some(x) if (x.weight, x.fwd_method) != (d.weight, d.fwd_method) => ops.push(Op::EditDest(want.service.clone(), d.clone())),
+                Some(_) => {}
+            }
+        }
+        for x in dests {
+            if want.dests.iter().any(|d| (d.addr, d.port) == (x.addr, x.port)) {
+                continue;
+            }
+            let busy = x.active_conns + x.inactive_conns > 0 && want.service.protocol != 17;
+            if !busy {
+                ops.push(Op::DelDest(want.service.clone(), x.clone()));
+            } else if x.weight != 0 {
+                ops.push(Op::EditDest(want.service.clone(), IpvsDest { weight: 0, ..x.clone() }));
+            }
+        }
+    }
+    for (svc, _) in &current.services {
+        let owned = current.bound.contains(&svc.addr);
+        if owned && !desired.iter().any(|d| same_id(&d.service, svc)) {
+            ops.push(Op::DelService(svc.clone()));
+        }
+    }
+    for vip in current.bound.difference(&vips) {
+        ops.push(Op::Unbind(*vip));
+    }
+    ops
+}
+
+/// The IPVS side of the agent: the client and the dummy link.
+pub struct IpvsMirror {
+    pub client: IpvsClient,
+    pub link: DummyLink,
+}
+
+impl IpvsMirror {
+    pub fn open(dummy: &str) -> Result<Self, IpvsError> {
+        let client = IpvsClient::connect()?;
+        let link = DummyLink::ensure(dummy)?;
+        Ok(Self { client, link })
+    }
+
+    /// Reads what the plan needs: dests only of services that are desired or owned.
+    pub fn current(&self, desired: &[DesiredIpvs]) -> Result<Current, IpvsError> {
+        let bound = self.link.addresses()?;
+        let mut services = Vec::new();
+        for svc in self.client.services()? {
+            let relevant = bound.contains(&svc.addr) || desired.iter().any(|d| same_id(&d.service, &svc));
+            let dests = if relevant { self.client.dests(&svc)? } else { Vec::new() };
+            services.push((svc, dests));
+        }
+        Ok(Current { services, bound })
+    }
+
+    /// Every difference between the kernel table and `model`, as the operation that would fix it
+    /// (`xvs verify --source ipvs`). Dests draining at weight 0 are not differences.
+    pub fn drift(&self, model: &Model) -> Result<Vec<Op>, IpvsError> {
+        let desired = render(model);
+        Ok(plan(&desired, &self.current(&desired)?))
+    }
+
+    /// Brings IPVS to `model`; returns the operations applied and the errors of those that
+    /// failed (the rest still ran).
+    pub fn sync(&self, model: &Model) -> Result<(Vec<Op>, Vec<IpvsError>), IpvsError> {
+        let desired = render(model);
+        let ops = plan(&desired, &self.current(&desired)?);
+        let mut errors = Vec::new();
+        let mut done = Vec::new();
+        for op in ops {
+            let result = match &op {
+                Op::Bind(ip) => self.link.bind(*ip),
+                Op::Unbind(ip) => self.link.unbind(*ip),
+                Op::AddService(s) => self.client.add_service(s),
+                Op::EditService(s) => self.client.edit_service(s),
+                Op::DelService(s) => self.client.del_service(s),
+                Op::AddDest(s, d) => self.client.add_dest(s, d),
+                Op::EditDest(s, d) => self.client.edit_dest(s, d),
+                Op::DelDest(s, d) => self.client.del_dest(s, d),
+            };
+            match result {
+                Ok(()) => done.push(op),
+                Err(e) => errors.push(e),
+            }
+        }
+        Ok((done, errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::file;
+
+    fn desired(text: &str) -> Vec<DesiredIpvs> {
+        render(&file::parse(text, std::path::Path::new("t.toml")).unwrap_or_default())
+    }
+
+    const WEB: &str = "[[service]]\nvip = \"10.96.0.10\"\nport = 80\nbackends = [{ endpoint = \"10.244.1.2:8080\" }, { endpoint = \"10.244.1.3:8080\" }]\n";
+
+    fn shown(ops: &[Op]) -> Vec<String> {
+        ops.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn fresh_table_binds_then_adds() {
+        let foreign = (IpvsService { protocol: 6, addr: "192.168.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])), port: 22, scheduler: "wlc".into(), flags: 0, timeout: 0 }, vec![]);
+        let current = Current { services: vec![foreign], bound: BTreeSet::new() };
+        assert_eq!(
+            shown(&plan(&desired(WEB), &current)),
+            ["bind 10.96.0.10", "-A -t 10.96.0.10:80 -s rr", "-a -t 10.96.0.10:80 -r 10.244.1.2:8080 -m -w 1", "-a -t 10.96.0.10:80 -r 10.244.1.3:8080 -m -w 1"]
+        );
+    }
+
+    fn applied(text: &str) -> Current {
+        let mut current = Current::default();
+        for d in desired(text) {
+            current.bound.insert(d.service.addr);
+            current.services.push((d.service, d.dests));
+        }
+        current
+    }
+
+    #[test]
+    fn in_sync_means_no_op_and_edits_are_in_place() {
+        assert!(plan(&desired(WEB), &applied(WEB)).is_empty());
+        let changed = WEB.replace("port = 80\n", "port = 80\nscheduler = \"wrr\"\nsession_affinity_timeout = 60\n").replace("\"10.244.1.3:8080\" }", "\"10.244.1.3:8080\", weight = 5 }");
+        assert_eq!(
+            shown(&plan(&desired(&changed), &applied(WEB))),
+            ["-E -t 10.96.0.10:80 -s wrr -p 60", "-e -t 10.96.0.10:80 -r 10.244.1.3:8080 -m -w 5"]
+        );
+    }
+
+    #[test]
+    fn leaving_dests_drain_while_busy_and_owned_services_go_with_their_vip() {
+        let mut current = applied(WEB);
+        current.services[0].1[1].active_conns = 2;
+        let one = WEB.replace(", { endpoint = \"10.244.1.3:8080\" }", "");
+        assert_eq!(shown(&plan(&desired(&one), &current)), ["-e -t 10.96.0.10:80 -r 10.244.1.3:8080 -m -w 0"]);
+        current.services[0].1[1].weight = 0;
+        assert!(plan(&desired(&one), &current).is_empty(), "still draining");
+        current.services[0].1[1].active_conns = 0;
+        assert_eq!(shown(&plan(&desired(&one), &current)), ["-d -t 10.96.0.10:80 -r 10.244.1.3:8080"]);
+        assert_eq!(shown(&plan(&[], &applied(WEB))), ["-D -t 10.96.0.10:80", "unbind 10.96.0.10"]);
+    }
+}
