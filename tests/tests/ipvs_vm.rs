@@ -93,3 +93,160 @@ fn kernel_errors_map_to_typed_errors_naming_the_object() {
     // A dest dump of a service that does not exist is empty, not an error.
     assert_eq!(c.dests(&svc("10.96.0.98", 80, "rr", 0, 0)).map(|d| d.len()).ok(), Some(0));
 }
+
+/// The title lines, and each service line with its destination lines as one block.
+fn blocks(text: &str) -> (Vec<&str>, std::collections::BTreeSet<String>) {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut set = std::collections::BTreeSet::new();
+    let mut current = String::new();
+    for line in lines.iter().skip(3) {
+        if !line.starts_with("  ->") && !current.is_empty() {
+            set.insert(std::mem::take(&mut current));
+        }
+        current.push_str(line);
+        current.push('\n');
+    }
+    if !current.is_empty() {
+        set.insert(current);
+    }
+    (lines.into_iter().take(3).collect(), set)
+}
+
+/// ipvsadm sorts services with a comparator that subtracts addresses as unsigned ints and
+/// reads the result as a signed one (192.168.x sorts before 10.x): compare the title lines
+/// exactly and the service blocks, byte for byte, as sets.
+fn assert_same_table(ipvsadm: &str, xvs: &str) {
+    assert_eq!(blocks(ipvsadm), blocks(xvs), "ipvsadm:\n{ipvsadm}\nxvs:\n{xvs}");
+}
+
+/// `xvs run --dataplane ipvs` as a process in the VM.
+struct Agent(std::process::Child);
+
+impl Agent {
+    fn start(config: &str) -> Self {
+        let child = Command::new(std::env::var("XVS_BIN").unwrap_or_else(|_| "xvs".into()))
+            .args(["run", "--dataplane", "ipvs", "--config", config, "--watch-interval-ms", "100", "--flow-interval", "1"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("xvs run: {e}"));
+        Self(child)
+    }
+
+    fn stop(mut self) {
+        // SAFETY: kill(2) on our child.
+        let _ = unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn xvs(args: &[&str]) -> std::process::Output {
+    Command::new(std::env::var("XVS_BIN").unwrap_or_else(|_| "xvs".into())).args(args).output().unwrap_or_else(|e| panic!("xvs {args:?}: {e}"))
+}
+
+fn write(path: &str, text: &str) {
+    let tmp = format!("{path}.tmp");
+    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+const SERVICES: &str = r#"
+[[service]]
+vip = "10.96.0.10"
+port = 80
+backends = [{ endpoint = "10.244.1.2:8080" }, { endpoint = "10.244.1.3:8080" }, { endpoint = "10.244.2.7:8080", weight = 2 }]
+
+[[service]]
+vip = "10.96.0.11"
+port = 443
+scheduler = "sh"
+flags = ["sh-port"]
+session_affinity_timeout = 10800
+backends = [{ endpoint = "10.244.1.2:8443", state = "terminating" }, { endpoint = "10.244.1.3:8443" }]
+
+[[service]]
+vip = "fd00::10"
+port = 53
+protocol = "udp"
+scheduler = "wrr"
+backends = [{ endpoint = "[fd00:1::2]:5353", weight = 3 }]
+"#;
+
+#[test]
+#[ignore = "needs a kernel with IPVS: run by `cargo xtask vm-test`"]
+fn the_agent_mirrors_the_model_into_ipvs_like_kube_proxy_and_leaves_foreign_services_alone() {
+    let c = client();
+    // A service somebody else made with ipvsadm.
+    ipvsadm(&["-A", "-t", "192.168.99.1:22", "-s", "wrr"]);
+    ipvsadm(&["-a", "-t", "192.168.99.1:22", "-r", "192.168.99.2:22", "-m"]);
+    let config = "/tmp/services.toml";
+    write(config, SERVICES);
+    let agent = Agent::start(config);
+    eventually("the agent programs IPVS", || c.services().map(|s| s.len()).unwrap_or(0) == 4);
+
+    let expected = "IP Virtual Server version 1.2.1 (size=4096)\n\
+        Prot LocalAddress:Port Scheduler Flags\n  \
+        -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
+        TCP  10.96.0.10:80 rr\n  \
+        -> 10.244.1.2:8080              Masq    1      0          0         \n  \
+        -> 10.244.1.3:8080              Masq    1      0          0         \n  \
+        -> 10.244.2.7:8080              Masq    2      0          0         \n\
+        TCP  10.96.0.11:443 sh (sh-port) persistent 10800\n  \
+        -> 10.244.1.2:8443              Masq    0      0          0         \n  \
+        -> 10.244.1.3:8443              Masq    1      0          0         \n\
+        TCP  192.168.99.1:22 wrr\n  \
+        -> 192.168.99.2:22              Masq    1      0          0         \n\
+        UDP  [fd00::10]:53 wrr\n  \
+        -> [fd00:1::2]:5353             Masq    3      0          0         \n";
+    let ours = xvs(&["list", "-n", "--source", "ipvs"]);
+    assert_eq!(String::from_utf8_lossy(&ours.stdout), expected, "{}", String::from_utf8_lossy(&ours.stderr));
+    assert_same_table(&ipvsadm(&["-L", "-n"]), expected);
+    // Every VIP is bound to the dummy link, so the node accepts the traffic for IPVS.
+    let addrs = Command::new("ip").args(["addr", "show", "xvs-ipvs0"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    for vip in ["10.96.0.10/32", "10.96.0.11/32", "fd00::10/128"] {
+        assert!(addrs.contains(vip), "{vip} not on xvs-ipvs0:\n{addrs}");
+    }
+
+    // Edit: scheduler change in place, a backend leaves (no connections: deleted at once), the
+    // IPv6 service goes (and its VIP with it). The foreign service stays.
+    let edited = SERVICES
+        .replace("port = 80\n", "port = 80\nscheduler = \"wrr\"\n")
+        .replace("{ endpoint = \"10.244.1.3:8080\" }, ", "");
+    let edited = &edited[..edited.find("[[service]]\nvip = \"fd00::10\"").unwrap_or(edited.len())];
+    write(config, edited);
+    eventually("the edit lands", || ipvsadm(&["-L", "-n"]).contains("TCP  10.96.0.10:80 wrr\n"));
+    eventually("the IPv6 service goes", || !ipvsadm(&["-L", "-n"]).contains("fd00::10"));
+    let text = ipvsadm(&["-L", "-n"]);
+    assert!(!text.contains("10.244.1.3:8080"), "{text}");
+    assert!(text.contains("TCP  192.168.99.1:22 wrr\n  -> 192.168.99.2:22"), "foreign service touched:\n{text}");
+    let ours = xvs(&["list", "-n", "--source", "ipvs"]);
+    assert_same_table(&text, &String::from_utf8_lossy(&ours.stdout));
+
+    // Drift injected behind the agent's back is reported by `xvs verify`.
+    agent.stop();
+    let ok = xvs(&["verify", "--config", config, "--source", "ipvs"]);
+    assert!(ok.status.success(), "{}{}", String::from_utf8_lossy(&ok.stdout), String::from_utf8_lossy(&ok.stderr));
+    ipvsadm(&["-d", "-t", "10.96.0.10:80", "-r", "10.244.1.2:8080"]);
+    let drift = xvs(&["verify", "--config", config, "--source", "ipvs"]);
+    let out = String::from_utf8_lossy(&drift.stdout);
+    assert_eq!(drift.status.code(), Some(1), "{out}{}", String::from_utf8_lossy(&drift.stderr));
+    assert!(out.contains("drift: ipvs: needs `ipvsadm -a -t 10.96.0.10:80 -r 10.244.1.2:8080 -m -w 1`"), "{out}");
+    // A restarted agent repairs it.
+    let agent = Agent::start(config);
+    eventually("the agent repairs the drift", || xvs(&["verify", "--config", config, "--source", "ipvs"]).status.success());
+    agent.stop();
+}

@@ -60,16 +60,19 @@ impl DummyLink {
             .router
             .send::<Rtm, Ifinfomsg, Rtm, Ifinfomsg>(Rtm::Getlink, NlmF::DUMP, NlPayload::Payload(msg))
             .map_err(|e| failed(what.clone())(e.to_string()))?;
+        // Read the dump to its end even after a match: the router hands replies still in flight
+        // for an abandoned request to the next one as "bad sequence number" errors.
+        let mut found = None;
         for reply in recv {
             let reply: Nlmsghdr<Rtm, Ifinfomsg> = reply.map_err(|e| failed(what.clone())(e.to_string()))?;
             if let NlPayload::Payload(info) = reply.nl_payload() {
                 let name = info.rtattrs().get_attr_handle().get_attr_payload_as_with_len::<String>(Ifla::Ifname).unwrap_or_default();
                 if name == self.name {
-                    return Ok(Some(*info.ifi_index()));
+                    found = Some(*info.ifi_index());
                 }
             }
         }
-        Ok(None)
+        Ok(found)
     }
 
     fn create(&self) -> Result<(), IpvsError> {
