@@ -250,3 +250,96 @@ fn the_agent_mirrors_the_model_into_ipvs_like_kube_proxy_and_leaves_foreign_serv
     eventually("the agent repairs the drift", || xvs(&["verify", "--config", config, "--source", "ipvs"]).status.success());
     agent.stop();
 }
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// client ns (10.0.1.2) -- node (the VM's own namespace, IPVS) -- backend ns i (10.0.1i.2),
+/// each backend serving `backend-<i>` with busybox httpd on :8080.
+fn topology(backends: usize) -> Vec<std::process::Child> {
+    let link = |ns: &str, inner: &str, inner_addr: &str, outer: &str, outer_addr: &str, gw: &str| {
+        sh(&["ip", "netns", "add", ns]);
+        sh(&["ip", "link", "add", inner, "netns", ns, "type", "veth", "peer", "name", outer]);
+        sh(&["ip", "-n", ns, "addr", "add", inner_addr, "dev", inner]);
+        sh(&["ip", "-n", ns, "link", "set", inner, "up"]);
+        sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        sh(&["ip", "-n", ns, "route", "add", "default", "via", gw]);
+        sh(&["ip", "addr", "add", outer_addr, "dev", outer]);
+        sh(&["ip", "link", "set", outer, "up"]);
+    };
+    link("client", "c0", "10.0.1.2/24", "n0", "10.0.1.1/24", "10.0.1.1");
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap_or_else(|e| panic!("ip_forward: {e}"));
+    let mut servers = Vec::new();
+    for i in 1..=backends {
+        let ns = format!("be{i}");
+        link(&ns, "b0", &format!("10.0.{}.2/24", 10 + i), &format!("nb{i}"), &format!("10.0.{}.1/24", 10 + i), &format!("10.0.{}.1", 10 + i));
+        let www = format!("/tmp/www{i}");
+        std::fs::create_dir_all(&www).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(format!("{www}/index.html"), format!("backend-{i}\n")).unwrap_or_else(|e| panic!("{e}"));
+        let server = Command::new("ip")
+            .args(["netns", "exec", &ns, "httpd", "-f", "-p", &format!("10.0.{}.2:8080", 10 + i), "-h", &www])
+            .spawn()
+            .unwrap_or_else(|e| panic!("httpd: {e}"));
+        servers.push(server);
+    }
+    servers
+}
+
+/// One HTTP/1.0 GET of `/` from network namespace `netns` (or this one), in a thread that
+/// enters it; the body (trimmed) or the error.
+fn get(netns: Option<&str>, addr: &str) -> Result<String, String> {
+    let netns = netns.map(str::to_owned);
+    let addr = addr.to_owned();
+    std::thread::spawn(move || -> Result<String, String> {
+        use std::io::{Read, Write};
+        if let Some(ns) = netns {
+            let f = std::fs::File::open(format!("/run/netns/{ns}")).map_err(|e| e.to_string())?;
+            // SAFETY: setns on a valid fd; affects only this thread.
+            let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&f), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                return Err(format!("setns {ns}: {}", std::io::Error::last_os_error()));
+            }
+        }
+        let sa: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&sa, std::time::Duration::from_secs(2)).map_err(|e| format!("connect {addr}: {e}"))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).map_err(|e| e.to_string())?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).map_err(|e| format!("read {addr}: {e}"))?;
+        let body = reply.split("\r\n\r\n").nth(1).ok_or_else(|| format!("no HTTP body from {addr}: {reply:?}"))?;
+        Ok(body.trim().to_owned())
+    })
+    .join()
+    .unwrap_or_else(|_| Err("client thread panicked".into()))
+}
+
+#[test]
+#[ignore = "needs a kernel with IPVS: run by `cargo xtask vm-test`"]
+fn ipvs_only_mode_serves_traffic_end_to_end_rr_10_10_10() {
+    let _c = client();
+    let mut servers = topology(3);
+    let config = "/tmp/e2e.toml";
+    write(config, "[[service]]\nvip = \"10.96.0.10\"\nport = 80\nbackends = [{ endpoint = \"10.0.11.2:8080\" }, { endpoint = \"10.0.12.2:8080\" }, { endpoint = \"10.0.13.2:8080\" }]\n");
+    let agent = Agent::start(config);
+    for i in 1..=3 {
+        let addr = format!("10.0.{}.2:8080", 10 + i);
+        eventually(&format!("backend {addr} answers"), || get(None, &addr).is_ok());
+    }
+    eventually("the VIP is programmed", || ipvsadm(&["-L", "-n"]).contains("10.0.13.2:8080"));
+    let mut served = std::collections::BTreeMap::new();
+    for n in 0..30 {
+        let body = get(Some("client"), "10.96.0.10:80").unwrap_or_else(|e| panic!("request {n}: {e}"));
+        *served.entry(body).or_insert(0) += 1;
+    }
+    let expected: std::collections::BTreeMap<String, i32> = (1..=3).map(|i| (format!("backend-{i}"), 10)).collect();
+    assert_eq!(served, expected);
+    // The kernel counted the connections (its stats estimator folds per-CPU counters every 2 s).
+    eventually("IPVS counts 30 connections", || ipvsadm(&["-L", "-n", "--stats"]).contains("TCP  10.96.0.10:80                      30"));
+    agent.stop();
+    for s in &mut servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+}

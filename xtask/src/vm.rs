@@ -30,7 +30,8 @@ const MODULES: &[&str] = &[
     "dummy",
     "nf_nat",
 ];
-const APPLETS: &[&str] = &["sh", "mount", "mkdir", "insmod", "poweroff", "echo", "cat", "ls", "ip", "sleep", "dmesg", "grep"];
+/// busybox applets; `ip` is Debian's (busybox's has no `netns`).
+const APPLETS: &[&str] = &["sh", "mount", "mkdir", "insmod", "poweroff", "echo", "cat", "ls", "sleep", "dmesg", "grep", "httpd", "wget", "kill", "netstat"];
 const EXIT_MARKER: &str = "XVS-VM-EXIT:";
 const TEST_NAME: &str = "ipvs_vm";
 
@@ -130,6 +131,10 @@ fn initramfs(cache: &Path, kernel: &Path, xvs: &Path, tests: &Path) -> anyhow::R
         copy(&found, &root.join("modules").join(format!("{m}.ko")))?;
     }
     install_with_libs(&root, Path::new("/usr/sbin/ipvsadm"), "/sbin/ipvsadm")?;
+    install_with_libs(&root, Path::new("/usr/sbin/ip"), "/sbin/ip")?;
+    // `ip netns` keeps its namespaces under /var/run/netns.
+    std::fs::create_dir_all(root.join("var"))?;
+    std::os::unix::fs::symlink("/run", root.join("var/run"))?;
     install_with_libs(&root, xvs, "/bin/xvs")?;
     install_with_libs(&root, tests, "/tests/ipvs_vm")?;
     let init = format!(
