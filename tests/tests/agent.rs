@@ -45,6 +45,9 @@ fn list_matches_ipvsadm_and_verify_catches_and_repair_fixes_drift() {
 
     let served = spread(&topo, 30);
     assert_eq!(served.values().copied().collect::<Vec<_>>(), [10, 10, 10], "{served:?}");
+    // This kernel has no IPVS: the default mode says so and serves with eBPF alone.
+    let log = agent.log();
+    assert!(log.contains("IPVS mirror off (IPVS is not available in this kernel: load ip_vs"), "{log}");
 
     // Every request's connection was closed by the client (FIN): IPVS counts those as InActConn.
     let expected = "IP Virtual Server version 1.2.1 (size=262144)\n\

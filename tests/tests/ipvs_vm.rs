@@ -124,9 +124,15 @@ struct Agent(std::process::Child);
 
 impl Agent {
     fn start(config: &str) -> Self {
+        Self::start_with(&["--dataplane", "ipvs", "--config", config], std::process::Stdio::null())
+    }
+
+    fn start_with(args: &[&str], stderr: std::process::Stdio) -> Self {
         let child = Command::new(std::env::var("XVS_BIN").unwrap_or_else(|_| "xvs".into()))
-            .args(["run", "--dataplane", "ipvs", "--config", config, "--watch-interval-ms", "100", "--flow-interval", "1"])
-            .stderr(std::process::Stdio::null())
+            .arg("run")
+            .args(args)
+            .args(["--watch-interval-ms", "100", "--flow-interval", "1"])
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("xvs run: {e}"));
         Self(child)
@@ -342,4 +348,19 @@ fn ipvs_only_mode_serves_traffic_end_to_end_rr_10_10_10() {
         let _ = s.kill();
         let _ = s.wait();
     }
+}
+
+#[test]
+#[ignore = "needs a kernel with IPVS: run by `cargo xtask vm-test`"]
+fn auto_mode_serves_with_ipvs_alone_when_the_ebpf_datapath_cannot_attach() {
+    let c = client();
+    let config = "/tmp/auto.toml";
+    write(config, "[[service]]\nvip = \"10.96.0.20\"\nport = 80\nbackends = [{ endpoint = \"10.0.11.2:8080\" }]\n");
+    let log = std::fs::File::create("/tmp/auto.log").unwrap_or_else(|e| panic!("{e}"));
+    let agent = Agent::start_with(&["--config", config, "--iface", "nosuch0", "--pin-dir", "/sys/fs/bpf/xvs-auto"], log.into());
+    eventually("IPVS programmed", || c.services().is_ok_and(|s| s.iter().any(|x| x.port == 80 && x.addr == ip("10.96.0.20"))));
+    agent.stop();
+    let text = std::fs::read_to_string("/tmp/auto.log").unwrap_or_default();
+    assert!(text.contains("serving with kernel IPVS only"), "{text}");
+    assert!(text.contains("nosuch0"), "the notice names the failed attach: {text}");
 }

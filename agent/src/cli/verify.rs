@@ -8,7 +8,7 @@ use xvs::{
     ipvs::{mirror::IpvsMirror, IpvsError},
     source::file,
     sync::{verify, LiveState},
-    view::{ListedService, Listing},
+    view::Listing,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -73,7 +73,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<bool> {
         checked.push("ipvs");
         if let Some(ebpf) = &ebpf_listing {
             let ipvs = Listing::read_ipvs(&mirror.client)?;
-            for d in cross_check(ebpf, &ipvs) {
+            for d in xvs::view::cross_check(ebpf, &ipvs) {
                 println!("drift: ebpf vs ipvs: {d}");
                 differences += 1;
             }
@@ -88,21 +88,4 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<bool> {
         println!("{differences} differences between the dataplane and {}", args.config.display());
     }
     Ok(differences == 0)
-}
-
-/// One service's rules (not its counters) as comparable lines.
-fn rules(s: &ListedService) -> Vec<String> {
-    let head = format!("{} {} persistent={:?} sh-port={}", s.id, s.scheduler, s.persistent, s.sh_port);
-    std::iter::once(head).chain(s.backends.iter().map(|b| format!("{} -> {} weight {}", s.id, b.endpoint, b.weight))).collect()
-}
-
-/// Differences between the two dataplanes' rules: the services xvs holds in eBPF must be in
-/// IPVS with the same scheduler, persistence and weighted backends. IPVS may also hold foreign
-/// services; those are not compared.
-fn cross_check(ebpf: &Listing, ipvs: &Listing) -> Vec<String> {
-    let e: Vec<String> = ebpf.services.iter().flat_map(rules).collect();
-    let i: Vec<String> = ipvs.services.iter().filter(|s| ebpf.services.iter().any(|x| x.id == s.id)).flat_map(rules).collect();
-    let mut out: Vec<String> = e.iter().filter(|r| !i.contains(r)).map(|r| format!("{r}: only in ebpf")).collect();
-    out.extend(i.iter().filter(|r| !e.contains(r)).map(|r| format!("{r}: only in ipvs")));
-    out
 }

@@ -274,4 +274,25 @@ mod tests {
         );
         assert_eq!(msg.map(|m| bytes(&m)).unwrap_or_default(), want);
     }
+
+    /// A service as the kernel dumps it: ADDR always 16 bytes, FLAGS with HASHED, STATS nested
+    /// and an unknown attribute: decoded back to what was written, HASHED masked.
+    #[test]
+    fn decodes_a_dumped_service_and_dest() {
+        let written = web(SVC_F_PERSISTENT, 10800);
+        let dumped = IpvsService { flags: SVC_F_PERSISTENT | SVC_F_HASHED, ..written.clone() };
+        let stats = nest(SvcAttr::Stats, vec![attr(DestAttr::Addr, 0u32).unwrap_or_else(|e| panic!("{e}"))]);
+        let mut svc = service_attr(&dumped, true).unwrap_or_else(|e| panic!("{e}"));
+        for extra in [stats.unwrap_or_else(|e| panic!("{e}")), attr(SvcAttr::Stats64, vec![0u8; 8]).unwrap_or_else(|e| panic!("{e}"))] {
+            svc = svc.nest(&extra).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let handle = svc.get_attr_handle::<SvcAttr>().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parse_service(&handle), Some(written));
+
+        let d = IpvsDest { addr: "fd00:1::2".parse().unwrap_or(IpAddr::from([0, 0, 0, 0])), port: 5353, fwd_method: FWD_MASQ, weight: 3, active_conns: 0, inactive_conns: 0 };
+        let mut dest = dest_attr(&d, true).unwrap_or_else(|e| panic!("{e}"));
+        dest = dest.nest(&attr(DestAttr::ActiveConns, 4u32).unwrap_or_else(|e| panic!("{e}"))).unwrap_or_else(|e| panic!("{e}"));
+        let handle = dest.get_attr_handle::<DestAttr>().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parse_dest(&handle, AF_INET), Some(IpvsDest { active_conns: 4, ..d }), "ADDR_FAMILY wins over the service's");
+    }
 }

@@ -153,3 +153,59 @@ impl Listing {
         Ok(Self { size: info.conn_tab_size, services })
     }
 }
+
+/// One service's rules (not its counters) as comparable lines.
+fn rules(s: &ListedService) -> Vec<String> {
+    let head = format!("{} {} persistent={:?} sh-port={}", s.id, s.scheduler, s.persistent, s.sh_port);
+    std::iter::once(head).chain(s.backends.iter().map(|b| format!("{} -> {} weight {}", s.id, b.endpoint, b.weight))).collect()
+}
+
+/// Differences between the eBPF and the IPVS dataplane's rules (not their counters): the
+/// services xvs holds in eBPF must be in IPVS with the same scheduler, persistence and weighted
+/// backends. IPVS may also hold foreign services; those are not compared.
+pub fn cross_check(ebpf: &Listing, ipvs: &Listing) -> Vec<String> {
+    let e: Vec<String> = ebpf.services.iter().flat_map(rules).collect();
+    let i: Vec<String> = ipvs.services.iter().filter(|s| ebpf.services.iter().any(|x| x.id == s.id)).flat_map(rules).collect();
+    let mut out: Vec<String> = e.iter().filter(|r| !i.contains(r)).map(|r| format!("{r}: only in ebpf")).collect();
+    out.extend(i.iter().filter(|r| !e.contains(r)).map(|r| format!("{r}: only in ipvs")));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Protocol;
+
+    fn svc(vip: [u8; 4], scheduler: &str, backends: &[([u8; 4], u32)]) -> ListedService {
+        ListedService {
+            id: ServiceId { vip: vip.into(), port: 80, proto: Protocol::Tcp },
+            scheduler: scheduler.into(),
+            sh_port: false,
+            persistent: None,
+            stats: Counters { conns: 7, ..Counters::default() },
+            backends: backends
+                .iter()
+                .map(|&(a, weight)| ListedBackend { endpoint: SocketAddr::from((a, 8080)), weight, conns: ConnCounts { active: weight, inactive: 0 }, stats: Counters::default() })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn cross_check_compares_rules_not_counters_and_ignores_foreign_ipvs_services() {
+        let ebpf = Listing { size: 262_144, services: vec![svc([10, 96, 0, 10], "rr", &[([10, 0, 0, 1], 1), ([10, 0, 0, 2], 1)])] };
+        let mut ipvs = Listing { size: 4096, services: vec![svc([10, 96, 0, 10], "rr", &[([10, 0, 0, 1], 1), ([10, 0, 0, 2], 1)]), svc([192, 168, 0, 1], "wlc", &[])] };
+        ipvs.services[0].stats = Counters::default();
+        assert_eq!(cross_check(&ebpf, &ipvs), Vec::<String>::new());
+        ipvs.services[0].scheduler = "wrr".into();
+        ipvs.services[0].backends[1].weight = 0;
+        assert_eq!(
+            cross_check(&ebpf, &ipvs),
+            [
+                "TCP 10.96.0.10:80 rr persistent=None sh-port=false: only in ebpf",
+                "TCP 10.96.0.10:80 -> 10.0.0.2:8080 weight 1: only in ebpf",
+                "TCP 10.96.0.10:80 wrr persistent=None sh-port=false: only in ipvs",
+                "TCP 10.96.0.10:80 -> 10.0.0.2:8080 weight 0: only in ipvs",
+            ]
+        );
+    }
+}
