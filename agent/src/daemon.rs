@@ -39,7 +39,7 @@ impl Ebpf {
     /// Adopts whatever a previous agent left in the (pinned) maps.
     pub fn adopt(dataplane: Dataplane, drain_timeout: u32) -> Result<Self, DataplaneError> {
         let live = LiveState::read(&dataplane.maps)?;
-        let reconciler = Reconciler::adopt(&live, drain_timeout);
+        let reconciler = Reconciler::adopt(&live, drain_timeout, dataplane.maps.capacity);
         if !live.services.is_empty() {
             tracing::info!(services = live.services.len(), backends = live.backends.len(), "adopted the pinned dataplane of a previous agent");
         }

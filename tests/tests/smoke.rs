@@ -7,3 +7,16 @@ fn programs_pass_the_verifier() {
     dp.tc(xvs::dataplane::PROG_TC_INGRESS).unwrap_or_else(|e| panic!("{e}"));
     dp.tc(xvs::dataplane::PROG_TC_EGRESS).unwrap_or_else(|e| panic!("{e}"));
 }
+
+#[test]
+fn maps_take_the_capacity_asked_for_and_ids_follow_it() {
+    use xvs::dataplane::{Capacity, ObjectSource};
+    let capacity = Capacity { services: 20_000, backends: 200_000, slots: 400_000, flows: 4096 };
+    let mut dp = ObjectSource::resolve(None).load_with(None, capacity).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(dp.maps.capacity, capacity);
+    let svc = xvs_integration::service(19_999, "10.96.0.10:80", xvs_common::IPPROTO_TCP, xvs_common::Scheduler::RoundRobin, &[(199_999, "10.0.0.1:80", 1)]);
+    dp.maps.apply_service(&svc).unwrap_or_else(|e| panic!("{e}"));
+    let too_big = xvs_integration::service(1, "10.96.0.11:80", xvs_common::IPPROTO_TCP, xvs_common::Scheduler::RoundRobin, &[(200_000, "10.0.0.1:80", 1)]);
+    let err = dp.maps.apply_service(&too_big).map_err(|e| e.to_string());
+    assert_eq!(err, Err("service TCP 10.96.0.11:80: backend id 200000 is out of range (1..200000)".into()));
+}

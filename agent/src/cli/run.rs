@@ -9,7 +9,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use xvs::{
     daemon::{Agent, Ebpf},
     ipvs::mirror::IpvsMirror,
-    dataplane::{ensure_bpffs, unpin_all, ObjectSource, PROG_TC_EGRESS, PROG_TC_INGRESS},
+    dataplane::{ensure_bpffs, unpin_all, Capacity, ObjectSource, PROG_TC_EGRESS, PROG_TC_INGRESS},
     source::file,
 };
 
@@ -54,6 +54,19 @@ pub struct RunArgs {
     /// missing. Virtual services on its addresses are xvs's; others are never touched.
     #[arg(long, default_value = "xvs-ipvs0")]
     ipvs_dummy: String,
+    /// Capacity of the eBPF maps: services (ids and per-service counters).
+    #[arg(long, default_value_t = xvs_common::MAX_SERVICES)]
+    max_services: u32,
+    /// Backends of all services together (ids and per-backend counters).
+    #[arg(long, default_value_t = xvs_common::MAX_BACKENDS)]
+    max_backends: u32,
+    /// Selection-table slots of all services together (rr: one per backend, wrr: one cycle,
+    /// sh: 256 per service; a table being replaced briefly needs twice its size).
+    #[arg(long, default_value_t = xvs_common::MAX_SLOTS)]
+    max_slots: u32,
+    /// Connection-table entries (two per flow; LRU beyond that).
+    #[arg(long, default_value_t = xvs_common::MAX_FLOWS)]
+    max_flows: u32,
     /// On SIGTERM/SIGINT remove the pinned maps and links (detaching the datapath, dropping
     /// established flows). Without it the datapath keeps serving until the next agent adopts it.
     #[arg(long)]
@@ -161,7 +174,11 @@ fn start_ebpf(object: &ObjectSource, args: &RunArgs) -> anyhow::Result<Ebpf> {
     }
     ensure_bpffs(&args.pin_dir)?;
     tracing::info!(object = %object.describe(), pin_dir = %args.pin_dir.display(), "loading the datapath");
-    let mut dataplane = object.load_pinned(Some(&args.pin_dir))?;
+    let capacity = Capacity { services: args.max_services, backends: args.max_backends, slots: args.max_slots, flows: args.max_flows };
+    let mut dataplane = object.load_with(Some(&args.pin_dir), capacity)?;
+    if dataplane.maps.capacity != capacity {
+        tracing::warn!(pinned = ?dataplane.maps.capacity, requested = ?capacity, "the pinned maps keep their size; `xvs cleanup` (drops flows) to resize");
+    }
     let mode = match args.xdp_mode {
         Mode::Native => XdpMode::Driver,
         Mode::Skb => XdpMode::Skb,

@@ -9,7 +9,7 @@ use aya::{
 
 use xvs_common::ALL_MAPS;
 
-use super::{error::DataplaneError, maps::Maps, pin::map_pin};
+use super::{capacity::Capacity, error::DataplaneError, maps::Maps, pin::map_pin};
 
 pub const PROG_XDP: &str = "xvs_xdp_ingress";
 pub const PROG_TC_INGRESS: &str = "xvs_tc_ingress";
@@ -42,19 +42,19 @@ impl ObjectSource {
     }
 
     pub fn load(&self) -> Result<Dataplane, DataplaneError> {
-        self.load_pinned(None)
+        self.load_with(None, Capacity::default())
     }
 
-    /// Loads the object with its maps pinned under `pin_dir` (reusing maps already pinned
-    /// there), or unpinned when `None`.
-    pub fn load_pinned(&self, pin_dir: Option<&Path>) -> Result<Dataplane, DataplaneError> {
+    /// Loads the object with maps of `capacity`, pinned under `pin_dir` (reusing maps already
+    /// pinned there, whatever their size), or unpinned when `None`.
+    pub fn load_with(&self, pin_dir: Option<&Path>, capacity: Capacity) -> Result<Dataplane, DataplaneError> {
         match self {
             Self::File(path) => {
                 let bytes = std::fs::read(path)
                     .map_err(|source| DataplaneError::ObjectMissing { path: path.clone(), source })?;
-                Dataplane::load_bytes_pinned(&bytes, path, pin_dir)
+                Dataplane::load_bytes_with(&bytes, path, pin_dir, capacity)
             }
-            Self::Embedded(bytes) => Dataplane::load_bytes_pinned(bytes, Path::new("<embedded>"), pin_dir),
+            Self::Embedded(bytes) => Dataplane::load_bytes_with(bytes, Path::new("<embedded>"), pin_dir, capacity),
         }
     }
 
@@ -93,11 +93,12 @@ impl Dataplane {
 
     /// Loads an object already in memory (`path` only names it in errors).
     pub fn load_bytes(bytes: &[u8], path: &Path) -> Result<Self, DataplaneError> {
-        Self::load_bytes_pinned(bytes, path, None)
+        Self::load_bytes_with(bytes, path, None, Capacity::default())
     }
 
-    fn load_bytes_pinned(bytes: &[u8], path: &Path, pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
+    fn load_bytes_with(bytes: &[u8], path: &Path, pin_dir: Option<&Path>, capacity: Capacity) -> Result<Self, DataplaneError> {
         let mut loader = EbpfLoader::new();
+        capacity.apply(&mut loader);
         let pins: Vec<(&str, PathBuf)> = match pin_dir {
             Some(dir) => ALL_MAPS.iter().map(|&name| (name, map_pin(dir, name))).collect(),
             None => Vec::new(),

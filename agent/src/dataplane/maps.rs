@@ -9,7 +9,7 @@ use xvs_common::{
     MAP_SERVICES, MAP_SERVICE_STATS, MAP_SLOTS,
 };
 
-use super::error::DataplaneError;
+use super::{capacity::Capacity, error::DataplaneError};
 
 pub struct Maps {
     pub services: HashMap<MapData, ServiceKey, ServiceValue>,
@@ -20,6 +20,8 @@ pub struct Maps {
     pub service_stats: PerCpuArray<MapData, Counters>,
     pub backend_stats: PerCpuArray<MapData, Counters>,
     pub reasons: PerCpuArray<MapData, u64>,
+    /// The maps' real sizes, read back from the kernel.
+    pub capacity: Capacity,
 }
 
 fn typed<T>(source: &mut dyn FnMut(&'static str) -> Option<Map>, name: &'static str) -> Result<T, DataplaneError>
@@ -38,7 +40,7 @@ impl Maps {
     /// Builds the typed handles from `source` (map by name); a wrong key or value size (a map
     /// from another build) is an error here, before any program uses it.
     pub(super) fn from_maps(source: &mut dyn FnMut(&'static str) -> Option<Map>) -> Result<Self, DataplaneError> {
-        Ok(Self {
+        let mut maps = Self {
             services: typed(source, MAP_SERVICES)?,
             slots: typed(source, MAP_SLOTS)?,
             backends: typed(source, MAP_BACKENDS)?,
@@ -47,7 +49,10 @@ impl Maps {
             service_stats: typed(source, MAP_SERVICE_STATS)?,
             backend_stats: typed(source, MAP_BACKEND_STATS)?,
             reasons: typed(source, MAP_REASONS)?,
-        })
+            capacity: Capacity::default(),
+        };
+        maps.capacity = Capacity::of(&maps)?;
+        Ok(maps)
     }
 
     /// Packets per verdict reason, summed over CPUs, indexed by `Reason as usize`.

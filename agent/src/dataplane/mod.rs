@@ -1,5 +1,6 @@
 //! The eBPF dataplane: loading the object, attaching its programs, and typed access to its maps.
 mod addr;
+mod capacity;
 mod error;
 mod loader;
 mod maps;
@@ -8,6 +9,7 @@ mod service;
 pub mod tables;
 
 pub use addr::{from_map_addr, to_map_addr};
+pub use capacity::Capacity;
 pub use error::{is_missing, DataplaneError};
 pub use loader::{Dataplane, ObjectSource, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP};
 pub use maps::Maps;

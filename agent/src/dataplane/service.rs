@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use aya::maps::MapError;
 use xvs_common::{
     Backend, Scheduler, ServiceKey, ServiceValue, SlotKey, BACKEND_F_DRAINING, BACKEND_F_PRESENT, IPPROTO_TCP,
-    IPPROTO_UDP, MAP_BACKENDS, MAP_SERVICES, MAP_SLOTS, MAX_BACKENDS,
+    IPPROTO_UDP, MAP_BACKENDS, MAP_SERVICES, MAP_SLOTS,
 };
 
 use super::{addr::to_map_addr, error::{is_missing, DataplaneError}, maps::Maps, tables};
@@ -95,8 +95,8 @@ impl Maps {
     pub fn update_service(&mut self, old: Option<&ServiceEntry>, new: &ServiceEntry) -> Result<(), DataplaneError> {
         let table = new.table()?;
         for b in &new.backends {
-            if b.id == 0 || b.id >= MAX_BACKENDS {
-                return Err(DataplaneError::BackendId { service: new.name(), id: b.id, max: MAX_BACKENDS });
+            if b.id == 0 || b.id >= self.capacity.backends {
+                return Err(DataplaneError::BackendId { service: new.name(), id: b.id, max: self.capacity.backends });
             }
         }
         for b in &new.backends {

@@ -2,7 +2,7 @@
 //! with the service (and backend) it is about.
 use std::collections::{HashMap, HashSet};
 
-use xvs_common::{sched::WrrCycle, Scheduler, MAX_BACKENDS, MAX_SERVICES};
+use xvs_common::{sched::WrrCycle, Scheduler};
 
 use super::{Service, ServiceId};
 use crate::dataplane::MAX_TABLE_LEN;
@@ -45,10 +45,6 @@ pub enum ModelIssue {
     ShPortWithoutSh,
     #[error("wrr weights need a {len}-slot cycle, more than {MAX_TABLE_LEN}: use weights with a larger common divisor")]
     WrrTooLong { len: u64 },
-    #[error("too many services: at most {} are supported", MAX_SERVICES - 1)]
-    TooManyServices,
-    #[error("too many backends in all services together: at most {} are supported", MAX_BACKENDS - 1)]
-    TooManyBackends,
 }
 
 fn unusable(addr: std::net::IpAddr) -> bool {
@@ -59,7 +55,6 @@ fn unusable(addr: std::net::IpAddr) -> bool {
 pub(super) fn check(services: &[Service]) -> Vec<ModelError> {
     let mut errors = Vec::new();
     let mut first_seen: HashMap<ServiceId, usize> = HashMap::new();
-    let mut total_backends = 0usize;
     for (index, svc) in services.iter().enumerate() {
         let mut err = |issue| errors.push(ModelError { index, service: svc.id.to_string(), issue });
         if let Some(&first) = first_seen.get(&svc.id) {
@@ -109,15 +104,6 @@ pub(super) fn check(services: &[Service]) -> Vec<ModelError> {
                 err(ModelIssue::WrrTooLong { len });
             }
         }
-        total_backends += svc.backends.len();
-    }
-    if services.len() >= MAX_SERVICES as usize {
-        let last = services.len() - 1;
-        errors.push(ModelError { index: last, service: services[last].id.to_string(), issue: ModelIssue::TooManyServices });
-    }
-    if total_backends >= MAX_BACKENDS as usize {
-        let last = services.len() - 1;
-        errors.push(ModelError { index: last, service: services[last].id.to_string(), issue: ModelIssue::TooManyBackends });
     }
     errors
 }

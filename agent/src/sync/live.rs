@@ -1,7 +1,7 @@
 //! The live dataplane read back from the maps: what `list`, `verify` and a restarted agent see.
 use std::collections::BTreeMap;
 
-use xvs_common::{Backend, ServiceKey, ServiceValue, SlotKey, BACKEND_F_PRESENT, MAP_BACKENDS, MAP_SERVICES, MAX_BACKENDS, SERVICE_F_SH_PORT};
+use xvs_common::{Backend, ServiceKey, ServiceValue, SlotKey, BACKEND_F_PRESENT, MAP_BACKENDS, MAP_SERVICES, SERVICE_F_SH_PORT};
 
 use crate::{
     dataplane::{from_map_addr, BackendEntry, DataplaneError, Maps, ServiceEntry},
@@ -50,7 +50,7 @@ impl LiveState {
                 .collect();
             state.services.insert(id, LiveService { id, value, table });
         }
-        for id in 1..MAX_BACKENDS {
+        for id in 1..maps.capacity.backends {
             let backend = maps.backends.get(&id, 0).map_err(DataplaneError::map(MAP_BACKENDS, "read"))?;
             if backend.flags & BACKEND_F_PRESENT != 0 {
                 state.backends.insert(id, backend);

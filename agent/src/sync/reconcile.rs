@@ -11,11 +11,11 @@ use std::{
     net::SocketAddr,
 };
 
-use xvs_common::{MAX_BACKENDS, MAX_SERVICES, SERVICE_F_SH_PORT};
+use xvs_common::SERVICE_F_SH_PORT;
 
 use super::{flows::ConnCounts, ids::IdPool, live::LiveState, Counted, Writer};
 use crate::{
-    dataplane::{BackendEntry, DataplaneError, ServiceEntry},
+    dataplane::{BackendEntry, Capacity, DataplaneError, ServiceEntry},
     model::{Model, Service, ServiceId},
 };
 
@@ -48,29 +48,31 @@ pub struct Reconciler {
     drain_timeout: u32,
     /// Services whose maps may differ from `applied` (drift): rewritten in full next sync.
     dirty: BTreeSet<ServiceId>,
+    capacity: Capacity,
 }
 
 impl Reconciler {
-    pub fn new(drain_timeout: u32) -> Self {
+    pub fn new(drain_timeout: u32, capacity: Capacity) -> Self {
         Self {
             applied: BTreeMap::new(),
             draining: BTreeMap::new(),
-            svc_ids: IdPool::new(MAX_SERVICES),
-            backend_ids: IdPool::new(MAX_BACKENDS),
+            svc_ids: IdPool::new(capacity.services),
+            backend_ids: IdPool::new(capacity.backends),
             drain_timeout,
             dirty: BTreeSet::new(),
+            capacity,
         }
     }
 
     /// Takes over what a previous agent left in the maps, so established flows keep their
     /// backends and nothing is rewritten that does not change. Weight-0 backends adopted here
     /// are drained again if the model no longer has them.
-    pub fn adopt(live: &LiveState, drain_timeout: u32) -> Self {
+    pub fn adopt(live: &LiveState, drain_timeout: u32, capacity: Capacity) -> Self {
         let applied: BTreeMap<ServiceId, ServiceEntry> =
             live.services.values().map(|s| (s.id, live.entry(s))).collect();
-        let svc_ids = IdPool::with_used(MAX_SERVICES, applied.values().map(|e| e.svc_id));
-        let backend_ids = IdPool::with_used(MAX_BACKENDS, live.backends.keys().copied());
-        Self { applied, draining: BTreeMap::new(), svc_ids, backend_ids, drain_timeout, dirty: BTreeSet::new() }
+        let svc_ids = IdPool::with_used(capacity.services, applied.values().map(|e| e.svc_id));
+        let backend_ids = IdPool::with_used(capacity.backends, live.backends.keys().copied());
+        Self { applied, draining: BTreeMap::new(), svc_ids, backend_ids, drain_timeout, dirty: BTreeSet::new(), capacity }
     }
 
     /// Marks services whose maps were changed behind the reconciler's back: the next sync
@@ -196,7 +198,7 @@ impl Reconciler {
         let exhausted = |what, max| SyncError::IdsExhausted { service: svc.id, what, max: max - 1 };
         let svc_id = match old {
             Some(o) => o.svc_id,
-            None => self.allocate(Counted::Service, w).ok_or_else(|| exhausted("service", MAX_SERVICES))?,
+            None => self.allocate(Counted::Service, w).ok_or_else(|| exhausted("service", self.capacity.services))?,
         };
         let mut backends = Vec::with_capacity(svc.backends.len());
         for b in &svc.backends {
@@ -213,7 +215,7 @@ impl Reconciler {
                         if old.is_none() {
                             self.svc_ids.release(svc_id);
                         }
-                        return Err(exhausted("backend", MAX_BACKENDS));
+                        return Err(exhausted("backend", self.capacity.backends));
                     }
                 },
             };

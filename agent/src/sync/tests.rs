@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use super::{flows::ConnCounts, Counted, Reconciler, Writer};
 use crate::{
-    dataplane::{DataplaneError, ServiceEntry},
+    dataplane::{Capacity, DataplaneError, ServiceEntry},
     source::file,
 };
 
@@ -60,7 +60,7 @@ backends = [{ endpoint = "10.244.2.2:53", weight = 3 }]
 #[test]
 fn first_sync_creates_everything_then_nothing() {
     let mut w = Recorder::default();
-    let mut r = Reconciler::new(30);
+    let mut r = Reconciler::new(30, Capacity::default());
     let (report, errors) = r.sync(&model(TWO), &mut w, 100);
     assert!(errors.is_empty());
     assert_eq!((report.created, report.updated, report.removed), (2, 0, 0));
@@ -85,7 +85,7 @@ fn first_sync_creates_everything_then_nothing() {
 #[test]
 fn removed_backend_drains_until_its_flows_end() {
     let mut w = Recorder::default();
-    let mut r = Reconciler::new(30);
+    let mut r = Reconciler::new(30, Capacity::default());
     r.sync(&model(TWO), &mut w, 100);
     w.ops.clear();
     let one_left = TWO.replace(r#"{ endpoint = "10.244.1.3:80" }, "#, "");
@@ -113,7 +113,7 @@ fn removed_backend_drains_until_its_flows_end() {
 #[test]
 fn drain_timeout_ends_a_busy_drain_and_a_returning_backend_is_active_again() {
     let mut w = Recorder::default();
-    let mut r = Reconciler::new(30);
+    let mut r = Reconciler::new(30, Capacity::default());
     r.sync(&model(TWO), &mut w, 100);
     let one_left = TWO.replace(r#"{ endpoint = "10.244.1.3:80" }, "#, "");
     r.sync(&model(&one_left), &mut w, 100);
@@ -121,7 +121,7 @@ fn drain_timeout_ends_a_busy_drain_and_a_returning_backend_is_active_again() {
     assert_eq!(r.finish_drains(&busy, &mut w, 129).0.len(), 0);
     assert_eq!(r.finish_drains(&busy, &mut w, 130).0.len(), 1);
 
-    let mut r = Reconciler::new(30);
+    let mut r = Reconciler::new(30, Capacity::default());
     r.sync(&model(TWO), &mut w, 100);
     r.sync(&model(&one_left), &mut w, 100);
     w.ops.clear();
@@ -133,7 +133,7 @@ fn drain_timeout_ends_a_busy_drain_and_a_returning_backend_is_active_again() {
 #[test]
 fn terminating_backends_get_weight_zero_and_services_go() {
     let mut w = Recorder::default();
-    let mut r = Reconciler::new(30);
+    let mut r = Reconciler::new(30, Capacity::default());
     r.sync(&model(TWO), &mut w, 100);
     w.ops.clear();
     let text = TWO.replace(r#"{ endpoint = "10.244.1.3:80" }"#, r#"{ endpoint = "10.244.1.3:80", state = "terminating" }"#);
@@ -152,7 +152,7 @@ fn terminating_backends_get_weight_zero_and_services_go() {
 #[test]
 fn a_failing_service_keeps_its_state_and_others_still_apply() {
     let mut w = Recorder { failing: vec!["10.96.0.10".into()], ..Recorder::default() };
-    let mut r = Reconciler::new(30);
+    let mut r = Reconciler::new(30, Capacity::default());
     let (report, errors) = r.sync(&model(TWO), &mut w, 100);
     assert_eq!(report.created, 1);
     let messages: Vec<String> = errors.iter().map(|e| crate::error_chain(e)).collect();

@@ -3,7 +3,7 @@ pub mod ipvsadm;
 
 use std::net::SocketAddr;
 
-use xvs_common::{Counters, Scheduler, MAX_FLOWS, SERVICE_F_SH_PORT};
+use xvs_common::{Counters, Scheduler, SERVICE_F_SH_PORT};
 
 use crate::{
     dataplane::{DataplaneError, Maps},
@@ -116,7 +116,7 @@ impl Listing {
                 backends,
             });
         }
-        Ok(Self { size: MAX_FLOWS, services })
+        Ok(Self { size: maps.capacity.flows, services })
     }
 }
 
