@@ -91,6 +91,11 @@ impl Agent {
     }
 
     fn apply(&mut self) {
+        self.apply_to_dataplanes();
+        release_freed_memory();
+    }
+
+    fn apply_to_dataplanes(&mut self) {
         if let Some(ebpf) = &mut self.ebpf {
             let (report, errors) = ebpf.reconciler.sync(&self.model, &mut ebpf.dataplane.maps, monotonic_secs());
             for e in &errors {
@@ -184,6 +189,16 @@ impl Agent {
         ebpf.reconciler.invalidate(dirty);
         self.apply();
         Ok(drift.len())
+    }
+}
+
+/// Parsing a large services file peaks at tens of bytes per byte of TOML, and glibc keeps freed
+/// heap in its arenas: hand it back so the daemon's resident size reflects what it holds.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

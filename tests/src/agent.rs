@@ -69,6 +69,11 @@ impl Agent {
         agent
     }
 
+    /// The agent's process id (nsenter execs it, so this is the agent itself).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -4,6 +4,7 @@
 #![expect(clippy::missing_panics_doc, reason = "test harness: a panic is a test failure")]
 
 pub mod agent;
+pub mod bench;
 pub mod topology;
 
 use std::net::{IpAddr, SocketAddr};
@@ -177,13 +178,15 @@ fn insert_ipv6_ext(mut frame: Vec<u8>, l3: usize, ext: u8) -> Vec<u8> {
 pub struct Run {
     pub verdict: u32,
     pub out: Vec<u8>,
+    /// The kernel's measurement of the program run.
+    pub duration: std::time::Duration,
 }
 
 fn run(program: &dyn TestRunDyn, input: &[u8]) -> Result<Run, aya::programs::ProgramError> {
     let mut out = vec![0u8; input.len() + 256];
     let result = program.run(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ..Default::default() })?;
     out.truncate(result.data_size_out as usize);
-    Ok(Run { verdict: result.return_value, out })
+    Ok(Run { verdict: result.return_value, out, duration: result.duration })
 }
 
 trait TestRunDyn {

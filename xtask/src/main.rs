@@ -1,4 +1,5 @@
 //! `cargo xtask <task>`: build, set-up, test and demo automation for xvs. One file per task.
+mod bench;
 mod build_ebpf;
 mod cmd;
 mod demo;
@@ -27,6 +28,9 @@ enum Task {
     Demo,
     /// Run the IPVS tests in a VM booting Debian's kernel (this kernel has no IPVS).
     VmTest,
+    /// Run the benchmarks: per-packet cost against an empty XDP program, scaling with services,
+    /// control-plane sync against kube-proxy's iptables-restore, agent memory.
+    Bench,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +39,7 @@ fn main() -> anyhow::Result<()> {
         Task::BuildEbpf => build_ebpf::run().map(|_| ()),
         Task::Test => test::run(),
         Task::Demo => demo::run(),
+        Task::Bench => bench::run(),
         Task::VmTest => {
             let object = build_ebpf::run()?;
             vm::run(&build_ebpf::agent(&object)?)
