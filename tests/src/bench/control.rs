@@ -101,8 +101,9 @@ pub fn iptables_rules(list: &[Service], only: Option<usize>) -> String {
     for (i, s) in &picked {
         let i = *i as u32;
         let svc = chain("SVC", i, None);
+        let proto = s.id.proto.name().to_ascii_lowercase();
         if only.is_none() {
-            let _ = writeln!(out, "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"default/svc-{i}:http cluster IP\" -m tcp --dport {} -j {svc}", s.id.vip, s.id.port);
+            let _ = writeln!(out, "-A KUBE-SERVICES -d {}/32 -p {proto} -m comment --comment \"default/svc-{i}:http cluster IP\" -m {proto} --dport {} -j {svc}", s.id.vip, s.id.port);
         }
         let n = s.backends.len();
         for (b, be) in s.backends.iter().enumerate() {
@@ -114,7 +115,7 @@ pub fn iptables_rules(list: &[Service], only: Option<usize>) -> String {
                 let _ = writeln!(out, "-A {svc} -m comment --comment \"default/svc-{i}:http\" -j {sep}");
             }
             let _ = writeln!(out, "-A {sep} -s {}/32 -m comment --comment \"default/svc-{i}:http\" -j KUBE-MARK-MASQ", be.addr);
-            let _ = writeln!(out, "-A {sep} -p tcp -m comment --comment \"default/svc-{i}:http\" -m tcp -j DNAT --to-destination {}:{}", be.addr, be.port);
+            let _ = writeln!(out, "-A {sep} -p {proto} -m comment --comment \"default/svc-{i}:http\" -m {proto} -j DNAT --to-destination {}:{}", be.addr, be.port);
         }
     }
     out.push_str("COMMIT\n");

@@ -6,3 +6,4 @@ pub mod control;
 pub mod datapath;
 pub mod floor;
 pub mod svg;
+pub mod throughput;

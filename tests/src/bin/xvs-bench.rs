@@ -26,6 +26,11 @@ fn main() {
         }
         return;
     }
+    // One part alone, for working on it: `xvs-bench throughput`.
+    if args.get(1).map(String::as_str) == Some("throughput") {
+        throughput();
+        return;
+    }
     let out_dir = PathBuf::from(std::env::var("XVS_BENCH_OUT").unwrap_or_else(|_| "target/bench".into()));
     std::fs::create_dir_all(&out_dir).unwrap_or_else(|e| panic!("{}: {e}", out_dir.display()));
     let mut report = String::new();
@@ -71,9 +76,24 @@ fn main() {
     std::fs::write(out_dir.join("scaling.svg"), chart).unwrap_or_else(|e| panic!("{e}"));
 
     report.push_str(&control_plane());
+    report.push_str(&throughput());
     report.push_str(&memory());
     std::fs::write(out_dir.join("report.md"), &report).unwrap_or_else(|e| panic!("{e}"));
     println!("\n== written: {} and {}", out_dir.join("report.md").display(), out_dir.join("scaling.svg").display());
+}
+
+fn throughput() -> String {
+    use xvs_integration::bench::throughput::{measure, Way};
+    println!("\n== end to end through network namespaces (veth): UDP packets/s and HTTP requests/s");
+    let mut s = String::from("\n## Throughput end to end (network namespaces, veth)\n\nclient ns -> node ns -> backend ns over veth, traffic to the last of N services; UDP: 18-byte datagrams over 32 flows, packets/s received by the backend; HTTP: one client, a new TCP connection per request. Same topology, generator and server for both ways; on 2 vCPUs the generator, the forwarding and the receiver share the CPUs, so compare ratios.\n\n| services | xvs UDP pkt/s | iptables UDP pkt/s | ratio | xvs HTTP req/s | iptables HTTP req/s | ratio |\n|---:|---:|---:|---:|---:|---:|---:|\n");
+    for n in [1, 1_000, 10_000] {
+        let x = measure(Way::Xvs, n);
+        let i = measure(Way::Iptables, n);
+        println!("   {n:>6} services: {}: {:.0} pkt/s, {:.0} req/s; {}: {:.0} pkt/s, {:.0} req/s", Way::Xvs.name(), x.udp_pps, x.http_rps, Way::Iptables.name(), i.udp_pps, i.http_rps);
+        let _ = writeln!(s, "| {n} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} |", x.udp_pps, i.udp_pps, x.udp_pps / i.udp_pps.max(1.0), x.http_rps, i.http_rps, x.http_rps / i.http_rps.max(1.0));
+    }
+    print!("{s}");
+    s
 }
 
 /// bpf(2) calls of `xvs-bench control-full <n>`, counted by perf.
