@@ -364,3 +364,26 @@ fn auto_mode_serves_with_ipvs_alone_when_the_ebpf_datapath_cannot_attach() {
     assert!(text.contains("serving with kernel IPVS only"), "{text}");
     assert!(text.contains("nosuch0"), "the notice names the failed attach: {text}");
 }
+
+/// Not a test: the IPVS half of `cargo xtask bench` (the VM is the only IPVS kernel here).
+/// The same model synced into the BPF maps and into IPVS, timed in the same VM.
+#[test]
+#[ignore = "a benchmark: run by `cargo xtask bench` in the IPVS VM"]
+fn bench_full_sync_ipvs_mirror_against_bpf_maps() {
+    use xvs_integration::bench::control;
+    const N: u32 = 2_000;
+    let _c = client();
+    let (bpf_secs, ..) = control::full_sync(N);
+    let model = control::model(N);
+    let mirror = xvs::ipvs::mirror::IpvsMirror::open("xvs-ipvs0").unwrap_or_else(|e| panic!("{e}"));
+    let start = std::time::Instant::now();
+    let (ops, errors) = mirror.sync(&model).unwrap_or_else(|e| panic!("{e}"));
+    let ipvs_secs = start.elapsed().as_secs_f64();
+    assert!(errors.is_empty(), "{errors:?}");
+    println!(
+        "XVS-BENCH services={N} backends_each={} bpf_maps_full_sync_s={bpf_secs:.3} ipvs_full_sync_s={ipvs_secs:.3} ipvs_operations={} ratio_bpf_over_ipvs={:.3}",
+        control::BACKENDS,
+        ops.len(),
+        bpf_secs / ipvs_secs
+    );
+}

@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
         Task::Bench => bench::run(),
         Task::VmTest => {
             let object = build_ebpf::run()?;
-            vm::run(&build_ebpf::agent(&object)?)
+            vm::run(&build_ebpf::agent(&object)?, &object)
         }
     }
 }

@@ -26,5 +26,5 @@ pub fn run() -> anyhow::Result<()> {
             .env("XVS_BIN", &xvs),
     )?;
     println!("== IPVS tests in a VM (this kernel has no IPVS): the client and ipvsadm parity");
-    vm::run(&xvs)
+    vm::run(&xvs, &object)
 }

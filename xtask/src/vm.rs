@@ -35,16 +35,36 @@ const APPLETS: &[&str] = &["sh", "mount", "mkdir", "insmod", "poweroff", "echo",
 const EXIT_MARKER: &str = "XVS-VM-EXIT:";
 const TEST_NAME: &str = "ipvs_vm";
 
-/// Boots the VM with `xvs` and the IPVS test binary and fails unless every test passed.
-pub fn run(xvs: &Path) -> anyhow::Result<()> {
+/// Boots the VM with `xvs` and the IPVS test binary and fails unless every test passed (the
+/// `bench_` ones are skipped: `cargo xtask bench` runs those).
+pub fn run(xvs: &Path, object: &Path) -> anyhow::Result<()> {
+    in_vm(xvs, object, "--skip bench_").map(drop)
+}
+
+/// Runs the IPVS benchmarks in the VM; returns their `XVS-BENCH` lines.
+pub fn bench(xvs: &Path, object: &Path) -> anyhow::Result<Vec<String>> {
+    let console = in_vm(xvs, object, "bench_ --nocapture")?;
+    // libtest prints the test's name on the same line before the output.
+    Ok(console.lines().filter_map(|l| l.find("XVS-BENCH ").map(|at| l[at + "XVS-BENCH ".len()..].trim().to_owned())).collect())
+}
+
+/// Boots the VM running the test binary with `test_args`; returns the console on success.
+fn in_vm(xvs: &Path, object: &Path, test_args: &str) -> anyhow::Result<String> {
     let root = cmd::root();
     let cache = root.join("target/vm");
     std::fs::create_dir_all(&cache)?;
     let kernel = kernel(&cache)?;
     let tests = test_binary(&root)?;
     println!("== IPVS tests in a VM: kernel {}, tests {}", kernel.display(), tests.display());
-    let initrd = initramfs(&cache, &kernel, xvs, &tests)?;
+    let initrd = initramfs(&cache, &kernel, &Files { xvs, object, tests: &tests }, test_args)?;
     boot(&kernel, &initrd)
+}
+
+/// What goes into the initramfs besides busybox, modules and ipvsadm.
+struct Files<'a> {
+    xvs: &'a Path,
+    object: &'a Path,
+    tests: &'a Path,
 }
 
 /// The unpacked kernel package (downloaded once): the one `linux-image-amd64` depends on.
@@ -115,7 +135,7 @@ fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn initramfs(cache: &Path, kernel: &Path, xvs: &Path, tests: &Path) -> anyhow::Result<PathBuf> {
+fn initramfs(cache: &Path, kernel: &Path, files: &Files<'_>, test_args: &str) -> anyhow::Result<PathBuf> {
     let root = cache.join("initramfs");
     let _ = std::fs::remove_dir_all(&root);
     for d in ["bin", "sbin", "proc", "sys", "dev", "tmp", "run", "modules", "tests"] {
@@ -135,15 +155,16 @@ fn initramfs(cache: &Path, kernel: &Path, xvs: &Path, tests: &Path) -> anyhow::R
     // `ip netns` keeps its namespaces under /var/run/netns.
     std::fs::create_dir_all(root.join("var"))?;
     std::os::unix::fs::symlink("/run", root.join("var/run"))?;
-    install_with_libs(&root, xvs, "/bin/xvs")?;
-    install_with_libs(&root, tests, "/tests/ipvs_vm")?;
+    install_with_libs(&root, files.xvs, "/bin/xvs")?;
+    install_with_libs(&root, files.tests, "/tests/ipvs_vm")?;
+    copy(files.object, &root.join("xvs-ebpf.o"))?;
     let init = format!(
         "#!/bin/sh\n\
          mount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\nmount -t tmpfs tmp /tmp\n\
          for m in {}; do insmod /modules/$m.ko || echo \"insmod $m failed\"; done\n\
          ip link set lo up\n\
-         export PATH=/bin:/sbin XVS_BIN=/bin/xvs RUST_BACKTRACE=1\n\
-         /tests/ipvs_vm --ignored --test-threads=1\n\
+         export PATH=/bin:/sbin XVS_BIN=/bin/xvs XVS_BPF_OBJECT=/xvs-ebpf.o RUST_BACKTRACE=1\n\
+         /tests/ipvs_vm --ignored --test-threads=1 {test_args}\n\
          echo \"{EXIT_MARKER} $?\"\n\
          poweroff -f\n",
         MODULES.join(" ")
@@ -170,7 +191,7 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
 }
 
 /// Boots and streams the serial console; the exit marker carries the test binary's status.
-fn boot(kernel: &Path, initrd: &Path) -> anyhow::Result<()> {
+fn boot(kernel: &Path, initrd: &Path) -> anyhow::Result<String> {
     let vmlinuz = std::fs::read_dir(kernel.join("boot"))?
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -196,7 +217,7 @@ fn boot(kernel: &Path, initrd: &Path) -> anyhow::Result<()> {
     match status.as_deref() {
         Some("0") => {
             println!("== IPVS VM tests passed ({:.0} s including boot)", elapsed.as_secs_f64());
-            Ok(())
+            Ok(console.into_owned())
         }
         Some(code) => bail!("IPVS VM tests failed (exit status {code})"),
         None if elapsed >= Duration::from_secs(900) => bail!("the IPVS VM timed out"),
