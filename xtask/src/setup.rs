@@ -11,8 +11,8 @@ const BPF_LINKER_VERSION: &str = "0.13";
 
 /// Debian packages: LLVM for bpf-linker; iproute2/ethtool for attaching and the netns tests;
 /// curl and python3 for the end-to-end HTTP traffic; qemu, busybox, cpio and ipvsadm for the
-/// IPVS tests in a VM (this kernel has no IPVS); iptables for the kube-proxy baseline of the
-/// benchmarks.
+/// IPVS tests in a VM (this kernel has no IPVS); iptables and nftables for the kube-proxy
+/// baselines of the benchmarks.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -26,6 +26,7 @@ const APT_PACKAGES: &[&str] = &[
     "cpio",
     "ipvsadm",
     "iptables",
+    "nftables",
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -122,22 +122,59 @@ pub fn iptables_rules(list: &[Service], only: Option<usize>) -> String {
     out
 }
 
+/// kube-proxy's nftables-mode ruleset (its `kube-proxy` table, reduced to what forwards a
+/// service: a verdict map from VIP . proto . port to a per-service chain that picks an endpoint
+/// chain with `numgen random`, which DNATs), as `nft -f` input.
+pub fn nft_rules(list: &[Service]) -> String {
+    let mut out = String::from("table ip kube-proxy {\n");
+    out.push_str("  chain nat-prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n    jump services\n  }\n");
+    out.push_str("  map service-ips {\n    type ipv4_addr . inet_proto . inet_service : verdict\n    elements = {\n");
+    for (i, s) in list.iter().enumerate() {
+        let proto = s.id.proto.name().to_ascii_lowercase();
+        let _ = writeln!(out, "      {} . {proto} . {} : goto service-{i},", s.id.vip, s.id.port);
+    }
+    out.push_str("    }\n  }\n  chain services {\n    ip daddr . meta l4proto . th dport vmap @service-ips\n  }\n");
+    for (i, s) in list.iter().enumerate() {
+        let proto = s.id.proto.name().to_ascii_lowercase();
+        let picks: Vec<String> = (0..s.backends.len()).map(|b| format!("{b} : goto endpoint-{i}-{b}")).collect();
+        let _ = writeln!(out, "  chain service-{i} {{\n    numgen random mod {} vmap {{ {} }}\n  }}", s.backends.len(), picks.join(", "));
+        for (b, be) in s.backends.iter().enumerate() {
+            let _ = writeln!(out, "  chain endpoint-{i}-{b} {{\n    meta l4proto {proto} dnat to {}:{}\n  }}", be.addr, be.port);
+        }
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// Seconds `nft -f -` takes to load `rules` in network namespace `netns`.
+pub fn nft_load(netns: &str, rules: &str) -> f64 {
+    feed(netns, &["nft", "-f", "-"], rules)
+}
+
 /// Seconds `iptables-restore [extra]` takes to load `rules` in network namespace `netns`.
 pub fn iptables_restore(netns: &str, rules: &str, extra: &[&str]) -> f64 {
+    let mut cmd = vec!["iptables-restore"];
+    cmd.extend_from_slice(extra);
+    feed(netns, &cmd, rules)
+}
+
+/// Runs `cmd` in `netns` with `input` on stdin, as kube-proxy runs its rule loaders; the
+/// seconds it took, process start included.
+fn feed(netns: &str, cmd: &[&str], input: &str) -> f64 {
     use std::io::Write;
     let start = Instant::now();
     let mut child = Command::new("ip")
-        .args(["netns", "exec", netns, "iptables-restore"])
-        .args(extra)
+        .args(["netns", "exec", netns])
+        .args(cmd)
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("iptables-restore: {e}"));
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(rules.as_bytes()).unwrap_or_else(|e| panic!("iptables-restore stdin: {e}"));
+        stdin.write_all(input.as_bytes()).unwrap_or_else(|e| panic!("{cmd:?} stdin: {e}"));
     }
-    let out = child.wait_with_output().unwrap_or_else(|e| panic!("iptables-restore: {e}"));
-    assert!(out.status.success(), "iptables-restore failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     start.elapsed().as_secs_f64()
 }
 
@@ -165,6 +202,22 @@ mod tests {
         // The partial (incremental) form rewrites only the service's own chains.
         let partial = iptables_rules(&list, Some(0));
         assert!(!partial.contains("KUBE-SERVICES") && partial.contains(":KUBE-SVC-000000000000 - [0:0]"), "{partial}");
+    }
+
+    #[test]
+    fn nftables_baseline_has_kube_proxy_shape() {
+        let mut list = services(1);
+        list[0].backends.truncate(2);
+        let rules = nft_rules(&list);
+        for line in [
+            "type nat hook prerouting priority dstnat; policy accept;",
+            "10.96.0.1 . tcp . 80 : goto service-0,",
+            "ip daddr . meta l4proto . th dport vmap @service-ips",
+            "numgen random mod 2 vmap { 0 : goto endpoint-0-0, 1 : goto endpoint-0-1 }",
+            "meta l4proto tcp dnat to 10.200.0.17:8080",
+        ] {
+            assert!(rules.contains(line), "missing {line:?} in\n{rules}");
+        }
     }
 
     #[test]

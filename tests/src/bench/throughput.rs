@@ -1,6 +1,7 @@
 //! End-to-end throughput through network namespaces (client -> node -> backend over veth), the
 //! same topology and traffic for each way of implementing the services: xvs (XDP ingress + TC
-//! egress) and kube-proxy's iptables mode (its DNAT rules for every service, conntrack). UDP
+//! egress), kube-proxy's iptables mode (its DNAT rules for every service, conntrack) and its
+//! nftables mode (a verdict map, then numgen-random endpoint chains). UDP
 //! small packets per second, and HTTP requests per second over short connections (one TCP
 //! connection per request, so every request is a new flow), with 1, 1,000 and 10,000 services;
 //! traffic goes to the last service (the deepest in iptables' KUBE-SERVICES chain).
@@ -29,6 +30,7 @@ const MEASURE: Duration = Duration::from_secs(2);
 pub enum Way {
     Xvs,
     Iptables,
+    Nftables,
 }
 
 impl Way {
@@ -36,6 +38,7 @@ impl Way {
         match self {
             Self::Xvs => "xvs (XDP + TC)",
             Self::Iptables => "kube-proxy iptables",
+            Self::Nftables => "kube-proxy nftables",
         }
     }
 }
@@ -95,6 +98,10 @@ fn program(way: Way, topo: &Topology, list: Vec<Service>) -> Option<(mpsc::Sende
         Way::Iptables => {
             let rules = control::iptables_rules(&list, None).replace("COMMIT\n", "-A PREROUTING -j KUBE-SERVICES\nCOMMIT\n");
             control::iptables_restore(&topo.ns("node"), &rules, &[]);
+            None
+        }
+        Way::Nftables => {
+            control::nft_load(&topo.ns("node"), &control::nft_rules(&list));
             None
         }
     }
