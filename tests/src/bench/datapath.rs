@@ -126,16 +126,32 @@ pub fn schedulers() -> Vec<Figure> {
         .collect()
 }
 
-/// New-flow and established cost with `services` services of ten backends each, packets spread
-/// over all of them. Returns (services, new flow, established).
-pub fn scaling(services: u32) -> (u32, Figure, Figure) {
+/// Cost with `services` services of ten backends each, for two traffic mixes. Hot: every packet
+/// goes to one of 100 services, whatever the table holds (the lookup cost itself: flat if
+/// lookups are hashes). Spread: every packet to a different service, so the working set grows
+/// with the table (a worst case for the CPU caches).
+pub struct Scaling {
+    pub services: u32,
+    pub hot_new: Figure,
+    pub hot_established: Figure,
+    pub spread_new: Figure,
+    pub spread_established: Figure,
+}
+
+pub fn scaling(services: u32) -> Scaling {
     let capacity = Capacity { services: services + 1, backends: services * 10 + 1, slots: (services * 10 + 1).max(1024) * 2, flows: 262_144 };
     let mut dp = fresh(capacity);
     for s in 1..=services {
         install(&mut dp, s, &format!("{}:80", Ipv4Addr::from(0x0a60_0000 + s)), Scheduler::RoundRobin, false);
     }
-    let vip = |i: usize| format!("{}:80", Ipv4Addr::from(0x0a60_0000 + 1 + (i as u32 * 7919) % services));
-    let new: Vec<u32> = (0..N).map(|i| ns(&xdp(&mut dp, &Pkt::new(L4::TcpSyn, &client(i, false).to_string(), &vip(i)).bytes()))).collect();
-    let est: Vec<u32> = (0..N).map(|i| ns(&xdp(&mut dp, &Pkt::new(L4::TcpAck, &client(i, false).to_string(), &vip(i)).bytes()))).collect();
-    (services, summarize(format!("new flow, {services} services"), new), summarize(format!("established, {services} services"), est))
+    let mut run = |first_client: usize, among: u32| -> (Figure, Figure) {
+        let vip = |i: usize| format!("{}:80", Ipv4Addr::from(0x0a60_0000 + 1 + (i as u32 * 7919) % among));
+        let c = |i: usize| client(first_client + i, false).to_string();
+        let new: Vec<u32> = (0..N).map(|i| ns(&xdp(&mut dp, &Pkt::new(L4::TcpSyn, &c(i), &vip(i)).bytes()))).collect();
+        let est: Vec<u32> = (0..N).map(|i| ns(&xdp(&mut dp, &Pkt::new(L4::TcpAck, &c(i), &vip(i)).bytes()))).collect();
+        (summarize(format!("new flow, {services} services"), new), summarize(format!("established, {services} services"), est))
+    };
+    let (hot_new, hot_established) = run(0, services.min(100));
+    let (spread_new, spread_established) = run(N, services);
+    Scaling { services, hot_new, hot_established, spread_new, spread_established }
 }
