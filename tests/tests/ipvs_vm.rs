@@ -255,6 +255,16 @@ fn the_agent_mirrors_the_model_into_ipvs_like_kube_proxy_and_leaves_foreign_serv
     let agent = Agent::start(config);
     eventually("the agent repairs the drift", || xvs(&["verify", "--config", config, "--source", "ipvs"]).status.success());
     agent.stop();
+
+    // --cleanup on stop removes xvs's services and VIPs; the foreign service stays.
+    let agent = Agent::start_with(&["--dataplane", "ipvs", "--config", config, "--cleanup"], std::process::Stdio::null());
+    eventually("the agent is up", || xvs(&["verify", "--config", config, "--source", "ipvs"]).status.success());
+    agent.stop();
+    let text = ipvsadm(&["-L", "-n"]);
+    assert!(!text.contains("10.96.0.1"), "xvs's services left behind:\n{text}");
+    assert!(text.contains("TCP  192.168.99.1:22 wrr"), "foreign service removed:\n{text}");
+    let addrs = Command::new("ip").args(["addr", "show", "xvs-ipvs0"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    assert!(!addrs.contains("10.96.0."), "VIPs left on xvs-ipvs0:\n{addrs}");
 }
 
 fn sh(args: &[&str]) {

@@ -157,12 +157,27 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
             _ = int.recv() => break,
         }
     }
-    if args.cleanup && agent.ebpf.is_some() {
+    if !args.cleanup {
+        if agent.ebpf.is_some() {
+            tracing::info!(pin_dir = %args.pin_dir.display(), "stopped; the pinned datapath keeps serving until the next agent adopts it");
+        }
+        if agent.ipvs.is_some() {
+            tracing::info!("stopped; xvs's IPVS services stay in the kernel until the next agent adopts them");
+        }
+        return Ok(());
+    }
+    if let Some(mirror) = &agent.ipvs {
+        // An empty desired state: every service xvs owns goes, with its VIP; foreign ones stay.
+        let (_, errors) = mirror.sync(&xvs::model::Model::default())?;
+        for e in &errors {
+            tracing::error!("ipvs cleanup: {}", xvs::error_chain(e));
+        }
+        tracing::info!(dummy = %args.ipvs_dummy, "stopped; xvs's IPVS services and VIPs removed");
+    }
+    if agent.ebpf.is_some() {
         drop(agent);
         unpin_all(&args.pin_dir)?;
         tracing::info!(pin_dir = %args.pin_dir.display(), "stopped; pinned maps and links removed, datapath detached");
-    } else {
-        tracing::info!(pin_dir = %args.pin_dir.display(), "stopped; the pinned datapath keeps serving until the next agent adopts it");
     }
     Ok(())
 }
