@@ -1,2 +1,3 @@
 //! Where desired state comes from. Every source produces a validated `Model`.
 pub mod file;
+pub mod kube;

@@ -1,0 +1,243 @@
+//! Services + EndpointSlices -> the desired state, following kube-proxy:
+//! - one virtual service per (VIP, port, protocol): every clusterIP (dual-stack), externalIPs,
+//!   status.loadBalancer ingress IPs, and NodePorts on the node's addresses;
+//! - backends from the EndpointSlices labelled with the service's name, in the VIP's family,
+//!   port matched by name (the slice carries the resolved targetPort);
+//! - ready endpoints are active; serving+terminating ones are used only when no endpoint is
+//!   ready, otherwise kept at weight 0 for their established flows; not serving ones are out;
+//! - externalTrafficPolicy/internalTrafficPolicy Local keep only this node's endpoints;
+//! - sessionAffinity ClientIP -> affinity with timeoutSeconds (default 10800);
+//! - headless and ExternalName services are ignored; SCTP is skipped with a warning;
+//! - the scheduler comes from the annotation `xvs.io/scheduler` (rr, wrr, sh; default rr).
+//!
+//! Bad objects never stop the rest: each problem is a warning naming the object, and the
+//! object (or just the bad part) is skipped.
+use std::{collections::BTreeMap, net::IpAddr};
+
+use k8s_openapi::api::{
+    core::v1::{Service as KubeService, ServicePort},
+    discovery::v1::EndpointSlice,
+};
+use xvs_common::Scheduler;
+
+use crate::model::{Backend, BackendState, Model, Protocol, Service, ServiceId};
+
+pub const SCHEDULER_ANNOTATION: &str = "xvs.io/scheduler";
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+const DEFAULT_AFFINITY_TIMEOUT: i32 = 10_800;
+
+/// The node this agent programs.
+#[derive(Clone, Debug, Default)]
+pub struct Node {
+    pub name: String,
+    /// Addresses NodePorts are served on.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// A problem with one object, which was skipped (wholly or in part).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Warning {
+    /// `Service default/web`, `EndpointSlice default/web-abc12`.
+    pub object: String,
+    pub cause: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.object, self.cause)
+    }
+}
+
+fn name_of(kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    format!("{kind} {}/{}", meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or("<unnamed>"))
+}
+
+/// Which VIPs of a service are "external" for externalTrafficPolicy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Internal,
+    External,
+}
+
+/// Translates everything; returns the model and the warnings.
+pub fn translate(services: &[KubeService], slices: &[EndpointSlice], node: &Node) -> (Model, Vec<Warning>) {
+    let mut warnings = Vec::new();
+    let mut out: BTreeMap<ServiceId, (String, Service)> = BTreeMap::new();
+    for svc in services {
+        let object = name_of("Service", &svc.metadata);
+        let Some(spec) = &svc.spec else {
+            warnings.push(Warning { object, cause: "no spec".into() });
+            continue;
+        };
+        if spec.type_.as_deref() == Some("ExternalName") || spec.cluster_ip.as_deref() == Some("None") {
+            continue;
+        }
+        let scheduler = scheduler_of(svc, &object, &mut warnings);
+        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            let t = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT);
+            u32::try_from(t).unwrap_or(DEFAULT_AFFINITY_TIMEOUT as u32)
+        });
+        let mine: Vec<&EndpointSlice> = slices
+            .iter()
+            .filter(|s| {
+                s.metadata.namespace == svc.metadata.namespace
+                    && s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) == svc.metadata.name.as_ref()
+            })
+            .collect();
+        let mut vips: Vec<(IpAddr, Scope)> = Vec::new();
+        let mut parse_ips = |ips: Vec<&String>, scope: Scope, what: &str, warnings: &mut Vec<Warning>| {
+            for ip in ips {
+                match ip.parse::<IpAddr>() {
+                    Ok(a) => vips.push((a, scope)),
+                    Err(_) => warnings.push(Warning { object: object.clone(), cause: format!("{what} {ip:?} is not an IP address; skipped") }),
+                }
+            }
+        };
+        let cluster_ips: Vec<&String> = match &spec.cluster_ips {
+            Some(list) if !list.is_empty() => list.iter().collect(),
+            _ => spec.cluster_ip.iter().collect(),
+        };
+        parse_ips(cluster_ips, Scope::Internal, "clusterIP", &mut warnings);
+        parse_ips(spec.external_ips.iter().flatten().collect(), Scope::External, "externalIP", &mut warnings);
+        let lb: Vec<&String> = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_ref())
+            .collect();
+        parse_ips(lb, Scope::External, "load-balancer ingress IP", &mut warnings);
+        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+
+        for port in spec.ports.iter().flatten() {
+            let proto = match port.protocol.as_deref().unwrap_or("TCP") {
+                "TCP" => Protocol::Tcp,
+                "UDP" => Protocol::Udp,
+                other => {
+                    warnings.push(Warning { object: object.clone(), cause: format!("port {}: protocol {other} is not supported; skipped", port.port) });
+                    continue;
+                }
+            };
+            let Ok(svc_port) = u16::try_from(port.port) else {
+                warnings.push(Warning { object: object.clone(), cause: format!("port {} is out of range; skipped", port.port) });
+                continue;
+            };
+            let mut targets: Vec<(IpAddr, Scope, u16)> = vips.iter().map(|&(ip, scope)| (ip, scope, svc_port)).collect();
+            if let Some(node_port) = port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|&p| p != 0) {
+                targets.extend(node.addresses.iter().map(|&ip| (ip, Scope::External, node_port)));
+            }
+            for (vip, scope, vport) in targets {
+                let local = match scope {
+                    Scope::Internal => internal_local,
+                    Scope::External => external_local,
+                };
+                let backends = backends(&mine, port, vip.is_ipv6(), proto, local.then_some(node.name.as_str()), &mut warnings);
+                let id = ServiceId { vip, port: vport, proto };
+                let service = Service { id, scheduler, affinity_timeout: affinity, sh_port: false, backends };
+                if let Some((first, _)) = out.get(&id) {
+                    warnings.push(Warning { object: object.clone(), cause: format!("{id} is already used by {first}; skipped") });
+                    continue;
+                }
+                out.insert(id, (object.clone(), service));
+            }
+        }
+    }
+    // A slice read for several VIPs of one service reports its problem once.
+    let mut seen = std::collections::HashSet::new();
+    warnings.retain(|w| seen.insert(w.clone()));
+    let services: Vec<Service> = out.into_values().map(|(_, s)| s).collect();
+    match Model::new(services.clone()) {
+        Ok(model) => (model, warnings),
+        Err(errors) => {
+            // Drop exactly the services the model refuses, keep the rest.
+            let bad: Vec<usize> = errors.iter().map(|e| e.index).collect();
+            for e in &errors {
+                warnings.push(Warning { object: e.service.clone(), cause: e.issue.to_string() });
+            }
+            let kept = services.into_iter().enumerate().filter(|(i, _)| !bad.contains(i)).map(|(_, s)| s).collect();
+            (Model::new(kept).unwrap_or_default(), warnings)
+        }
+    }
+}
+
+fn scheduler_of(svc: &KubeService, object: &str, warnings: &mut Vec<Warning>) -> Scheduler {
+    match svc.metadata.annotations.as_ref().and_then(|a| a.get(SCHEDULER_ANNOTATION)).map(String::as_str) {
+        None | Some("rr") => Scheduler::RoundRobin,
+        Some("wrr") => Scheduler::WeightedRoundRobin,
+        Some("sh") => Scheduler::SourceHash,
+        Some(other) => {
+            warnings.push(Warning {
+                object: object.to_owned(),
+                cause: format!("annotation {SCHEDULER_ANNOTATION}={other:?} is not rr, wrr or sh; using rr"),
+            });
+            Scheduler::RoundRobin
+        }
+    }
+}
+
+/// The endpoints of one service port in one family, by kube-proxy's readiness rules.
+fn backends(slices: &[&EndpointSlice], port: &ServicePort, v6: bool, proto: Protocol, only_node: Option<&str>, warnings: &mut Vec<Warning>) -> Vec<Backend> {
+    let family = if v6 { "IPv6" } else { "IPv4" };
+    let mut ready = Vec::new();
+    let mut terminating = Vec::new();
+    for slice in slices.iter().filter(|s| s.address_type == family) {
+        let object = name_of("EndpointSlice", &slice.metadata);
+        let proto_name = match proto {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        };
+        let Some(target) = slice.ports.iter().flatten().find(|p| p.name == port.name && p.protocol.as_deref().unwrap_or("TCP") == proto_name).and_then(|p| p.port) else {
+            continue;
+        };
+        let Ok(target) = u16::try_from(target) else {
+            warnings.push(Warning { object, cause: format!("port {target} is out of range; skipped") });
+            continue;
+        };
+        for ep in &slice.endpoints {
+            if only_node.is_some_and(|n| ep.node_name.as_deref() != Some(n)) {
+                continue;
+            }
+            let c = ep.conditions.as_ref();
+            let is_ready = c.and_then(|c| c.ready).unwrap_or(true);
+            let serving = c.and_then(|c| c.serving).unwrap_or(is_ready);
+            let is_terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+            for addr in &ep.addresses {
+                let Ok(ip) = addr.parse::<IpAddr>() else {
+                    warnings.push(Warning { object: object.clone(), cause: format!("endpoint address {addr:?} is not an IP address; skipped") });
+                    continue;
+                };
+                let b = Backend { addr: ip, port: target, weight: 1, state: BackendState::Active };
+                if is_ready && !is_terminating {
+                    ready.push(b);
+                } else if serving && is_terminating {
+                    terminating.push(b);
+                }
+            }
+        }
+    }
+    if ready.is_empty() {
+        // No ready endpoint: serve from the terminating ones that still serve (kube-proxy, Cilium).
+        return dedup(terminating);
+    }
+    ready.extend(terminating.into_iter().map(|b| Backend { state: BackendState::Terminating, ..b }));
+    dedup(ready)
+}
+
+/// The same endpoint can appear in two slices during a rollout: keep its first (most useful) form.
+fn dedup(mut list: Vec<Backend>) -> Vec<Backend> {
+    let mut seen = std::collections::HashSet::new();
+    list.retain(|b| seen.insert((b.addr, b.port)));
+    list
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;
