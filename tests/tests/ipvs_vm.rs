@@ -257,8 +257,11 @@ fn the_agent_mirrors_the_model_into_ipvs_like_kube_proxy_and_leaves_foreign_serv
     agent.stop();
 
     // --cleanup on stop removes xvs's services and VIPs; the foreign service stays.
-    let agent = Agent::start_with(&["--dataplane", "ipvs", "--config", config, "--cleanup"], std::process::Stdio::null());
-    eventually("the agent is up", || xvs(&["verify", "--config", config, "--source", "ipvs"]).status.success());
+    // (Wait for its "running" line: the table already matches, so verify cannot tell that the
+    // agent has its signal handlers in place.)
+    let log = std::fs::File::create("/tmp/cleanup.log").unwrap_or_else(|e| panic!("{e}"));
+    let agent = Agent::start_with(&["--dataplane", "ipvs", "--config", config, "--cleanup"], log.into());
+    eventually("the agent runs", || std::fs::read_to_string("/tmp/cleanup.log").is_ok_and(|l| l.contains("running")));
     agent.stop();
     let text = ipvsadm(&["-L", "-n"]);
     assert!(!text.contains("10.96.0.1"), "xvs's services left behind:\n{text}");

@@ -99,6 +99,11 @@ pub fn run(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM that arrives while the dataplanes are being set up is acted on
+    // (with --cleanup) once they are, instead of killing the agent half-way.
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     // Fail before touching the dataplane: an invalid file at start leaves pinned state as is.
     let model = file::load(&args.config)?;
     tracing::info!(file = %args.config.display(), services = model.len(), "services file loaded");
@@ -128,9 +133,6 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(ebpf = ebpf.is_some(), ipvs = ipvs.is_some(), "dataplanes");
     let mut agent = Agent::start(ebpf, ipvs, args.config.clone(), model);
 
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let mut watch = tokio::time::interval(Duration::from_millis(args.watch_interval_ms.max(50)));
     let mut flows = tokio::time::interval(Duration::from_secs(args.flow_interval.max(1)));
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_interval.max(1)));
