@@ -20,8 +20,9 @@ pub struct LiveService {
 #[derive(Clone, Debug, Default)]
 pub struct LiveState {
     pub services: BTreeMap<ServiceId, LiveService>,
-    /// Present backends by id.
-    pub backends: BTreeMap<u32, Backend>,
+    /// Present backends, keyed by (service id, backend id) so one service's backends are a
+    /// range, not a scan of every backend.
+    pub backends: BTreeMap<(u32, u32), Backend>,
     /// Service entries whose key cannot be decoded (unknown family or protocol): never written
     /// by xvs, so they are drift.
     pub unreadable: Vec<ServiceKey>,
@@ -53,7 +54,7 @@ impl LiveState {
         for id in 1..maps.capacity.backends {
             let backend = maps.backends.get(&id, 0).map_err(DataplaneError::map(MAP_BACKENDS, "read"))?;
             if backend.flags & BACKEND_F_PRESENT != 0 {
-                state.backends.insert(id, backend);
+                state.backends.insert((backend.svc_id, id), backend);
             }
         }
         Ok(state)
@@ -61,7 +62,7 @@ impl LiveState {
 
     /// Present backends that belong to service `svc_id`.
     pub fn backends_of(&self, svc_id: u32) -> impl Iterator<Item = (u32, &Backend)> {
-        self.backends.iter().filter(move |(_, b)| b.svc_id == svc_id).map(|(&id, b)| (id, b))
+        self.backends.range((svc_id, 0)..=(svc_id, u32::MAX)).map(|(&(_, id), b)| (id, b))
     }
 
     /// The service as the agent would have written it (for adoption after a restart): its

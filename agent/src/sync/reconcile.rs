@@ -71,7 +71,7 @@ impl Reconciler {
         let applied: BTreeMap<ServiceId, ServiceEntry> =
             live.services.values().map(|s| (s.id, live.entry(s))).collect();
         let svc_ids = IdPool::with_used(capacity.services, applied.values().map(|e| e.svc_id));
-        let backend_ids = IdPool::with_used(capacity.backends, live.backends.keys().copied());
+        let backend_ids = IdPool::with_used(capacity.backends, live.backends.keys().map(|&(_, id)| id));
         Self { applied, draining: BTreeMap::new(), svc_ids, backend_ids, drain_timeout, dirty: BTreeSet::new(), capacity }
     }
 

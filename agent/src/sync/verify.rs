@@ -137,9 +137,9 @@ mod tests {
         let value = ServiceValue { svc_id: 7, slot_base: 0, slot_count: 2, scheduler: Scheduler::RoundRobin as u8, ..Default::default() };
         let mut state = LiveState::default();
         state.services.insert(id, LiveService { id, value, table: vec![Some(1), Some(2)] });
-        state.backends.insert(1, backend("10.0.0.1:80", 7, 1));
-        state.backends.insert(2, backend("10.0.0.2:80", 7, 1));
-        state.backends.insert(3, backend("10.0.0.9:80", 7, 0));
+        state.backends.insert((7, 1), backend("10.0.0.1:80", 7, 1));
+        state.backends.insert((7, 2), backend("10.0.0.2:80", 7, 1));
+        state.backends.insert((7, 3), backend("10.0.0.9:80", 7, 0));
         state
     }
 
@@ -165,8 +165,8 @@ mod tests {
             s.table[1] = None;
             s.value.affinity_timeout = 30;
         }
-        l.backends.insert(2, backend("10.0.0.2:80", 7, 5));
-        l.backends.insert(4, backend("10.0.0.4:80", 7, 1));
+        l.backends.insert((7, 2), backend("10.0.0.2:80", 7, 5));
+        l.backends.insert((7, 4), backend("10.0.0.4:80", 7, 1));
         let want = format!("{WANT}\n[[service]]\nvip = \"10.96.0.11\"\nport = 80\n");
         assert_eq!(
             diff_text(&model(&want), &l),
