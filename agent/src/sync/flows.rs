@@ -42,6 +42,7 @@ pub fn reply_key(fwd: &FlowKey, entry: &FlowEntry) -> FlowKey {
 pub fn scan(maps: &Maps, now: u32) -> Result<FlowScan, DataplaneError> {
     let mut out = FlowScan::default();
     let mut replies = Vec::new();
+    let mut forwards = std::collections::HashSet::new();
     for item in maps.conntrack.iter() {
         let (key, entry) = match item {
             Ok(kv) => kv,
@@ -51,6 +52,7 @@ pub fn scan(maps: &Maps, now: u32) -> Result<FlowScan, DataplaneError> {
         };
         match entry.kind {
             FLOW_FORWARD => {
+                forwards.insert(key);
                 let state = FlowState::from_u8(entry.state);
                 if expired(state, entry.last_seen, now) {
                     out.dead.push((key, entry));
@@ -68,7 +70,10 @@ pub fn scan(maps: &Maps, now: u32) -> Result<FlowScan, DataplaneError> {
         }
     }
     for (key, entry) in replies {
-        if maps.conntrack.get(&key.forward_of(entry.nat_addr, entry.nat_port), 0).is_err() {
+        let forward = key.forward_of(entry.nat_addr, entry.nat_port);
+        // Seen in this walk: not an orphan. Otherwise look again, since a flow created during
+        // the walk may have put its forward entry where the walk had already passed.
+        if !forwards.contains(&forward) && maps.conntrack.get(&forward, 0).is_err() {
             out.orphan_replies.push(key);
         }
     }
