@@ -119,15 +119,7 @@ impl Agent {
     fn sync_ipvs(&mut self) {
         let Some(mirror) = &self.ipvs else { return };
         match mirror.sync(&self.model) {
-            Ok((done, errors)) => {
-                for op in &done {
-                    tracing::info!(op = %op, "ipvs");
-                }
-                for e in &errors {
-                    tracing::error!("ipvs: {}", error_chain(e));
-                }
-                tracing::info!(changes = done.len(), failed = errors.len(), "ipvs synced");
-            }
+            Ok(result) => log_ipvs(result),
             Err(e) => tracing::error!("ipvs: reading the kernel table failed: {}", error_chain(&e)),
         }
     }
@@ -153,12 +145,13 @@ impl Agent {
         Ok(())
     }
 
-    /// IPVS drains end when the kernel's counters reach 0: a periodic sync finishes them.
+    /// IPVS drains end when the kernel's counters reach 0: a periodic check finishes them (and
+    /// repairs IPVS drift), applying the plan it already read.
     fn sync_ipvs_quietly(&mut self) {
         let Some(mirror) = &self.ipvs else { return };
         match mirror.drift(&self.model) {
             Ok(ops) if ops.is_empty() => {}
-            Ok(_) => self.sync_ipvs(),
+            Ok(ops) => log_ipvs(mirror.apply(ops)),
             Err(e) => tracing::error!("ipvs: {}", error_chain(&e)),
         }
     }
@@ -190,6 +183,16 @@ impl Agent {
         self.apply();
         Ok(drift.len())
     }
+}
+
+fn log_ipvs((done, errors): (Vec<crate::ipvs::mirror::Op>, Vec<crate::ipvs::IpvsError>)) {
+    for op in &done {
+        tracing::info!(op = %op, "ipvs");
+    }
+    for e in &errors {
+        tracing::error!("ipvs: {}", error_chain(e));
+    }
+    tracing::info!(changes = done.len(), failed = errors.len(), "ipvs synced");
 }
 
 /// Parsing a large services file peaks at tens of bytes per byte of TOML, and glibc keeps freed

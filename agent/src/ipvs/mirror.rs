@@ -163,8 +163,11 @@ impl IpvsMirror {
     /// Brings IPVS to `model`; returns the operations applied and the errors of those that
     /// failed (the rest still ran).
     pub fn sync(&self, model: &Model) -> Result<(Vec<Op>, Vec<IpvsError>), IpvsError> {
-        let desired = render(model);
-        let ops = plan(&desired, &self.current(&desired)?);
+        Ok(self.apply(self.drift(model)?))
+    }
+
+    /// Runs operations from `drift` (or `plan`), one at a time, collecting the errors.
+    pub fn apply(&self, ops: Vec<Op>) -> (Vec<Op>, Vec<IpvsError>) {
         let mut errors = Vec::new();
         let mut done = Vec::new();
         for op in ops {
@@ -183,7 +186,7 @@ impl IpvsMirror {
                 Err(e) => errors.push(e),
             }
         }
-        Ok((done, errors))
+        (done, errors)
     }
 }
 
