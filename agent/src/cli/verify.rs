@@ -58,7 +58,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<bool> {
         ebpf_listing = Some(Listing::read(maps)?);
         checked.push("ebpf");
     }
-    let mirror = match (args.source, IpvsMirror::open(&args.ipvs_dummy)) {
+    let mirror = match (args.source, IpvsMirror::inspect(&args.ipvs_dummy)) {
         (Which::Ebpf, _) => None,
         (_, Ok(m)) => Some(m),
         (Which::Ipvs, Err(e)) => return Err(e.into()),

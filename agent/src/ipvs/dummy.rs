@@ -24,6 +24,7 @@ use super::IpvsError;
 pub struct DummyLink {
     router: NlRouter,
     pub name: String,
+    /// Interface index; 0 when the link does not exist (read-only handles, see `existing`).
     index: i32,
 }
 
@@ -41,15 +42,20 @@ fn errno<T, P>(e: &RouterError<T, P>) -> Option<i32> {
 impl DummyLink {
     /// Finds the link `name`, creating it (type dummy) if it does not exist.
     pub fn ensure(name: &str) -> Result<Self, IpvsError> {
+        let mut link = Self::existing(name)?;
+        if link.index == 0 {
+            link.create()?;
+            link.index = link.find()?.ok_or_else(|| IpvsError::Netlink { what: format!("create link {name}"), detail: "created but not found".into() })?;
+        }
+        Ok(link)
+    }
+
+    /// The link `name` for reading only, never created: if it does not exist it has no
+    /// addresses (index 0 is no interface), so nothing counts as xvs's.
+    pub fn existing(name: &str) -> Result<Self, IpvsError> {
         let (router, _) = NlRouter::connect(NlFamily::Route, None, Groups::empty()).map_err(|e| IpvsError::Socket(e.to_string()))?;
         let mut link = Self { router, name: name.to_owned(), index: 0 };
-        link.index = match link.find()? {
-            Some(i) => i,
-            None => {
-                link.create()?;
-                link.find()?.ok_or_else(|| IpvsError::Netlink { what: format!("create link {name}"), detail: "created but not found".into() })?
-            }
-        };
+        link.index = link.find()?.unwrap_or(0);
         Ok(link)
     }
 

@@ -141,6 +141,13 @@ impl IpvsMirror {
         Ok(Self { client, link })
     }
 
+    /// For reading only (`xvs verify`): the dummy link is not created if it is missing.
+    pub fn inspect(dummy: &str) -> Result<Self, IpvsError> {
+        let client = IpvsClient::connect()?;
+        let link = DummyLink::existing(dummy)?;
+        Ok(Self { client, link })
+    }
+
     /// Reads what the plan needs: dests only of services that are desired or owned.
     pub fn current(&self, desired: &[DesiredIpvs]) -> Result<Current, IpvsError> {
         let bound = self.link.addresses()?;
