@@ -65,10 +65,6 @@ impl Agent {
         agent
     }
 
-    pub fn model(&self) -> &Model {
-        &self.model
-    }
-
     /// Re-reads the services file if it changed on disk (or always, when `force`: SIGHUP).
     /// An invalid file is reported and ignored: the dataplanes keep the last good state.
     pub fn reload(&mut self, force: bool) {
