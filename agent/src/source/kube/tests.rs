@@ -188,3 +188,27 @@ fn odd_objects_are_named_and_skipped_while_the_rest_applies() {
         "the slices belong to service-nginx only"
     );
 }
+
+#[test]
+fn wrr_weights_come_from_the_annotation_by_pod_name_or_address() {
+    let weighted = |text: &str| {
+        let mut svc = nginx(json!({}));
+        svc.metadata.annotations = Some([(SCHEDULER_ANNOTATION.to_owned(), "wrr".to_owned()), (WEIGHTS_ANNOTATION.to_owned(), text.to_owned())].into());
+        let (model, warnings) = translate(&[svc], &[three_ready()], &node_a());
+        let weights: Vec<(String, u32)> = model.services().flat_map(|s| s.backends.iter().map(|b| (b.endpoint().to_string(), b.weight))).collect();
+        (weights, warnings.iter().map(ToString::to_string).collect::<Vec<_>>())
+    };
+    let (weights, warnings) = weighted("nginx-10.244.1.2=3, 10.244.2.3=0");
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(weights, [("10.244.1.2:8080".to_owned(), 3), ("10.244.1.4:8080".to_owned(), 1), ("10.244.2.3:8080".to_owned(), 0)]);
+    for (bad, cause) in [
+        ("nginx-10.244.1.2=x", "weight \"x\" of nginx-10.244.1.2 is not a number in 0..=65535"),
+        ("nginx-10.244.1.2", "\"nginx-10.244.1.2\" is not name=weight"),
+        ("a=1,a=2", "a is listed twice"),
+        ("nginx-10.244.1.2=70000", "weight \"70000\" of nginx-10.244.1.2 is not a number in 0..=65535"),
+    ] {
+        let (weights, warnings) = weighted(bad);
+        assert!(weights.iter().all(|(_, w)| *w == 1), "{bad}: a bad annotation leaves the defaults: {weights:?}");
+        assert_eq!(warnings, [format!("Service default/service-nginx: annotation xvs.io/weights={bad:?}: {cause}; every endpoint weighs 1")]);
+    }
+}

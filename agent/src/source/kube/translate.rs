@@ -8,7 +8,8 @@
 //! - externalTrafficPolicy/internalTrafficPolicy Local keep only this node's endpoints;
 //! - sessionAffinity ClientIP -> affinity with timeoutSeconds (default 10800);
 //! - headless and ExternalName services are ignored; SCTP is skipped with a warning;
-//! - the scheduler comes from the annotation `xvs.io/scheduler` (rr, wrr, sh; default rr).
+//! - the scheduler comes from the annotation `xvs.io/scheduler` (rr, wrr, sh; default rr), and
+//!   endpoint weights (for wrr and sh) from `xvs.io/weights`.
 //!
 //! Bad objects never stop the rest: each problem is a warning naming the object, and the
 //! object (or just the bad part) is skipped.
@@ -23,6 +24,7 @@ use xvs_common::Scheduler;
 use crate::model::{Backend, BackendState, Model, Protocol, Service, ServiceId};
 
 pub const SCHEDULER_ANNOTATION: &str = "xvs.io/scheduler";
+pub const WEIGHTS_ANNOTATION: &str = "xvs.io/weights";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const DEFAULT_AFFINITY_TIMEOUT: i32 = 10_800;
 
@@ -34,11 +36,35 @@ pub struct Node {
     pub addresses: Vec<IpAddr>,
 }
 
+/// The Kubernetes object a warning is about: shown as `Service default/web`, and the
+/// `regarding` object of the Event the agent publishes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    pub uid: Option<String>,
+}
+
+impl ObjectRef {
+    pub fn api_version(&self) -> &'static str {
+        match self.kind {
+            "EndpointSlice" => "discovery.k8s.io/v1",
+            _ => "v1",
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
 /// A problem with one object, which was skipped (wholly or in part).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Warning {
-    /// `Service default/web`, `EndpointSlice default/web-abc12`.
-    pub object: String,
+    pub object: ObjectRef,
     pub cause: String,
 }
 
@@ -48,8 +74,13 @@ impl std::fmt::Display for Warning {
     }
 }
 
-fn name_of(kind: &str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    format!("{kind} {}/{}", meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or("<unnamed>"))
+fn name_of(kind: &'static str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectRef {
+    ObjectRef {
+        kind,
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_else(|| "<unnamed>".into()),
+        uid: meta.uid.clone(),
+    }
 }
 
 /// Which VIPs of a service are "external" for externalTrafficPolicy.
@@ -62,7 +93,7 @@ enum Scope {
 /// Translates everything; returns the model and the warnings.
 pub fn translate(services: &[KubeService], slices: &[EndpointSlice], node: &Node) -> (Model, Vec<Warning>) {
     let mut warnings = Vec::new();
-    let mut out: BTreeMap<ServiceId, (String, Service)> = BTreeMap::new();
+    let mut out: BTreeMap<ServiceId, (ObjectRef, Service)> = BTreeMap::new();
     for svc in services {
         let object = name_of("Service", &svc.metadata);
         let Some(spec) = &svc.spec else {
@@ -73,6 +104,7 @@ pub fn translate(services: &[KubeService], slices: &[EndpointSlice], node: &Node
             continue;
         }
         let scheduler = scheduler_of(svc, &object, &mut warnings);
+        let weights = Weights::of(svc, &object, &mut warnings);
         let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
             let t = spec
                 .session_affinity_config
@@ -139,7 +171,8 @@ pub fn translate(services: &[KubeService], slices: &[EndpointSlice], node: &Node
                     Scope::Internal => internal_local,
                     Scope::External => external_local,
                 };
-                let backends = backends(&mine, port, vip.is_ipv6(), proto, local.then_some(node.name.as_str()), &mut warnings);
+                let sel = Selection { v6: vip.is_ipv6(), proto, only_node: local.then_some(node.name.as_str()), weights: &weights };
+                let backends = backends(&mine, port, &sel, &mut warnings);
                 let id = ServiceId { vip, port: vport, proto };
                 let service = Service { id, scheduler, affinity_timeout: affinity, sh_port: false, backends };
                 if let Some((first, _)) = out.get(&id) {
@@ -153,14 +186,15 @@ pub fn translate(services: &[KubeService], slices: &[EndpointSlice], node: &Node
     // A slice read for several VIPs of one service reports its problem once.
     let mut seen = std::collections::HashSet::new();
     warnings.retain(|w| seen.insert(w.clone()));
-    let services: Vec<Service> = out.into_values().map(|(_, s)| s).collect();
+    let (owners, services): (Vec<ObjectRef>, Vec<Service>) = out.into_values().unzip();
     match Model::new(services.clone()) {
         Ok(model) => (model, warnings),
         Err(errors) => {
             // Drop exactly the services the model refuses, keep the rest.
             let bad: Vec<usize> = errors.iter().map(|e| e.index).collect();
             for e in &errors {
-                warnings.push(Warning { object: e.service.clone(), cause: e.issue.to_string() });
+                let object = owners.get(e.index).cloned().unwrap_or_else(|| ObjectRef { kind: "Service", namespace: String::new(), name: e.service.clone(), uid: None });
+                warnings.push(Warning { object, cause: format!("{}: {}", e.service, e.issue) });
             }
             let kept = services.into_iter().enumerate().filter(|(i, _)| !bad.contains(i)).map(|(_, s)| s).collect();
             (Model::new(kept).unwrap_or_default(), warnings)
@@ -168,14 +202,14 @@ pub fn translate(services: &[KubeService], slices: &[EndpointSlice], node: &Node
     }
 }
 
-fn scheduler_of(svc: &KubeService, object: &str, warnings: &mut Vec<Warning>) -> Scheduler {
+fn scheduler_of(svc: &KubeService, object: &ObjectRef, warnings: &mut Vec<Warning>) -> Scheduler {
     match svc.metadata.annotations.as_ref().and_then(|a| a.get(SCHEDULER_ANNOTATION)).map(String::as_str) {
         None | Some("rr") => Scheduler::RoundRobin,
         Some("wrr") => Scheduler::WeightedRoundRobin,
         Some("sh") => Scheduler::SourceHash,
         Some(other) => {
             warnings.push(Warning {
-                object: object.to_owned(),
+                object: object.clone(),
                 cause: format!("annotation {SCHEDULER_ANNOTATION}={other:?} is not rr, wrr or sh; using rr"),
             });
             Scheduler::RoundRobin
@@ -183,8 +217,64 @@ fn scheduler_of(svc: &KubeService, object: &str, warnings: &mut Vec<Warning>) ->
     }
 }
 
+/// Endpoint weights from the annotation `xvs.io/weights: "web-0=3,web-1=1,10.244.2.7=2"`: keys are
+/// pod names (the endpoint's targetRef) or endpoint addresses; unlisted endpoints weigh 1.
+/// A weight is 0..=65535 (0: no new flows, as `ipvsadm -w 0`). Any bad entry voids the whole
+/// annotation (all weights 1), so a typo never skews traffic in a half-applied way.
+#[derive(Default)]
+struct Weights(BTreeMap<String, u32>);
+
+impl Weights {
+    fn of(svc: &KubeService, object: &ObjectRef, warnings: &mut Vec<Warning>) -> Self {
+        let Some(text) = svc.metadata.annotations.as_ref().and_then(|a| a.get(WEIGHTS_ANNOTATION)) else {
+            return Self::default();
+        };
+        match parse_weights(text) {
+            Ok(map) => Self(map),
+            Err(cause) => {
+                warnings.push(Warning {
+                    object: object.clone(),
+                    cause: format!("annotation {WEIGHTS_ANNOTATION}={text:?}: {cause}; every endpoint weighs 1"),
+                });
+                Self::default()
+            }
+        }
+    }
+
+    fn of_endpoint(&self, pod: Option<&str>, ip: IpAddr) -> u32 {
+        pod.and_then(|p| self.0.get(p)).or_else(|| self.0.get(&ip.to_string())).copied().unwrap_or(1)
+    }
+}
+
+fn parse_weights(text: &str) -> Result<BTreeMap<String, u32>, String> {
+    let mut map = BTreeMap::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((key, value)) = entry.split_once('=') else {
+            return Err(format!("{entry:?} is not name=weight"));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if key.is_empty() {
+            return Err(format!("{entry:?} has no pod name or address"));
+        }
+        let weight = value.parse::<u16>().map_err(|_| format!("weight {value:?} of {key} is not a number in 0..=65535"))?;
+        if map.insert(key.to_owned(), u32::from(weight)).is_some() {
+            return Err(format!("{key} is listed twice"));
+        }
+    }
+    Ok(map)
+}
+
 /// The endpoints of one service port in one family, by kube-proxy's readiness rules.
-fn backends(slices: &[&EndpointSlice], port: &ServicePort, v6: bool, proto: Protocol, only_node: Option<&str>, warnings: &mut Vec<Warning>) -> Vec<Backend> {
+struct Selection<'a> {
+    v6: bool,
+    proto: Protocol,
+    /// externalTrafficPolicy/internalTrafficPolicy Local: only this node's endpoints.
+    only_node: Option<&'a str>,
+    weights: &'a Weights,
+}
+
+fn backends(slices: &[&EndpointSlice], port: &ServicePort, sel: &Selection, warnings: &mut Vec<Warning>) -> Vec<Backend> {
+    let Selection { v6, proto, only_node, weights } = *sel;
     let family = if v6 { "IPv6" } else { "IPv4" };
     let mut ready = Vec::new();
     let mut terminating = Vec::new();
@@ -201,7 +291,7 @@ fn backends(slices: &[&EndpointSlice], port: &ServicePort, v6: bool, proto: Prot
             warnings.push(Warning { object, cause: format!("port {target} is out of range; skipped") });
             continue;
         };
-        for ep in &slice.endpoints {
+        for ep in slice.endpoints.iter().flatten() {
             if only_node.is_some_and(|n| ep.node_name.as_deref() != Some(n)) {
                 continue;
             }
@@ -214,7 +304,8 @@ fn backends(slices: &[&EndpointSlice], port: &ServicePort, v6: bool, proto: Prot
                     warnings.push(Warning { object: object.clone(), cause: format!("endpoint address {addr:?} is not an IP address; skipped") });
                     continue;
                 };
-                let b = Backend { addr: ip, port: target, weight: 1, state: BackendState::Active };
+                let pod = ep.target_ref.as_ref().and_then(|r| r.name.as_deref());
+                let b = Backend { addr: ip, port: target, weight: weights.of_endpoint(pod, ip), state: BackendState::Active };
                 if is_ready && !is_terminating {
                     ready.push(b);
                 } else if serving && is_terminating {
