@@ -1,33 +1,16 @@
-//! The agent's work between signals: apply the services file to the eBPF dataplane and/or the
-//! kernel IPVS mirror, keep the connection table clean, end drains, and repair drift. The
-//! binary owns the event loop (cli/run.rs); this owns state.
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-};
+//! The agent's work between signals: apply the desired state (from the services file or from
+//! Kubernetes) to the eBPF dataplane and/or the kernel IPVS mirror, keep the connection table
+//! clean, end drains, and repair drift. The binary owns the event loop (cli/run.rs); this owns
+//! state.
+use std::collections::BTreeSet;
 
 use crate::{
     dataplane::{Dataplane, DataplaneError},
     error_chain,
     ipvs::mirror::IpvsMirror,
     model::{Model, ServiceId},
-    source::file,
     sync::{flows, monotonic_secs, verify, LiveState, Reconciler, Writer},
 };
-
-/// What identifies one version of the services file on disk, to notice edits and replacements.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileStamp {
-    modified: Option<std::time::SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-pub fn stamp(path: &Path) -> Option<FileStamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(FileStamp { modified: m.modified().ok(), len: m.len(), inode: m.ino() })
-}
 
 /// The eBPF side: the loaded (pinned) datapath and the reconciler that writes its maps.
 pub struct Ebpf {
@@ -50,40 +33,31 @@ impl Ebpf {
 pub struct Agent {
     pub ebpf: Option<Ebpf>,
     pub ipvs: Option<IpvsMirror>,
-    config: PathBuf,
-    stamp: Option<FileStamp>,
     /// The last valid model: what the dataplanes are kept equal to.
     model: Model,
 }
 
 impl Agent {
     /// Applies `model` to whichever dataplanes are given.
-    pub fn start(ebpf: Option<Ebpf>, ipvs: Option<IpvsMirror>, config: PathBuf, model: Model) -> Self {
-        let stamp = stamp(&config);
-        let mut agent = Self { ebpf, ipvs, config, stamp, model };
+    pub fn start(ebpf: Option<Ebpf>, ipvs: Option<IpvsMirror>, model: Model) -> Self {
+        let mut agent = Self { ebpf, ipvs, model };
         agent.apply();
         agent
     }
 
-    /// Re-reads the services file if it changed on disk (or always, when `force`: SIGHUP).
-    /// An invalid file is reported and ignored: the dataplanes keep the last good state.
-    pub fn reload(&mut self, force: bool) {
-        let now_stamp = stamp(&self.config);
-        if !force && now_stamp == self.stamp {
-            return;
+    /// Makes `model` the desired state and applies it, unless it is the one already applied
+    /// (or always, when `force`: SIGHUP re-asserts the state). Returns whether it applied.
+    pub fn update(&mut self, model: Model, force: bool) -> bool {
+        if model == self.model && !force {
+            return false;
         }
-        self.stamp = now_stamp;
-        match file::load(&self.config) {
-            Ok(model) => {
-                if model == self.model && !force {
-                    return;
-                }
-                tracing::info!(file = %self.config.display(), services = model.len(), "services file loaded");
-                self.model = model;
-                self.apply();
-            }
-            Err(e) => tracing::error!("{}; keeping the last good state ({} services)", error_chain(&e), self.model.len()),
-        }
+        self.model = model;
+        self.apply();
+        true
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
     }
 
     fn apply(&mut self) {

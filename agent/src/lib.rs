@@ -3,6 +3,7 @@
 pub mod daemon;
 pub mod dataplane;
 pub mod ipvs;
+pub mod metrics;
 pub mod model;
 pub mod source;
 pub mod sync;

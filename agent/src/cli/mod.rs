@@ -2,6 +2,7 @@
 mod list;
 mod probe;
 mod run;
+mod source;
 mod verify;
 
 use std::path::PathBuf;
@@ -26,7 +27,8 @@ enum Command {
     /// Check that this node can run the xvs datapath: load the eBPF object and pass every
     /// program through the kernel verifier, without attaching anything.
     Probe,
-    /// Run the agent: attach the datapath and keep it equal to the services file.
+    /// Run the agent: attach the datapath and keep it equal to the services file or to the
+    /// Kubernetes Services and EndpointSlices.
     Run(run::RunArgs),
     /// Print the live dataplane like `ipvsadm -L -n` (also --stats, --rate).
     List(list::ListArgs),

@@ -1,5 +1,6 @@
 //! `xvs run`: the daemon. Loads (or adopts) the pinned datapath, attaches it, applies the
-//! services file, and keeps the dataplane equal to it until SIGTERM/SIGINT.
+//! desired state (services file or Kubernetes), and keeps the dataplanes equal to it until
+//! SIGTERM/SIGINT.
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
@@ -10,14 +11,16 @@ use xvs::{
     daemon::{Agent, Ebpf},
     ipvs::mirror::IpvsMirror,
     dataplane::{ensure_bpffs, unpin_all, Capacity, ObjectSource, PROG_TC_EGRESS, PROG_TC_INGRESS},
-    source::file,
 };
+
+use super::source::{KubeArgs, Source, SourceArgs};
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// Services file (TOML; see README "Services file"). Reloaded on SIGHUP and when it changes.
-    #[arg(long, short = 'c')]
-    config: PathBuf,
+    #[command(flatten)]
+    source: SourceArgs,
+    #[command(flatten)]
+    kube: KubeArgs,
     /// Interface to serve on (repeatable): ingress program for client traffic, TC egress for
     /// reverse NAT of replies.
     #[arg(long = "iface", short = 'i')]
@@ -36,7 +39,7 @@ pub struct RunArgs {
     /// deleted even with flows left, in seconds.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u32,
-    /// How often the services file is checked for changes, in milliseconds.
+    /// How often the services file (with --config) is checked for changes, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     watch_interval_ms: u64,
     /// How often dead flows are removed and drains checked, in seconds.
@@ -104,9 +107,17 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    // Fail before touching the dataplane: an invalid file at start leaves pinned state as is.
-    let model = file::load(&args.config)?;
-    tracing::info!(file = %args.config.display(), services = model.len(), "services file loaded");
+    let _metrics = match args.kube.metrics_addr {
+        Some(addr) => Some(xvs::metrics::serve(addr).await.with_context(|| format!("serving metrics on {addr}"))?),
+        None => None,
+    };
+    // The first desired state before the dataplane is touched: an invalid file at start, or an
+    // API server that does not answer, leaves the pinned state as it is.
+    let (mut source, model) = tokio::select! {
+        opened = Source::open(&args.source, &args.kube) => opened?,
+        _ = term.recv() => return Ok(()),
+        _ = int.recv() => return Ok(()),
+    };
     let ipvs = match args.dataplane {
         DataplaneMode::Ebpf => None,
         DataplaneMode::Ipvs | DataplaneMode::Both => Some(IpvsMirror::open(&args.ipvs_dummy)?),
@@ -131,7 +142,7 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
         },
     };
     tracing::info!(ebpf = ebpf.is_some(), ipvs = ipvs.is_some(), "dataplanes");
-    let mut agent = Agent::start(ebpf, ipvs, args.config.clone(), model);
+    let mut agent = Agent::start(ebpf, ipvs, model);
 
     let mut watch = tokio::time::interval(Duration::from_millis(args.watch_interval_ms.max(50)));
     let mut flows = tokio::time::interval(Duration::from_secs(args.flow_interval.max(1)));
@@ -141,10 +152,18 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the services file");
-                agent.reload(true);
+                tracing::info!("SIGHUP: re-reading the desired state and re-applying it");
+                if let Some(model) = source.poll_file(true) {
+                    agent.update(model, true);
+                }
+                source.apply_kube(&mut agent, true);
             }
-            _ = watch.tick() => agent.reload(false),
+            _ = watch.tick() => {
+                if let Some(model) = source.poll_file(false) {
+                    agent.update(model, false);
+                }
+            }
+            _ = source.kube_changed() => source.apply_kube(&mut agent, false),
             _ = flows.tick() => {
                 if let Err(e) = agent.tend_flows() {
                     tracing::error!("{}", xvs::error_chain(&e));

@@ -247,3 +247,48 @@ backends = [{ endpoint = "[fd00::2]:5353" }]
         assert_eq!(parse("", Path::new("x")).map(|m| m.len()).ok(), Some(0));
     }
 }
+
+/// What identifies one version of the services file on disk, to notice edits and replacements
+/// (mtime, size and inode: a rename-replace changes the inode even within one mtime tick).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp { modified: m.modified().ok(), len: m.len(), inode: m.ino() })
+}
+
+/// Follows the services file: `poll` reloads it when it changed on disk.
+pub struct FileWatch {
+    path: std::path::PathBuf,
+    stamp: Option<FileStamp>,
+}
+
+impl FileWatch {
+    /// Loads the file once; an invalid file is an error here (nothing is applied at start).
+    pub fn open(path: &Path) -> Result<(Self, Model), FileError> {
+        let stamp = stamp(path);
+        let model = load(path)?;
+        Ok((Self { path: path.to_owned(), stamp }, model))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's model if it changed since the last poll (always when `force`: SIGHUP). An
+    /// invalid file is an error; the caller keeps the last good state.
+    pub fn poll(&mut self, force: bool) -> Option<Result<Model, FileError>> {
+        let now = stamp(&self.path);
+        if !force && now == self.stamp {
+            return None;
+        }
+        self.stamp = now;
+        Some(load(&self.path))
+    }
+}

@@ -1,3 +1,9 @@
 //! The Kubernetes source: Services and EndpointSlices become the desired state by kube-proxy's
-//! rules. This module is the pure translation; the API watchers are still to come (issue 5).
+//! rules. `translate` is pure; `watch` keeps reflector stores of the API objects; `events`
+//! reports skipped objects back to the cluster as Events.
+pub mod events;
 pub mod translate;
+pub mod watch;
+
+pub use translate::{Node, ObjectRef, Warning};
+pub use watch::{client, KubeError, KubeSource, Snapshot, Watched};

@@ -1,0 +1,148 @@
+//! Where `xvs run` takes its desired state from: the services file, or the Kubernetes API.
+//! Both hand the daemon a whole `Model`; the daemon diffs it against what it applied.
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use clap::Args;
+use xvs::{
+    daemon::Agent,
+    error_chain,
+    metrics::METRICS,
+    model::Model,
+    source::{
+        file::FileWatch,
+        kube::{self, events::EventPublisher, KubeSource},
+    },
+};
+
+#[derive(Args)]
+#[group(id = "source", required = true, multiple = false)]
+pub struct SourceArgs {
+    /// Services file (TOML; see README "Services file"). Reloaded on SIGHUP and when it changes.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Follow the Kubernetes API with the in-cluster service account (or $KUBECONFIG /
+    /// ~/.kube/config outside a pod): Services and EndpointSlices, by kube-proxy's rules.
+    #[arg(long)]
+    kubernetes: bool,
+    /// Follow the Kubernetes API of this kubeconfig (implies --kubernetes).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct KubeArgs {
+    /// This node's name, for externalTrafficPolicy/internalTrafficPolicy Local and NodePort
+    /// addresses (the DaemonSet passes spec.nodeName). Default: $NODE_NAME, else the hostname.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// How long a burst of Kubernetes changes is collected before it is applied, in ms.
+    #[arg(long, default_value_t = 200)]
+    debounce_ms: u64,
+    /// Serve Prometheus metrics (sync latency, watch errors, sizes) on this address.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+pub enum Source {
+    File(FileWatch),
+    Kube { source: KubeSource, events: EventPublisher, debounce: Duration },
+}
+
+impl Source {
+    /// Reads the first desired state. For Kubernetes this waits for the first complete lists
+    /// of Services, EndpointSlices and the Node: applying before then would withdraw services.
+    pub async fn open(args: &SourceArgs, kube_args: &KubeArgs) -> anyhow::Result<(Self, Model)> {
+        if let Some(path) = &args.config {
+            let (watch, model) = FileWatch::open(path)?;
+            tracing::info!(file = %path.display(), services = model.len(), "services file loaded");
+            return Ok((Source::File(watch), model));
+        }
+        let client = kube::client(args.kubeconfig.as_deref()).await?;
+        let node_name = match &kube_args.node_name {
+            Some(n) => n.clone(),
+            None => hostname().context("no --node-name, no $NODE_NAME and no hostname")?,
+        };
+        tracing::info!(node = %node_name, "following the Kubernetes API");
+        let source = KubeSource::start(client.clone(), node_name.clone());
+        let mut waited = 0u64;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), source.ready()).await {
+                Ok(ready) => break ready?,
+                Err(_) => {
+                    waited += 10;
+                    tracing::warn!("no complete list from the API server after {waited} s; the dataplane keeps its state meanwhile");
+                }
+            }
+        }
+        let events = EventPublisher::new(client, &node_name);
+        let mut source = Source::Kube { source, events, debounce: Duration::from_millis(kube_args.debounce_ms) };
+        let (model, _) = source.kube_snapshot().unwrap_or_default();
+        Ok((source, model))
+    }
+
+    /// The file's model if it changed (always on `force`, SIGHUP). None: nothing to apply.
+    pub fn poll_file(&mut self, force: bool) -> Option<Model> {
+        let Source::File(watch) = self else { return None };
+        match watch.poll(force)? {
+            Ok(model) => {
+                tracing::info!(file = %watch.path().display(), services = model.len(), "services file loaded");
+                Some(model)
+            }
+            Err(e) => {
+                tracing::error!("{}; keeping the last good state", error_chain(&e));
+                None
+            }
+        }
+    }
+
+    /// Resolves when the Kubernetes stores changed, after the debounce window (never for a file).
+    pub async fn kube_changed(&self) {
+        match self {
+            Source::Kube { source, debounce, .. } => {
+                source.changed().await;
+                tokio::time::sleep(*debounce).await;
+            }
+            Source::File(_) => std::future::pending().await,
+        }
+    }
+
+    /// Translates the stores, with the time of the oldest change in them; logs and publishes
+    /// the problems not reported yet.
+    fn kube_snapshot(&mut self) -> Option<(Model, Option<Instant>)> {
+        let Source::Kube { source, events, .. } = self else { return None };
+        let snapshot = source.snapshot();
+        if !snapshot.node_found {
+            tracing::warn!("this node's Node object was not found: no NodePorts; Local traffic policy matches endpoints by --node-name only");
+        }
+        let fresh = events.fresh(&snapshot.warnings);
+        for w in &fresh {
+            tracing::warn!(object = %w.object, "skipped: {}", w.cause);
+        }
+        events.publish(fresh);
+        METRICS.synced(snapshot.model.len(), snapshot.model.services().map(|s| s.backends.len()).sum(), snapshot.warnings.len());
+        Some((snapshot.model, snapshot.pending_since))
+    }
+
+    /// Applies the current Kubernetes state and records the sync latency.
+    pub fn apply_kube(&mut self, agent: &mut Agent, force: bool) {
+        let Some((model, pending)) = self.kube_snapshot() else { return };
+        let services = model.len();
+        if agent.update(model, force)
+            && let Some(since) = pending
+        {
+            let latency = since.elapsed();
+            METRICS.observe_sync_latency(latency);
+            tracing::info!(services, latency_ms = latency.as_millis() as u64, "Kubernetes changes applied");
+        }
+    }
+}
+
+fn hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    Some(name.trim().to_owned()).filter(|n| !n.is_empty())
+}
