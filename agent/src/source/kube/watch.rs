@@ -145,8 +145,10 @@ impl KubeSource {
     /// lands while this snapshot is being applied is seen by the next one.
     pub fn snapshot(&self) -> Snapshot {
         let pending_since = self.changes.take();
-        let services: Vec<KubeService> = self.services.state().iter().map(|s| (**s).clone()).collect();
-        let slices: Vec<EndpointSlice> = self.slices.state().iter().map(|s| (**s).clone()).collect();
+        // Stores are hash maps: sort, so warnings and the winner of a VIP claimed twice do not
+        // change from one snapshot to the next.
+        let services: Vec<KubeService> = sorted(self.services.state());
+        let slices: Vec<EndpointSlice> = sorted(self.slices.state());
         let own = self.nodes.state().into_iter().find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()));
         let node = Node { name: self.node_name.clone(), addresses: own.as_deref().map(node_addresses).unwrap_or_default() };
         let (model, warnings) = translate(&services, &slices, &node);
@@ -160,6 +162,12 @@ impl Drop for KubeSource {
             t.abort();
         }
     }
+}
+
+fn sorted<K: Resource + Clone>(objects: Vec<Arc<K>>) -> Vec<K> {
+    let mut out: Vec<K> = objects.iter().map(|o| (**o).clone()).collect();
+    out.sort_by(|a, b| (&a.meta().namespace, &a.meta().name).cmp(&(&b.meta().namespace, &b.meta().name)));
+    out
 }
 
 /// The addresses NodePorts are served on: the node's InternalIP and ExternalIP addresses
