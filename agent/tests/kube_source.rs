@@ -107,7 +107,7 @@ fn slice_with(endpoints: Vec<Value>) -> Value {
 }
 
 fn ready(n: u8) -> Value {
-    nginx_endpoint(&format!("10.244.1.{n}"), &format!("nginx-{n}"), if n % 2 == 0 { "node-b" } else { "node-a" }, true, true, false)
+    nginx_endpoint(&format!("10.244.1.{n}"), &format!("nginx-{n}"), if n.is_multiple_of(2) { "node-b" } else { "node-a" }, true, true, false)
 }
 
 fn cluster() -> Result<ApiServer> {

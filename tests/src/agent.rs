@@ -48,18 +48,29 @@ impl Agent {
     /// Starts `xvs run --config <config> --iface <iface> --pin-dir <pin_dir> <extra>` in network
     /// namespace `netns` and waits until it runs.
     pub fn start(netns: &str, config: &Path, iface: &str, pin_dir: &Path, extra: &[&str]) -> Self {
+        let config = config.to_string_lossy();
+        Self::start_with(netns, &["--config", &config], iface, pin_dir, extra)
+    }
+
+    /// `xvs run --kubeconfig <kubeconfig> --node-name <node> ...`: the Kubernetes source.
+    pub fn start_kube(netns: &str, kubeconfig: &Path, node: &str, iface: &str, pin_dir: &Path, extra: &[&str]) -> Self {
+        let kubeconfig = kubeconfig.to_string_lossy();
+        Self::start_with(netns, &["--kubeconfig", &kubeconfig, "--node-name", node], iface, pin_dir, extra)
+    }
+
+    fn start_with(netns: &str, source: &[&str], iface: &str, pin_dir: &Path, extra: &[&str]) -> Self {
         let name = pin_dir.file_name().map_or_else(|| "xvs".into(), |n| n.to_string_lossy().into_owned());
         let log = std::env::temp_dir().join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
         let child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{netns}"))
             .arg(xvs_bin())
-            .args(["run", "--config"])
-            .arg(config)
+            .arg("run")
+            .args(source)
             .args(["--iface", iface, "--pin-dir"])
             .arg(pin_dir)
             .args(extra)
-            .env("XVS_LOG", "debug,aya=info,aya_obj=info")
+            .env("XVS_LOG", "debug,aya=info,aya_obj=info,kube=info,hyper=info,tower=info")
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

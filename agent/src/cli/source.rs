@@ -50,7 +50,7 @@ pub struct KubeArgs {
 
 pub enum Source {
     File(FileWatch),
-    Kube { source: KubeSource, events: EventPublisher, debounce: Duration },
+    Kube { source: Box<KubeSource>, events: EventPublisher, debounce: Duration },
 }
 
 impl Source {
@@ -80,7 +80,7 @@ impl Source {
             }
         }
         let events = EventPublisher::new(client, &node_name);
-        let mut source = Source::Kube { source, events, debounce: Duration::from_millis(kube_args.debounce_ms) };
+        let mut source = Source::Kube { source: Box::new(source), events, debounce: Duration::from_millis(kube_args.debounce_ms) };
         let (model, _) = source.kube_snapshot().unwrap_or_default();
         Ok((source, model))
     }

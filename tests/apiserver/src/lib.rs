@@ -8,7 +8,7 @@
 //! The test drives it: `apply`/`delete` objects (JSON as a real cluster returns it; see
 //! `fixtures/`), `disconnect_watches` (every open watch ends, as when an API server restarts),
 //! `compact` (the history is gone: the next watch from an older resourceVersion gets 410),
-//! `set_available(false)` (503 to everything), `bookmark`. It runs on its own thread and
+//! `set_available(false)` (connections fail), `bookmark`. It runs on its own thread and
 //! runtime, so synchronous tests and other processes (a real `xvs run`) can use it alike.
 mod http;
 pub mod store;
@@ -99,6 +99,11 @@ impl ApiServer {
                         conn = listener.accept() => conn,
                     };
                     let Ok((stream, _)) = conn else { continue };
+                    if !serving.available() {
+                        // Down: the connection closes at once, as with no process listening.
+                        drop(stream);
+                        continue;
+                    }
                     let shared = serving.clone();
                     let mut gone = serving.disconnects.subscribe();
                     tokio::spawn(async move {
@@ -168,7 +173,8 @@ impl ApiServer {
         http::bookmark(&self.shared.changes, rv);
     }
 
-    /// false: every request gets 503 and open connections are closed (an API outage).
+    /// false: an API outage. Open connections close, new ones are closed as soon as they are
+    /// accepted (clients see the connection fail, as with the API server process gone).
     pub fn set_available(&self, up: bool) {
         self.shared.available.store(up, Ordering::SeqCst);
         if !up {

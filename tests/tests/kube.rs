@@ -1,0 +1,184 @@
+//! `xvs run --kubeconfig` serving real traffic from Kubernetes objects: the agent in the node
+//! namespace follows the test API server (tests/apiserver, bound inside that namespace) and
+//! keeps serving through watch disconnects, an API outage and a 410 relist.
+use std::{collections::BTreeMap, net::TcpListener, path::PathBuf, process::Command};
+
+use serde_json::{json, Value};
+use xvs_integration::{
+    agent::{eventually, list, Agent},
+    topology::{enter_netns, Topology, NODE_IFACE},
+};
+use xvs_test_apiserver::{fixture, ApiServer, Resource};
+
+/// Binds the API server's listener inside `netns` (a socket stays in the namespace it was
+/// made in), so the agent there reaches it on its own loopback.
+fn api_server_in(netns: &str) -> ApiServer {
+    let netns = netns.to_owned();
+    let listener = std::thread::spawn(move || {
+        enter_netns(&netns);
+        TcpListener::bind("127.0.0.1:0")
+    })
+    .join()
+    .unwrap_or_else(|_| panic!("binding thread panicked"))
+    .unwrap_or_else(|e| panic!("bind in the node namespace: {e}"));
+    ApiServer::start_on(listener).unwrap_or_else(|e| panic!("api server: {e}"))
+}
+
+fn endpoint(i: usize, node: &str, ready: bool, serving: bool, terminating: bool) -> Value {
+    json!({
+        "addresses": [Topology::backend_addr(i)],
+        "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
+        "nodeName": node,
+        "targetRef": {"kind": "Pod", "name": format!("nginx-deployment-7c79c4bf97-{i}"), "namespace": "default"}
+    })
+}
+
+fn slice(endpoints: Vec<Value>) -> Value {
+    let mut s = fixture("endpointslice-service-nginx.json");
+    s["endpoints"] = json!(endpoints);
+    s
+}
+
+fn ready(ids: &[usize]) -> Value {
+    slice(ids.iter().map(|&i| endpoint(i, if i == 3 { "node-b" } else { "node-a" }, true, true, false)).collect())
+}
+
+fn spread(topo: &Topology, requests: usize) -> BTreeMap<String, usize> {
+    let mut served = BTreeMap::new();
+    for n in 0..requests {
+        let body = topo.client_get("http://10.96.0.10/").unwrap_or_else(|e| panic!("request {n} failed: {e}"));
+        *served.entry(body).or_insert(0) += 1;
+    }
+    served
+}
+
+/// `curl http://127.0.0.1:<port>/metrics` from the node namespace.
+fn metrics(topo: &Topology, port: u16) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &topo.ns("node"), "curl", "-sS", "--max-time", "5", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+        .unwrap_or_else(|e| panic!("curl: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(-1.0)
+}
+
+/// The backends `xvs list` shows taking new flows (weight > 0; removed ones drain at 0).
+fn backends_listed(pin: &std::path::Path) -> Vec<String> {
+    list(pin, &[])
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|w| w.first() == Some(&"->") && w.get(1).is_some_and(|a| a.starts_with("10.")) && w.get(3).is_some_and(|&weight| weight != "0"))
+        .map(|w| w[1..3].join(" "))
+        .collect()
+}
+
+#[test]
+fn kubernetes_service_serves_scales_and_survives_disconnects_outage_and_410_without_flush() {
+    let mut topo = Topology::create("xvs-kb1", 3);
+    topo.start_http_backends();
+    let server = api_server_in(&topo.ns("node"));
+    for name in ["node-a.json", "node-b.json", "service-nginx.json"] {
+        server.apply(fixture(name)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    server.apply(ready(&[1, 2, 3])).unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = std::env::temp_dir().join("xvs-test-kb1.kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap_or_else(|e| panic!("{e}"));
+    let pin = PathBuf::from("/sys/fs/bpf/xvs-test-kb1");
+    let metrics_port = 19470;
+    let agent = Agent::start_kube(&topo.ns("node"), &kubeconfig, "node-a", NODE_IFACE, &pin, &["--debounce-ms", "50", "--metrics-addr", &format!("127.0.0.1:{metrics_port}"), "--flow-interval", "1"]);
+
+    // The classic: service-nginx over three pods, round robin.
+    let served = spread(&topo, 30);
+    assert_eq!(served.values().copied().collect::<Vec<_>>(), [10, 10, 10], "{served:?}");
+    let expected = "IP Virtual Server version 1.2.1 (size=262144)\n\
+        Prot LocalAddress:Port Scheduler Flags\n  \
+        -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
+        TCP  10.96.0.10:80 rr\n  \
+        -> 10.0.11.2:8080               Masq    1      0          10        \n  \
+        -> 10.0.12.2:8080               Masq    1      0          10        \n  \
+        -> 10.0.13.2:8080               Masq    1      0          10        \n";
+    assert_eq!(list(&pin, &[]), expected);
+
+    // Scale down to two: new requests reach only those.
+    server.apply(ready(&[1, 2])).unwrap_or_else(|e| panic!("{e}"));
+    eventually(10, "backend 3 leaves (drains at weight 0)", || backends_listed(&pin).len() == 2);
+    assert_eq!(spread(&topo, 10).len(), 2);
+
+    // Watches drop (API server restart): they resume; a change made meanwhile arrives.
+    server.disconnect_watches();
+    server.apply(ready(&[1, 2, 3])).unwrap_or_else(|e| panic!("{e}"));
+    eventually(10, "backend 3 is back", || backends_listed(&pin).len() == 3);
+
+    // An outage with compaction behind it: the dataplane keeps serving the last state, then
+    // the 410 relist converges on what changed, with no flush on the way.
+    let synced_before = agent.log().matches("dataplane synced").count();
+    server.set_available(false);
+    server.apply(ready(&[1, 3])).unwrap_or_else(|e| panic!("{e}"));
+    server.compact();
+    agent.wait_log("the dataplane keeps its state, retrying", 30);
+    let during = spread(&topo, 9);
+    assert_eq!(during.len(), 3, "the outage changes nothing: {during:?}");
+    server.set_available(true);
+    eventually(30, "the relist converges", || backends_listed(&pin).len() == 2);
+    assert_eq!(backends_listed(&pin), ["10.0.11.2:8080 Masq", "10.0.13.2:8080 Masq"]);
+    let log = agent.log();
+    assert!(log.contains("resourceVersion expired (410 Gone): relisting"), "{log}");
+    let syncs: Vec<&str> = log.lines().filter(|l| l.contains("dataplane synced")).skip(synced_before).collect();
+    assert!(!syncs.is_empty());
+    for line in &syncs {
+        assert!(line.contains("created=0") && line.contains("removed=0"), "a sync during the relist rebuilt services: {line}\n{log}");
+    }
+
+    // Sync latency and watch health are exported.
+    let text = metrics(&topo, metrics_port);
+    assert!(metric(&text, "xvs_kube_sync_latency_seconds_count") >= 3.0, "{text}");
+    assert!(metric(&text, "xvs_kube_watch_errors_total{resource=\"services\"}") >= 1.0, "{text}");
+    assert!(metric(&text, "xvs_kube_lists_total{resource=\"endpointslices\"}") >= 2.0, "{text}");
+    assert_eq!(metric(&text, "xvs_services"), 1.0, "{text}");
+    assert_eq!(metric(&text, "xvs_backends"), 2.0, "{text}");
+
+    // A malformed Service beside it is skipped, named, and reported as an Event on it.
+    let mut broken = fixture("service-nginx.json");
+    broken["metadata"]["name"] = json!("broken");
+    broken["spec"]["clusterIP"] = json!("10.96.0.300");
+    broken["spec"]["clusterIPs"] = json!(["10.96.0.300"]);
+    server.apply(broken).unwrap_or_else(|e| panic!("{e}"));
+    agent.wait_log("Service default/broken", 10);
+    eventually(10, "the Event is created", || server.objects(Resource::Events).iter().any(|e| e["regarding"]["name"] == "broken"));
+    assert_eq!(spread(&topo, 4).len(), 2, "service-nginx still serves");
+}
+
+/// externalTrafficPolicy Local with a NodePort: the node serves its own endpoints only, on its
+/// own address from the Node object.
+#[test]
+fn node_port_with_local_traffic_policy_serves_this_node_s_endpoints() {
+    let mut topo = Topology::create("xvs-kb2", 3);
+    topo.start_http_backends();
+    let server = api_server_in(&topo.ns("node"));
+    let mut node = fixture("node-a.json");
+    node["status"]["addresses"][0]["address"] = json!("10.96.1.1");
+    server.apply(node).unwrap_or_else(|e| panic!("{e}"));
+    let mut svc = fixture("service-nginx.json");
+    svc["spec"]["type"] = json!("NodePort");
+    svc["spec"]["ports"][0]["nodePort"] = json!(30080);
+    svc["spec"]["externalTrafficPolicy"] = json!("Local");
+    server.apply(svc).unwrap_or_else(|e| panic!("{e}"));
+    server.apply(ready(&[1, 2, 3])).unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = std::env::temp_dir().join("xvs-test-kb2.kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap_or_else(|e| panic!("{e}"));
+    let pin = PathBuf::from("/sys/fs/bpf/xvs-test-kb2");
+    let _agent = Agent::start_kube(&topo.ns("node"), &kubeconfig, "node-a", NODE_IFACE, &pin, &["--debounce-ms", "50"]);
+
+    eventually(10, "the NodePort is programmed", || list(&pin, &[]).contains("TCP  10.96.1.1:30080 rr"));
+    let mut served = BTreeMap::new();
+    for _ in 0..10 {
+        let body = topo.client_get("http://10.96.1.1:30080/").unwrap_or_else(|e| panic!("{e}"));
+        *served.entry(body).or_insert(0) += 1;
+    }
+    assert_eq!(served.keys().cloned().collect::<Vec<_>>(), ["backend-1", "backend-2"], "only node-a's endpoints");
+    // The ClusterIP (internal policy Cluster) still reaches all three.
+    assert_eq!(spread(&topo, 9).len(), 3);
+}
