@@ -1,5 +1,7 @@
 //! Command-line interface: one file per subcommand; doc comments are the help text.
 mod list;
+#[cfg(test)]
+mod manifests;
 mod probe;
 mod run;
 mod source;
@@ -19,11 +21,11 @@ pub struct Cli {
     #[arg(long, global = true)]
     bpf_object: Option<PathBuf>,
     #[command(subcommand)]
-    command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub(crate) enum Command {
     /// Check that this node can run the xvs datapath: load the eBPF object and pass every
     /// program through the kernel verifier, without attaching anything.
     Probe,

@@ -18,13 +18,13 @@ use super::source::{KubeArgs, Source, SourceArgs};
 #[derive(Args)]
 pub struct RunArgs {
     #[command(flatten)]
-    source: SourceArgs,
+    pub(super) source: SourceArgs,
     #[command(flatten)]
-    kube: KubeArgs,
+    pub(super) kube: KubeArgs,
     /// Interface to serve on (repeatable): ingress program for client traffic, TC egress for
     /// reverse NAT of replies.
     #[arg(long = "iface", short = 'i')]
-    ifaces: Vec<String>,
+    pub(super) ifaces: Vec<String>,
     /// Ingress program: XDP (fast path) or TC (where XDP cannot run, or the senders use
     /// checksum offload).
     #[arg(long, value_enum, default_value_t = Attach::Xdp)]
@@ -34,7 +34,7 @@ pub struct RunArgs {
     xdp_mode: Mode,
     /// bpffs directory for pinned maps and links (a bpffs is mounted on its parent if needed).
     #[arg(long, default_value = xvs::dataplane::DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
+    pub(super) pin_dir: PathBuf,
     /// Longest time a removed backend drains (weight 0, established flows only) before it is
     /// deleted even with flows left, in seconds.
     #[arg(long, default_value_t = 30)]

@@ -28,10 +28,10 @@ pub struct SourceArgs {
     /// Follow the Kubernetes API with the in-cluster service account (or $KUBECONFIG /
     /// ~/.kube/config outside a pod): Services and EndpointSlices, by kube-proxy's rules.
     #[arg(long)]
-    kubernetes: bool,
+    pub kubernetes: bool,
     /// Follow the Kubernetes API of this kubeconfig (implies --kubernetes).
     #[arg(long)]
-    kubeconfig: Option<PathBuf>,
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -39,7 +39,7 @@ pub struct KubeArgs {
     /// This node's name, for externalTrafficPolicy/internalTrafficPolicy Local and NodePort
     /// addresses (the DaemonSet passes spec.nodeName). Default: $NODE_NAME, else the hostname.
     #[arg(long, env = "NODE_NAME")]
-    node_name: Option<String>,
+    pub node_name: Option<String>,
     /// How long a burst of Kubernetes changes is collected before it is applied, in ms.
     #[arg(long, default_value_t = 200)]
     debounce_ms: u64,
