@@ -49,21 +49,25 @@ impl Agent {
     /// namespace `netns` and waits until it runs.
     pub fn start(netns: &str, config: &Path, iface: &str, pin_dir: &Path, extra: &[&str]) -> Self {
         let config = config.to_string_lossy();
-        Self::start_with(netns, &["--config", &config], iface, pin_dir, extra)
+        Self::start_with(netns, &[], &["--config", &config], iface, pin_dir, extra)
     }
 
-    /// `xvs run --kubeconfig <kubeconfig> --node-name <node> ...`: the Kubernetes source.
-    pub fn start_kube(netns: &str, kubeconfig: &Path, node: &str, iface: &str, pin_dir: &Path, extra: &[&str]) -> Self {
+    /// `xvs run --kubeconfig <kubeconfig> --node-name <node> ...`: the Kubernetes source, with
+    /// only the capabilities in `caps` (e.g. `["bpf", "net_admin"]`), as a pod would have.
+    pub fn start_kube(netns: &str, kubeconfig: &Path, node: &str, caps: &[String], iface: &str, pin_dir: &Path, extra: &[&str]) -> Self {
         let kubeconfig = kubeconfig.to_string_lossy();
-        Self::start_with(netns, &["--kubeconfig", &kubeconfig, "--node-name", node], iface, pin_dir, extra)
+        let bounding = std::iter::once("-all".to_owned()).chain(caps.iter().map(|c| format!("+{c}"))).collect::<Vec<_>>().join(",");
+        let wrap = ["setpriv", "--bounding-set", &bounding];
+        Self::start_with(netns, &wrap, &["--kubeconfig", &kubeconfig, "--node-name", node], iface, pin_dir, extra)
     }
 
-    fn start_with(netns: &str, source: &[&str], iface: &str, pin_dir: &Path, extra: &[&str]) -> Self {
+    fn start_with(netns: &str, wrap: &[&str], source: &[&str], iface: &str, pin_dir: &Path, extra: &[&str]) -> Self {
         let name = pin_dir.file_name().map_or_else(|| "xvs".into(), |n| n.to_string_lossy().into_owned());
         let log = std::env::temp_dir().join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
         let child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{netns}"))
+            .args(wrap)
             .arg(xvs_bin())
             .arg("run")
             .args(source)
@@ -80,7 +84,7 @@ impl Agent {
         agent
     }
 
-    /// The agent's process id (nsenter execs it, so this is the agent itself).
+    /// The agent's process id (nsenter and setpriv exec it, so this is the agent itself).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }

@@ -3,6 +3,7 @@
 //! keeps serving through watch disconnects, an API outage and a 410 relist.
 use std::{collections::BTreeMap, net::TcpListener, path::PathBuf, process::Command};
 
+use k8s_openapi::api::apps::v1::DaemonSet;
 use serde_json::{json, Value};
 use xvs_integration::{
     agent::{eventually, list, Agent},
@@ -22,6 +23,18 @@ fn api_server_in(netns: &str) -> ApiServer {
     .unwrap_or_else(|_| panic!("binding thread panicked"))
     .unwrap_or_else(|e| panic!("bind in the node namespace: {e}"));
     ApiServer::start_on(listener).unwrap_or_else(|e| panic!("api server: {e}"))
+}
+
+/// The capabilities deploy/daemonset.yaml gives the xvs container, for setpriv.
+fn daemonset_capabilities() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/daemonset.yaml");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let ds: DaemonSet = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let pod = ds.spec.template.spec.unwrap_or_else(|| panic!("no pod spec"));
+    let xvs = pod.containers.into_iter().find(|c| c.name == "xvs").unwrap_or_else(|| panic!("no xvs container"));
+    let caps = xvs.security_context.and_then(|s| s.capabilities).and_then(|c| c.add).unwrap_or_default();
+    assert!(!caps.is_empty());
+    caps.iter().map(|c| c.to_lowercase()).collect()
 }
 
 fn endpoint(i: usize, node: &str, ready: bool, serving: bool, terminating: bool) -> Value {
@@ -88,7 +101,8 @@ fn kubernetes_service_serves_scales_and_survives_disconnects_outage_and_410_with
     server.write_kubeconfig(&kubeconfig).unwrap_or_else(|e| panic!("{e}"));
     let pin = PathBuf::from("/sys/fs/bpf/xvs-test-kb1");
     let metrics_port = 19470;
-    let agent = Agent::start_kube(&topo.ns("node"), &kubeconfig, "node-a", NODE_IFACE, &pin, &["--debounce-ms", "50", "--metrics-addr", &format!("127.0.0.1:{metrics_port}"), "--flow-interval", "1"]);
+    // With only the DaemonSet's capabilities: the manifest's least privilege, tried for real.
+    let agent = Agent::start_kube(&topo.ns("node"), &kubeconfig, "node-a", &daemonset_capabilities(), NODE_IFACE, &pin, &["--debounce-ms", "50", "--metrics-addr", &format!("127.0.0.1:{metrics_port}"), "--flow-interval", "1"]);
 
     // The classic: service-nginx over three pods, round robin.
     let served = spread(&topo, 30);
@@ -170,7 +184,7 @@ fn node_port_with_local_traffic_policy_serves_this_node_s_endpoints() {
     let kubeconfig = std::env::temp_dir().join("xvs-test-kb2.kubeconfig");
     server.write_kubeconfig(&kubeconfig).unwrap_or_else(|e| panic!("{e}"));
     let pin = PathBuf::from("/sys/fs/bpf/xvs-test-kb2");
-    let _agent = Agent::start_kube(&topo.ns("node"), &kubeconfig, "node-a", NODE_IFACE, &pin, &["--debounce-ms", "50"]);
+    let _agent = Agent::start_kube(&topo.ns("node"), &kubeconfig, "node-a", &daemonset_capabilities(), NODE_IFACE, &pin, &["--debounce-ms", "50"]);
 
     eventually(10, "the NodePort is programmed", || list(&pin, &[]).contains("TCP  10.96.1.1:30080 rr"));
     let mut served = BTreeMap::new();

@@ -22,6 +22,9 @@ enum Task {
     Setup,
     /// Build the eBPF object (nightly, -Z build-std=core, bpfel-unknown-none, bpf-linker).
     BuildEbpf,
+    /// Build the release `xvs` binary with the eBPF object built in (what deploy/Dockerfile
+    /// copies into the image): target/release/xvs.
+    Dist,
     /// Run every test: host unit tests, then the root-only kernel tests (BPF_PROG_TEST_RUN, netns).
     Test,
     /// Run the demo: three HTTP backends behind one VIP in network namespaces, 30 requests.
@@ -37,6 +40,11 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::BuildEbpf => build_ebpf::run().map(|_| ()),
+        Task::Dist => {
+            let xvs = build_ebpf::agent(&build_ebpf::run()?)?;
+            println!("xvs (object built in): {}\nimage: docker build -f deploy/Dockerfile -t xvs:0.1.0 .", xvs.display());
+            Ok(())
+        }
         Task::Test => test::run(),
         Task::Demo => demo::run(),
         Task::Bench => bench::run(),

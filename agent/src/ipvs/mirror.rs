@@ -128,15 +128,36 @@ pub fn plan(desired: &[DesiredIpvs], current: &Current) -> Vec<Op> {
     ops
 }
 
+/// `modprobe -a` the IPVS modules; whether it succeeded (a kernel without them, or no
+/// modprobe, leaves IPVS unavailable, which the caller reports).
+fn load_modules() -> bool {
+    let loaded = std::process::Command::new("modprobe").arg("-a").args(IPVS_MODULES).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status();
+    match loaded {
+        Ok(status) if status.success() => {
+            tracing::info!(modules = ?IPVS_MODULES, "loaded the IPVS modules");
+            true
+        }
+        _ => false,
+    }
+}
+
 /// The IPVS side of the agent: the client and the dummy link.
 pub struct IpvsMirror {
     pub client: IpvsClient,
     pub link: DummyLink,
 }
 
+/// The modules IPVS needs: the core and xvs's schedulers (kube-proxy loads the same).
+const IPVS_MODULES: [&str; 4] = ["ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh"];
+
 impl IpvsMirror {
+    /// Opens the mirror, loading the IPVS modules first if the kernel has not (as kube-proxy
+    /// does; in a pod this needs the host's /lib/modules and CAP_SYS_MODULE).
     pub fn open(dummy: &str) -> Result<Self, IpvsError> {
-        let client = IpvsClient::connect()?;
+        let client = match IpvsClient::connect() {
+            Err(IpvsError::Unavailable) if load_modules() => IpvsClient::connect()?,
+            other => other?,
+        };
         let link = DummyLink::ensure(dummy)?;
         Ok(Self { client, link })
     }
