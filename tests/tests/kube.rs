@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::TcpListener, path::PathBuf, process::Comma
 use k8s_openapi::api::apps::v1::DaemonSet;
 use serde_json::{json, Value};
 use xvs_integration::{
-    agent::{eventually, list, Agent},
+    agent::{eventually, list, xvs_bin, Agent},
     topology::{enter_netns, Topology, NODE_IFACE},
 };
 use xvs_test_apiserver::{fixture, ApiServer, Resource};
@@ -153,6 +153,21 @@ fn kubernetes_service_serves_scales_and_survives_disconnects_outage_and_410_with
     assert!(metric(&text, "xvs_kube_lists_total{resource=\"endpointslices\"}") >= 2.0, "{text}");
     assert_eq!(metric(&text, "xvs_services"), 1.0, "{text}");
     assert_eq!(metric(&text, "xvs_backends"), 2.0, "{text}");
+
+    // `xvs verify` against what Kubernetes says now (run in the node namespace, where the API
+    // server listens).
+    let verify = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", topo.ns("node")))
+        .arg(xvs_bin())
+        .args(["verify", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["--node-name", "node-a", "--pin-dir"])
+        .arg(&pin)
+        .output()
+        .unwrap_or_else(|e| panic!("xvs verify: {e}"));
+    let said = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{said}{}", String::from_utf8_lossy(&verify.stderr));
+    assert_eq!(said.trim(), "ok: ebpf (checked) match Kubernetes (node node-a) (1 services)");
 
     // A malformed Service beside it is skipped, named, and reported as an Event on it.
     let mut broken = fixture("service-nginx.json");

@@ -34,7 +34,8 @@ pub(crate) enum Command {
     Run(run::RunArgs),
     /// Print the live dataplane like `ipvsadm -L -n` (also --stats, --rate).
     List(list::ListArgs),
-    /// Compare the live dataplane with a services file; exit status 1 on any difference.
+    /// Compare the live dataplanes with the desired state (services file or Kubernetes) and
+    /// with each other; exit status 1 on any difference.
     Verify(verify::VerifyArgs),
     /// Remove the pinned datapath (maps and links): detaches xvs and drops its flows.
     Cleanup {
@@ -67,5 +68,14 @@ impl Cli {
             }
         }
         Ok(Outcome::Success)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_subcommand_s_arguments_are_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
     }
 }

@@ -13,12 +13,14 @@ use xvs::{
     dataplane::{ensure_bpffs, unpin_all, Capacity, ObjectSource, PROG_TC_EGRESS, PROG_TC_INGRESS},
 };
 
-use super::source::{KubeArgs, Source, SourceArgs};
+use super::source::{KubeArgs, NodeArgs, Source, SourceArgs};
 
 #[derive(Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub(super) source: SourceArgs,
+    #[command(flatten)]
+    pub(super) node: NodeArgs,
     #[command(flatten)]
     pub(super) kube: KubeArgs,
     /// Interface to serve on (repeatable): ingress program for client traffic, TC egress for
@@ -114,7 +116,7 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
     // The first desired state before the dataplane is touched: an invalid file at start, or an
     // API server that does not answer, leaves the pinned state as it is.
     let (mut source, model) = tokio::select! {
-        opened = Source::open(&args.source, &args.kube) => opened?,
+        opened = Source::open(&args.source, &args.node, &args.kube) => opened?,
         _ = term.recv() => return Ok(()),
         _ = int.recv() => return Ok(()),
     };

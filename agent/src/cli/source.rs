@@ -20,7 +20,7 @@ use xvs::{
 };
 
 #[derive(Args)]
-#[group(id = "source", required = true, multiple = false)]
+#[group(id = "desired_state", required = true, multiple = false)]
 pub struct SourceArgs {
     /// Services file (TOML; see README "Services file"). Reloaded on SIGHUP and when it changes.
     #[arg(long, short = 'c')]
@@ -35,12 +35,24 @@ pub struct SourceArgs {
 }
 
 #[derive(Args)]
-pub struct KubeArgs {
+pub struct NodeArgs {
     /// This node's name, for externalTrafficPolicy/internalTrafficPolicy Local and NodePort
     /// addresses (the DaemonSet passes spec.nodeName). Default: $NODE_NAME, else the hostname.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
-    /// How long a burst of Kubernetes changes is collected before it is applied, in ms.
+}
+
+impl NodeArgs {
+    fn resolve(&self) -> anyhow::Result<String> {
+        match &self.node_name {
+            Some(n) => Ok(n.clone()),
+            None => hostname().context("no --node-name, no $NODE_NAME and no hostname"),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct KubeArgs {    /// How long a burst of Kubernetes changes is collected before it is applied, in ms.
     #[arg(long, default_value_t = 200)]
     debounce_ms: u64,
     /// Serve Prometheus metrics (sync latency, watch errors, sizes) on this address.
@@ -56,29 +68,13 @@ pub enum Source {
 impl Source {
     /// Reads the first desired state. For Kubernetes this waits for the first complete lists
     /// of Services, EndpointSlices and the Node: applying before then would withdraw services.
-    pub async fn open(args: &SourceArgs, kube_args: &KubeArgs) -> anyhow::Result<(Self, Model)> {
+    pub async fn open(args: &SourceArgs, node: &NodeArgs, kube_args: &KubeArgs) -> anyhow::Result<(Self, Model)> {
         if let Some(path) = &args.config {
             let (watch, model) = FileWatch::open(path)?;
             tracing::info!(file = %path.display(), services = model.len(), "services file loaded");
             return Ok((Source::File(watch), model));
         }
-        let client = kube::client(args.kubeconfig.as_deref()).await?;
-        let node_name = match &kube_args.node_name {
-            Some(n) => n.clone(),
-            None => hostname().context("no --node-name, no $NODE_NAME and no hostname")?,
-        };
-        tracing::info!(node = %node_name, "following the Kubernetes API");
-        let source = KubeSource::start(client.clone(), node_name.clone());
-        let mut waited = 0u64;
-        loop {
-            match tokio::time::timeout(Duration::from_secs(10), source.ready()).await {
-                Ok(ready) => break ready?,
-                Err(_) => {
-                    waited += 10;
-                    tracing::warn!("no complete list from the API server after {waited} s; the dataplane keeps its state meanwhile");
-                }
-            }
-        }
+        let (source, client, node_name) = start_kube(args, node).await?;
         let events = EventPublisher::new(client, &node_name);
         let mut source = Source::Kube { source: Box::new(source), events, debounce: Duration::from_millis(kube_args.debounce_ms) };
         let (model, _) = source.kube_snapshot().unwrap_or_default();
@@ -140,6 +136,42 @@ impl Source {
             tracing::info!(services, latency_ms = latency.as_millis() as u64, "Kubernetes changes applied");
         }
     }
+}
+
+/// Connects, starts the watchers and waits for their first complete lists.
+async fn start_kube(args: &SourceArgs, node: &NodeArgs) -> anyhow::Result<(KubeSource, ::kube::Client, String)> {
+    let client = kube::client(args.kubeconfig.as_deref()).await?;
+    let node_name = node.resolve()?;
+    tracing::info!(node = %node_name, "following the Kubernetes API");
+    let source = KubeSource::start(client.clone(), node_name.clone());
+    let mut waited = 0u64;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), source.ready()).await {
+            Ok(ready) => break ready?,
+            Err(_) => {
+                waited += 10;
+                tracing::warn!("no complete list from the API server after {waited} s; the dataplane keeps its state meanwhile");
+            }
+        }
+    }
+    Ok((source, client, node_name))
+}
+
+/// The desired state once, for `xvs verify`: the file, or one complete list of each
+/// Kubernetes resource. Returns the model and what it came from.
+pub fn load_once(args: &SourceArgs, node: &NodeArgs) -> anyhow::Result<(Model, String)> {
+    if let Some(path) = &args.config {
+        return Ok((xvs::source::file::load(path)?, path.display().to_string()));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        let (source, _, node_name) = tokio::time::timeout(Duration::from_secs(60), start_kube(args, node)).await.context("no complete list from the API server within 60 s")??;
+        let snapshot = source.snapshot();
+        for w in &snapshot.warnings {
+            eprintln!("skipped: {w}");
+        }
+        Ok((snapshot.model, format!("Kubernetes (node {node_name})")))
+    })
 }
 
 fn hostname() -> Option<String> {

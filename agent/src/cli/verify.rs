@@ -1,12 +1,13 @@
-//! `xvs verify`: the live dataplanes against the services file, and against each other; exit
-//! status 1 on any difference.
+//! `xvs verify`: the live dataplanes against the desired state (the services file, or what
+//! Kubernetes says now), and against each other; exit status 1 on any difference.
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+
+use super::source::{load_once, NodeArgs, SourceArgs};
 use xvs::{
     dataplane::Maps,
     ipvs::{mirror::IpvsMirror, IpvsError},
-    source::file,
     sync::{verify, LiveState},
     view::Listing,
 };
@@ -23,9 +24,10 @@ pub enum Which {
 
 #[derive(Args)]
 pub struct VerifyArgs {
-    /// Services file holding the desired state.
-    #[arg(long, short = 'c')]
-    config: PathBuf,
+    #[command(flatten)]
+    source_of_truth: SourceArgs,
+    #[command(flatten)]
+    node: NodeArgs,
     /// Which dataplane to check.
     #[arg(long, value_enum, default_value_t = Which::All)]
     source: Which,
@@ -39,7 +41,7 @@ pub struct VerifyArgs {
 
 /// Returns whether everything checked matches.
 pub fn run(args: VerifyArgs) -> anyhow::Result<bool> {
-    let model = file::load(&args.config)?;
+    let (model, origin) = load_once(&args.source_of_truth, &args.node)?;
     let mut differences = 0;
     let mut checked = Vec::new();
     let mut ebpf_listing = None;
@@ -83,9 +85,9 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<bool> {
         anyhow::bail!("nothing to verify: no pinned eBPF dataplane at {} and no IPVS in this kernel", args.pin_dir.display());
     }
     if differences == 0 {
-        println!("ok: {} ({}) match {} ({} services)", checked.join(" and "), if checked.len() > 1 { "and each other" } else { "checked" }, args.config.display(), model.len());
+        println!("ok: {} ({}) match {origin} ({} services)", checked.join(" and "), if checked.len() > 1 { "and each other" } else { "checked" }, model.len());
     } else {
-        println!("{differences} differences between the dataplane and {}", args.config.display());
+        println!("{differences} differences between the dataplane and {origin}");
     }
     Ok(differences == 0)
 }
