@@ -256,6 +256,15 @@ fn the_agent_mirrors_the_model_into_ipvs_like_kube_proxy_and_leaves_foreign_serv
     eventually("the agent repairs the drift", || xvs(&["verify", "--config", config, "--source", "ipvs"]).status.success());
     agent.stop();
 
+    // `xvs cleanup` (after a stop that kept the services) removes xvs's services and VIPs only.
+    let cleanup = xvs(&["cleanup"]);
+    let said = String::from_utf8_lossy(&cleanup.stdout);
+    assert!(cleanup.status.success(), "{said}{}", String::from_utf8_lossy(&cleanup.stderr));
+    assert!(said.contains("ipvsadm -D -t 10.96.0.10:80"), "{said}");
+    let text = ipvsadm(&["-L", "-n"]);
+    assert!(!text.contains("10.96.0.1"), "xvs's services left behind by `xvs cleanup`:\n{text}");
+    assert!(text.contains("TCP  192.168.99.1:22 wrr"), "foreign service removed:\n{text}");
+
     // --cleanup on stop removes xvs's services and VIPs; the foreign service stays.
     // (Wait for its "running" line: the table already matches, so verify cannot tell that the
     // agent has its signal handlers in place.)

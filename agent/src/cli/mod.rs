@@ -37,10 +37,15 @@ pub(crate) enum Command {
     /// Compare the live dataplanes with the desired state (services file or Kubernetes) and
     /// with each other; exit status 1 on any difference.
     Verify(verify::VerifyArgs),
-    /// Remove the pinned datapath (maps and links): detaches xvs and drops its flows.
+    /// Remove what xvs programmed on this node: the pinned datapath (maps and links: detaches
+    /// xvs and drops its flows) and xvs's IPVS virtual services with their VIPs (foreign
+    /// virtual services stay).
     Cleanup {
         #[arg(long, default_value = xvs::dataplane::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// The dummy interface whose addresses mark xvs's IPVS services.
+        #[arg(long, default_value = "xvs-ipvs0")]
+        ipvs_dummy: String,
     },
 }
 
@@ -62,13 +67,33 @@ impl Cli {
                     return Ok(Outcome::Failure);
                 }
             }
-            Command::Cleanup { pin_dir } => {
+            Command::Cleanup { pin_dir, ipvs_dummy } => {
                 unpin_all(&pin_dir)?;
                 println!("removed {}", pin_dir.display());
+                cleanup_ipvs(&ipvs_dummy)?;
             }
         }
         Ok(Outcome::Success)
     }
+}
+
+/// Removes xvs's IPVS services and VIPs (an empty desired state); nothing where the kernel
+/// has no IPVS.
+fn cleanup_ipvs(dummy: &str) -> anyhow::Result<()> {
+    use xvs::ipvs::{mirror::IpvsMirror, IpvsError};
+    let mirror = match IpvsMirror::inspect(dummy) {
+        Ok(m) => m,
+        Err(IpvsError::Unavailable) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let (done, errors) = mirror.sync(&xvs::model::Model::default())?;
+    for op in &done {
+        println!("ipvsadm {op}");
+    }
+    if let Some(first) = errors.into_iter().next() {
+        return Err(anyhow::Error::new(first).context("removing xvs's IPVS services"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
