@@ -387,3 +387,25 @@ async fn malformed_objects_are_named_skipped_and_reported_as_events() -> Result 
     );
     Ok(())
 }
+
+/// The daemon waits for changes inside `select!`, which drops the wait when another branch
+/// fires: a change must stay pending until a snapshot takes it, however often the wait is
+/// dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_stays_pending_until_a_snapshot_takes_it() -> Result {
+    let server = cluster()?;
+    let dir = std::env::temp_dir().join(format!("xvs-kube-pending-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    server.write_kubeconfig(&dir.join("kubeconfig"))?;
+    let source = KubeSource::start(client(Some(&dir.join("kubeconfig"))).await?, "node-a".into());
+    tokio::time::timeout(Duration::from_secs(10), source.ready()).await??;
+    let _ = source.snapshot();
+    assert!(tokio::time::timeout(Duration::from_millis(200), source.changed()).await.is_err(), "nothing pending after a snapshot");
+    server.apply(slice_with(vec![ready(1)]))?;
+    let first = tokio::time::timeout(Duration::from_secs(5), source.changed()).await?;
+    let again = tokio::time::timeout(Duration::from_millis(200), source.changed()).await.map_err(|_| "a dropped wait lost the change")?;
+    assert_eq!(first, again, "the oldest pending change is reported");
+    assert_eq!(shown(&source.snapshot().model), ["TCP 10.96.0.10:80 rr [10.244.1.1:8080 1 a]"]);
+    assert!(tokio::time::timeout(Duration::from_millis(200), source.changed()).await.is_err(), "taken by the snapshot");
+    Ok(())
+}

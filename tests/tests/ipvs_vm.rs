@@ -409,3 +409,64 @@ fn bench_full_sync_ipvs_mirror_against_bpf_maps() {
         bpf_secs / ipvs_secs
     );
 }
+
+/// The Kubernetes source into real IPVS: what kube-proxy's IPVS mode would program for a
+/// ClusterIP + NodePort Service with ClientIP affinity and a terminating endpoint, read back by
+/// Debian's ipvsadm; then a scale-down follows the watch.
+#[test]
+#[ignore = "needs a kernel with IPVS: run by `cargo xtask vm-test`"]
+fn kubernetes_service_lands_in_ipvs_as_kube_proxy_programs_it() {
+    use serde_json::json;
+    let c = client();
+    sh(&["ip", "link", "set", "lo", "up"]);
+    let server = xvs_test_apiserver::ApiServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let apply = |v: serde_json::Value| server.apply(v).unwrap_or_else(|e| panic!("{e}"));
+    apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "vm-node"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.10"}, {"type": "Hostname", "address": "vm-node"}]}}));
+    apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"type": "NodePort", "clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"], "ipFamilies": ["IPv4"],
+            "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http", "nodePort": 30080}],
+            "selector": {"app": "web"}, "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}},
+            "externalTrafficPolicy": "Cluster", "internalTrafficPolicy": "Cluster"},
+        "status": {"loadBalancer": {}}}));
+    let slice = |endpoints: serde_json::Value| {
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": "web-x7k2p", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+            "endpoints": endpoints, "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]})
+    };
+    let ep = |ip: &str, ready: bool, terminating: bool| json!({"addresses": [ip], "nodeName": "vm-node", "conditions": {"ready": ready, "serving": true, "terminating": terminating}});
+    apply(slice(json!([ep("10.244.1.2", true, false), ep("10.244.1.3", true, false), ep("10.244.2.9", false, true)])));
+    server.write_kubeconfig(std::path::Path::new("/tmp/kubeconfig")).unwrap_or_else(|e| panic!("{e}"));
+    let agent = Agent::start_with(&["--dataplane", "ipvs", "--kubeconfig", "/tmp/kubeconfig", "--node-name", "vm-node", "--debounce-ms", "50"], std::process::Stdio::null());
+    eventually("the agent programs IPVS", || c.services().map(|s| s.len()).unwrap_or(0) == 2);
+
+    let block = |vip: &str| {
+        format!(
+            "TCP  {vip} rr persistent 600\n  \
+            -> 10.244.1.2:8080              Masq    1      0          0         \n  \
+            -> 10.244.1.3:8080              Masq    1      0          0         \n  \
+            -> 10.244.2.9:8080              Masq    0      0          0         \n"
+        )
+    };
+    let header = "IP Virtual Server version 1.2.1 (size=4096)\n\
+        Prot LocalAddress:Port Scheduler Flags\n  \
+        -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n";
+    let expected = format!("{header}{}{}", block("10.96.0.20:80"), block("192.168.50.10:30080"));
+    assert_same_table(&ipvsadm(&["-L", "-n"]), &expected);
+    let ours = xvs(&["list", "-n", "--source", "ipvs"]);
+    assert_eq!(String::from_utf8_lossy(&ours.stdout), expected);
+    let verify = xvs(&["verify", "--kubeconfig", "/tmp/kubeconfig", "--node-name", "vm-node", "--source", "ipvs"]);
+    assert!(verify.status.success(), "{}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
+
+    // The terminating pod is gone: its real server leaves both virtual services.
+    apply(slice(json!([ep("10.244.1.2", true, false), ep("10.244.1.3", true, false)])));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while ipvsadm(&["-L", "-n"]).contains("10.244.2.9") {
+        assert!(std::time::Instant::now() < deadline, "the scale-down never landed:\n{}\nrequests: {:#?}", ipvsadm(&["-L", "-n"]), server.requests());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    agent.stop();
+    let cleanup = xvs(&["cleanup"]);
+    assert!(cleanup.status.success());
+    assert_eq!(c.services().map(|s| s.len()).unwrap_or(99), 0);
+}

@@ -96,12 +96,14 @@ impl Source {
         }
     }
 
-    /// Resolves when the Kubernetes stores changed, after the debounce window (never for a file).
+    /// Resolves when the Kubernetes stores changed, once the debounce window from the first
+    /// change has passed (never for a file). Cancel-safe: the window is measured from the
+    /// pending change, not from when this future was polled.
     pub async fn kube_changed(&self) {
         match self {
             Source::Kube { source, debounce, .. } => {
-                source.changed().await;
-                tokio::time::sleep(*debounce).await;
+                let since = source.changed().await;
+                tokio::time::sleep_until((since + *debounce).into()).await;
             }
             Source::File(_) => std::future::pending().await,
         }

@@ -92,6 +92,10 @@ impl Changes {
     fn take(&self) -> Option<Instant> {
         self.pending_since.lock().ok().and_then(|mut s| s.take())
     }
+
+    fn peek(&self) -> Option<Instant> {
+        self.pending_since.lock().ok().and_then(|s| *s)
+    }
 }
 
 /// One snapshot of the stores, translated.
@@ -136,9 +140,18 @@ impl KubeSource {
         Ok(())
     }
 
-    /// Resolves when a store changed since the last snapshot (at once if one already did).
-    pub async fn changed(&self) {
-        self.changes.notify.notified().await;
+    /// Resolves when a store changed since the last snapshot (at once if one already did),
+    /// with the time of the oldest such change. Cancel-safe: the pending mark stays until a
+    /// snapshot takes it, so a caller that drops this future (a `select!` taking another
+    /// branch) loses nothing.
+    pub async fn changed(&self) -> Instant {
+        loop {
+            if let Some(since) = self.changes.peek() {
+                return since;
+            }
+            // A mark between the check and this wait leaves a permit: no change is missed.
+            self.changes.notify.notified().await;
+        }
     }
 
     /// Translates what the stores hold now; clears the pending mark first, so a change that
