@@ -62,7 +62,13 @@ pub struct KubeArgs {    /// How long a burst of Kubernetes changes is collected
 
 pub enum Source {
     File(FileWatch),
-    Kube { source: Box<KubeSource>, events: EventPublisher, debounce: Duration },
+    Kube {
+        source: Box<KubeSource>,
+        events: EventPublisher,
+        debounce: Duration,
+        /// Whether the missing Node object was reported (once, not on every sync).
+        node_missing_told: bool,
+    },
 }
 
 impl Source {
@@ -76,7 +82,7 @@ impl Source {
         }
         let (source, client, node_name) = start_kube(args, node).await?;
         let events = EventPublisher::new(client, &node_name);
-        let mut source = Source::Kube { source: Box::new(source), events, debounce: Duration::from_millis(kube_args.debounce_ms) };
+        let mut source = Source::Kube { source: Box::new(source), events, debounce: Duration::from_millis(kube_args.debounce_ms), node_missing_told: false };
         let (model, _) = source.kube_snapshot().unwrap_or_default();
         Ok((source, model))
     }
@@ -112,9 +118,12 @@ impl Source {
     /// Translates the stores, with the time of the oldest change in them; logs and publishes
     /// the problems not reported yet.
     fn kube_snapshot(&mut self) -> Option<(Model, Option<Instant>)> {
-        let Source::Kube { source, events, .. } = self else { return None };
+        let Source::Kube { source, events, node_missing_told, .. } = self else { return None };
         let snapshot = source.snapshot();
-        if !snapshot.node_found {
+        if snapshot.node_found {
+            *node_missing_told = false;
+        } else if !*node_missing_told {
+            *node_missing_told = true;
             tracing::warn!("this node's Node object was not found: no NodePorts; Local traffic policy matches endpoints by --node-name only");
         }
         let fresh = events.fresh(&snapshot.warnings);

@@ -212,3 +212,30 @@ fn wrr_weights_come_from_the_annotation_by_pod_name_or_address() {
         assert_eq!(warnings, [format!("Service default/service-nginx: annotation xvs.io/weights={bad:?}: {cause}; every endpoint weighs 1")]);
     }
 }
+
+#[test]
+fn named_target_port_resolves_per_endpoint_and_selectorless_services_use_manual_slices() {
+    // Pods of one Service exposing the port named "http" on different numbers: the controller
+    // writes one slice per resolved port, and each endpoint keeps its own.
+    let mut other = nginx_slice("IPv4", "http", vec![endpoint("10.244.3.5", "node-c", true, true, false)]);
+    other.metadata.name = Some("service-nginx-9090".into());
+    if let Some(p) = other.ports.as_mut().and_then(|p| p.first_mut()) {
+        p.port = Some(9090);
+    }
+    let (model, warnings) = translate(&[nginx(json!({}))], &[three_ready(), other], &node_a());
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(shown(&model), ["TCP 10.96.0.10:80 rr [10.244.1.2:8080 a, 10.244.1.4:8080 a, 10.244.2.3:8080 a, 10.244.3.5:9090 a]"]);
+
+    // No selector: endpoints come from a slice someone else manages, labelled with the name.
+    let selectorless = nginx(json!({"selector": null, "ports": [{"name": "db", "port": 5432, "protocol": "TCP", "targetPort": 5432}]}));
+    let manual = slice(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+        "metadata": {"name": "external-db-1", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "service-nginx", "endpointslice.kubernetes.io/managed-by": "staff"}},
+        "endpoints": [{"addresses": ["192.0.2.40"]}],
+        "ports": [{"name": "db", "port": 5432, "protocol": "TCP"}]
+    }));
+    let (model, warnings) = translate(&[selectorless], &[manual], &node_a());
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(shown(&model), ["TCP 10.96.0.10:5432 rr [192.0.2.40:5432 a]"], "no conditions: ready (the API's default)");
+}
