@@ -111,7 +111,7 @@ fn ports_match_by_name_and_affinity_follows_the_spec() {
     let (model, _) = translate(&[renamed], &[slice], &node_a());
     assert_eq!(shown(&model), ["TCP 10.96.0.10:80 rr persistent 60 [10.244.1.2:8080 a]"]);
     let default_timeout = nginx(json!({"sessionAffinity": "ClientIP"}));
-    assert_eq!(translate(&[default_timeout], &[], &node_a()).0.services().next().and_then(|s| s.affinity_timeout), Some(10800));
+    assert_eq!(translate(&[default_timeout], &[] as &[EndpointSlice], &node_a()).0.services().next().and_then(|s| s.affinity_timeout), Some(10800));
 }
 
 #[test]

@@ -13,7 +13,11 @@
 //!
 //! Bad objects never stop the rest: each problem is a warning naming the object, and the
 //! object (or just the bad part) is skipped.
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{
+    borrow::Borrow,
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
 
 use k8s_openapi::api::{
     core::v1::{Service as KubeService, ServicePort},
@@ -90,11 +94,20 @@ enum Scope {
     External,
 }
 
-/// Translates everything; returns the model and the warnings.
-pub fn translate(services: &[KubeService], slices: &[EndpointSlice], node: &Node) -> (Model, Vec<Warning>) {
+/// Translates everything; returns the model and the warnings. Takes the objects or shared
+/// references to them (the reflector stores hold `Arc`s: no copy of the cluster per sync).
+pub fn translate(services: &[impl Borrow<KubeService>], slices: &[impl Borrow<EndpointSlice>], node: &Node) -> (Model, Vec<Warning>) {
     let mut warnings = Vec::new();
     let mut out: BTreeMap<ServiceId, (ObjectRef, Service)> = BTreeMap::new();
-    for svc in services {
+    // Slices by the Service they belong to (namespace, service-name label): one pass, so a
+    // translation is linear in the objects, not services x slices.
+    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for slice in slices.iter().map(Borrow::borrow) {
+        if let Some(name) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+            by_service.entry((slice.metadata.namespace.as_deref().unwrap_or(""), name.as_str())).or_default().push(slice);
+        }
+    }
+    for svc in services.iter().map(Borrow::borrow) {
         let object = name_of("Service", &svc.metadata);
         let Some(spec) = &svc.spec else {
             warnings.push(Warning { object, cause: "no spec".into() });
@@ -114,13 +127,8 @@ pub fn translate(services: &[KubeService], slices: &[EndpointSlice], node: &Node
                 .unwrap_or(DEFAULT_AFFINITY_TIMEOUT);
             u32::try_from(t).unwrap_or(DEFAULT_AFFINITY_TIMEOUT as u32)
         });
-        let mine: Vec<&EndpointSlice> = slices
-            .iter()
-            .filter(|s| {
-                s.metadata.namespace == svc.metadata.namespace
-                    && s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) == svc.metadata.name.as_ref()
-            })
-            .collect();
+        let key = (svc.metadata.namespace.as_deref().unwrap_or(""), svc.metadata.name.as_deref().unwrap_or(""));
+        let mine: &[&EndpointSlice] = by_service.get(&key).map_or(&[], Vec::as_slice);
         let mut vips: Vec<(IpAddr, Scope)> = Vec::new();
         let mut parse_ips = |ips: Vec<&String>, scope: Scope, what: &str, warnings: &mut Vec<Warning>| {
             for ip in ips {
@@ -172,7 +180,7 @@ pub fn translate(services: &[KubeService], slices: &[EndpointSlice], node: &Node
                     Scope::External => external_local,
                 };
                 let sel = Selection { v6: vip.is_ipv6(), proto, only_node: local.then_some(node.name.as_str()), weights: &weights };
-                let backends = backends(&mine, port, &sel, &mut warnings);
+                let backends = backends(mine, port, &sel, &mut warnings);
                 let id = ServiceId { vip, port: vport, proto };
                 let service = Service { id, scheduler, affinity_timeout: affinity, sh_port: false, backends };
                 if let Some((first, _)) = out.get(&id) {

@@ -160,8 +160,8 @@ impl KubeSource {
         let pending_since = self.changes.take();
         // Stores are hash maps: sort, so warnings and the winner of a VIP claimed twice do not
         // change from one snapshot to the next.
-        let services: Vec<KubeService> = sorted(self.services.state());
-        let slices: Vec<EndpointSlice> = sorted(self.slices.state());
+        let services = sorted(self.services.state());
+        let slices = sorted(self.slices.state());
         let own = self.nodes.state().into_iter().find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()));
         let node = Node { name: self.node_name.clone(), addresses: own.as_deref().map(node_addresses).unwrap_or_default() };
         let (model, warnings) = translate(&services, &slices, &node);
@@ -177,10 +177,9 @@ impl Drop for KubeSource {
     }
 }
 
-fn sorted<K: Resource + Clone>(objects: Vec<Arc<K>>) -> Vec<K> {
-    let mut out: Vec<K> = objects.iter().map(|o| (**o).clone()).collect();
-    out.sort_by(|a, b| (&a.meta().namespace, &a.meta().name).cmp(&(&b.meta().namespace, &b.meta().name)));
-    out
+fn sorted<K: Resource>(mut objects: Vec<Arc<K>>) -> Vec<Arc<K>> {
+    objects.sort_by(|a, b| (&a.meta().namespace, &a.meta().name).cmp(&(&b.meta().namespace, &b.meta().name)));
+    objects
 }
 
 /// The addresses NodePorts are served on: the node's InternalIP and ExternalIP addresses
