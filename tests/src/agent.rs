@@ -53,12 +53,13 @@ impl Agent {
     }
 
     /// `xvs run --kubeconfig <kubeconfig> --node-name <node> ...`: the Kubernetes source, with
-    /// only the capabilities in `caps` (e.g. `["bpf", "net_admin"]`), as a pod would have.
+    /// only the capabilities in `caps` (e.g. `["bpf", "net_admin"]`), as a pod would have
+    /// (empty: all of root's).
     pub fn start_kube(netns: &str, kubeconfig: &Path, node: &str, caps: &[String], iface: &str, pin_dir: &Path, extra: &[&str]) -> Self {
         let kubeconfig = kubeconfig.to_string_lossy();
         let bounding = std::iter::once("-all".to_owned()).chain(caps.iter().map(|c| format!("+{c}"))).collect::<Vec<_>>().join(",");
-        let wrap = ["setpriv", "--bounding-set", &bounding];
-        Self::start_with(netns, &wrap, &["--kubeconfig", &kubeconfig, "--node-name", node], iface, pin_dir, extra)
+        let wrap: &[&str] = if caps.is_empty() { &[] } else { &["setpriv", "--bounding-set", &bounding] };
+        Self::start_with(netns, wrap, &["--kubeconfig", &kubeconfig, "--node-name", node], iface, pin_dir, extra)
     }
 
     fn start_with(netns: &str, wrap: &[&str], source: &[&str], iface: &str, pin_dir: &Path, extra: &[&str]) -> Self {

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod kube;
 pub mod topology;
 
 use std::net::{IpAddr, SocketAddr};

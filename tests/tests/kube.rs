@@ -1,29 +1,16 @@
 //! `xvs run --kubeconfig` serving real traffic from Kubernetes objects: the agent in the node
 //! namespace follows the test API server (tests/apiserver, bound inside that namespace) and
 //! keeps serving through watch disconnects, an API outage and a 410 relist.
-use std::{collections::BTreeMap, net::TcpListener, path::PathBuf, process::Command};
+use std::{collections::BTreeMap, path::PathBuf, process::Command};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use serde_json::{json, Value};
 use xvs_integration::{
     agent::{eventually, list, xvs_bin, Agent},
-    topology::{enter_netns, Topology, NODE_IFACE},
+    kube::api_server_in,
+    topology::{Topology, NODE_IFACE},
 };
-use xvs_test_apiserver::{fixture, ApiServer, Resource};
-
-/// Binds the API server's listener inside `netns` (a socket stays in the namespace it was
-/// made in), so the agent there reaches it on its own loopback.
-fn api_server_in(netns: &str) -> ApiServer {
-    let netns = netns.to_owned();
-    let listener = std::thread::spawn(move || {
-        enter_netns(&netns);
-        TcpListener::bind("127.0.0.1:0")
-    })
-    .join()
-    .unwrap_or_else(|_| panic!("binding thread panicked"))
-    .unwrap_or_else(|e| panic!("bind in the node namespace: {e}"));
-    ApiServer::start_on(listener).unwrap_or_else(|e| panic!("api server: {e}"))
-}
+use xvs_test_apiserver::{fixture, Resource};
 
 /// The capabilities deploy/daemonset.yaml gives the xvs container, for setpriv.
 fn daemonset_capabilities() -> Vec<String> {

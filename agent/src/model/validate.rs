@@ -76,25 +76,27 @@ pub(super) fn check(services: &[Service]) -> Vec<ModelError> {
         if svc.sh_port && svc.scheduler != Scheduler::SourceHash {
             err(ModelIssue::ShPortWithoutSh);
         }
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::with_capacity(svc.backends.len());
         let mut weights_ok = true;
         for b in &svc.backends {
-            let backend = b.endpoint().to_string();
+            // Named only when something is wrong: formatting every endpoint costs more than
+            // checking it (100k backends per sync from Kubernetes).
+            let backend = || b.endpoint().to_string();
             if !seen.insert((b.addr, b.port)) {
-                err(ModelIssue::DuplicateBackend { backend: backend.clone() });
+                err(ModelIssue::DuplicateBackend { backend: backend() });
             }
             if b.addr.is_ipv6() != svc.id.vip.is_ipv6() {
-                err(ModelIssue::FamilyMismatch { backend: backend.clone() });
+                err(ModelIssue::FamilyMismatch { backend: backend() });
             }
             if b.port == 0 {
-                err(ModelIssue::BackendZeroPort { backend: backend.clone() });
+                err(ModelIssue::BackendZeroPort { backend: backend() });
             }
             if unusable(b.addr) {
-                err(ModelIssue::BadBackendAddr { backend: backend.clone() });
+                err(ModelIssue::BadBackendAddr { backend: backend() });
             }
             if b.weight > MAX_WEIGHT {
                 weights_ok = false;
-                err(ModelIssue::Weight { backend, weight: b.weight });
+                err(ModelIssue::Weight { backend: backend(), weight: b.weight });
             }
         }
         if weights_ok && svc.scheduler == Scheduler::WeightedRoundRobin {

@@ -26,9 +26,14 @@ fn main() {
         }
         return;
     }
-    // One part alone, for working on it: `xvs-bench throughput`.
+    // One part alone, for working on it: `xvs-bench throughput`, `xvs-bench kube`.
     if args.get(1).map(String::as_str) == Some("throughput") {
         throughput();
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("kube") {
+        let mut v = kube_changes(10_000, 50);
+        println!("p50 {:.0} µs, p99 {:.0} µs", pct(&mut v, 0.5), pct(&mut v, 0.99));
         return;
     }
     let out_dir = PathBuf::from(std::env::var("XVS_BENCH_OUT").unwrap_or_else(|_| "target/bench".into()));
@@ -158,6 +163,7 @@ fn control_plane() -> String {
         Vec::new()
     };
     let _ = Command::new("ip").args(["netns", "del", netns]).status();
+    let mut kube = kube_changes(N, 50);
     let mut s = format!("\n## Control plane: {N} services x {} backends\n\n", control::BACKENDS);
     s.push_str("| measure | xvs (BPF maps) | kube-proxy iptables-restore (baseline) | ratio xvs / baseline |\n|---|---:|---:|---:|\n");
     let ratio = |a: f64, b: Option<f64>| b.map_or("n/a".into(), |b| format!("{:.3}", a / b));
@@ -167,9 +173,57 @@ fn control_plane() -> String {
     let (i50, i99) = if ipt_inc.is_empty() { (None, None) } else { (Some(pct(&mut ipt_inc, 0.5)), Some(pct(&mut ipt_inc, 0.99))) };
     let _ = writeln!(s, "| one endpoint added, p50 µs | {x50:.0} | {} | {} |", i50.map_or("n/a".into(), |v| format!("{v:.0}")), ratio(x50, i50));
     let _ = writeln!(s, "| one endpoint added, p99 µs | {x99:.0} | {} | {} |", i99.map_or("n/a".into(), |v| format!("{v:.0}")), ratio(x99, i99));
-    s.push_str("\nxvs: model handed to the reconciler -> maps written (200 changes, each a reconcile of the whole model). Baseline: kube-proxy's iptables-mode rules for the same services (KUBE-SERVICES / KUBE-SVC-* with statistic random / KUBE-SEP-* DNAT), `iptables-restore` into a private network namespace; incremental = `iptables-restore --noflush` of the changed service's chains (kube-proxy's partial sync), process start included, as kube-proxy pays it.\n");
+    let (k50, k99) = (pct(&mut kube, 0.5), pct(&mut kube, 0.99));
+    let _ = writeln!(s, "| one endpoint added through the Kubernetes API, p50 µs | {k50:.0} | {} | {} |", i50.map_or("n/a".into(), |v| format!("{v:.0}")), ratio(k50, i50));
+    let _ = writeln!(s, "| one endpoint added through the Kubernetes API, p99 µs | {k99:.0} | {} | {} |", i99.map_or("n/a".into(), |v| format!("{v:.0}")), ratio(k99, i99));
+    s.push_str("\nxvs: model handed to the reconciler -> maps written (200 changes, each a reconcile of the whole model). Baseline: kube-proxy's iptables-mode rules for the same services (KUBE-SERVICES / KUBE-SVC-* with statistic random / KUBE-SEP-* DNAT), `iptables-restore` into a private network namespace; incremental = `iptables-restore --noflush` of the changed service's chains (kube-proxy's partial sync), process start included, as kube-proxy pays it. Through the Kubernetes API: the real `xvs run --kubeconfig --debounce-ms 0` following the test API server with the same services as Services and EndpointSlices; from the EndpointSlice update stored in the API server to the agent's \"changes applied\" log line (watch event, snapshot and translation of every object, reconcile, maps written; polled every 0.2 ms). The baseline leaves out kube-proxy's own watch and translation.\n");
     print!("{s}");
     s
+}
+
+/// The real agent following the test API server with `n` Services (x BACKENDS endpoints):
+/// microseconds from each of `changes` EndpointSlice updates to the agent having applied it.
+fn kube_changes(n: u32, changes: u32) -> Vec<f64> {
+    use xvs_integration::kube::{api_server_in, cluster_ip_service, ready_slice};
+    println!("   Kubernetes: {n} Services in the test API server, `xvs run --kubeconfig`, {changes} EndpointSlice updates");
+    let topo = Topology::create("xvs-bench-k8s", 0);
+    let server = api_server_in(&topo.ns("node"));
+    let model = control::model(n);
+    let name = |i: usize| format!("svc-{i:05}");
+    let addresses = |svc: &xvs::model::Service| svc.backends.iter().map(|b| b.addr.to_string()).collect::<Vec<_>>();
+    for (i, svc) in model.services().enumerate() {
+        server.apply(cluster_ip_service(&name(i), &svc.id.vip.to_string())).unwrap_or_else(|e| panic!("{e}"));
+        server.apply(ready_slice(&name(i), &addresses(svc))).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let kubeconfig = std::env::temp_dir().join("xvs-bench-k8s.kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap_or_else(|e| panic!("{e}"));
+    let cap = control::capacity(n);
+    let flags = [
+        "--dataplane".to_owned(), "ebpf".to_owned(), "--debounce-ms".to_owned(), "0".to_owned(),
+        "--max-services".to_owned(), cap.services.to_string(), "--max-backends".to_owned(), cap.backends.to_string(),
+        "--max-slots".to_owned(), cap.slots.to_string(),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let pin = PathBuf::from("/sys/fs/bpf/xvs-bench-k8s");
+    let agent = Agent::start_kube(&topo.ns("node"), &kubeconfig, "node-a", &[], NODE_IFACE, &pin, &flags);
+    let applied = || agent.log().matches("Kubernetes changes applied").count();
+    let services: Vec<&xvs::model::Service> = model.services().collect();
+    let mut out = Vec::new();
+    for c in 0..changes as usize {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let before = applied();
+        let i = (c * 7919) % services.len();
+        let mut eps = addresses(services[i]);
+        eps.push(std::net::Ipv4Addr::from(0x0b00_0000 + c as u32).to_string());
+        let start = std::time::Instant::now();
+        server.apply(ready_slice(&name(i), &eps)).unwrap_or_else(|e| panic!("{e}"));
+        while applied() == before {
+            assert!(start.elapsed().as_secs() < 30, "change {c} never applied:\n{}", agent.log());
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        out.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    out
 }
 
 /// Peak RSS of the real agent serving `n` services.

@@ -1,7 +1,8 @@
 //! The Kubernetes source: Services and EndpointSlices become the desired state by kube-proxy's
-//! rules. `translate` is pure; `watch` keeps reflector stores of the API objects; `events`
+//! rules. `translate` is pure (`incremental` reuses unchanged Services' parts); `watch` keeps reflector stores of the API objects; `events`
 //! reports skipped objects back to the cluster as Events.
 pub mod events;
+pub mod incremental;
 pub mod translate;
 pub mod watch;
 

@@ -33,7 +33,7 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const DEFAULT_AFFINITY_TIMEOUT: i32 = 10_800;
 
 /// The node this agent programs.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Node {
     pub name: String,
     /// Addresses NodePorts are served on.
@@ -97,114 +97,144 @@ enum Scope {
 /// Translates everything; returns the model and the warnings. Takes the objects or shared
 /// references to them (the reflector stores hold `Arc`s: no copy of the cluster per sync).
 pub fn translate(services: &[impl Borrow<KubeService>], slices: &[impl Borrow<EndpointSlice>], node: &Node) -> (Model, Vec<Warning>) {
-    let mut warnings = Vec::new();
-    let mut out: BTreeMap<ServiceId, (ObjectRef, Service)> = BTreeMap::new();
-    // Slices by the Service they belong to (namespace, service-name label): one pass, so a
-    // translation is linear in the objects, not services x slices.
-    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    let by_service = slices_by_service(slices);
+    let parts: Vec<Part> = services.iter().map(|svc| translate_service(svc.borrow(), slices_of(&by_service, svc.borrow()), node)).collect();
+    assemble(parts.iter())
+}
+
+/// Slices by the Service they belong to: namespace, then the service-name label. One pass, so
+/// a translation is linear in the objects, not services x slices.
+pub(super) type SlicesByService<'s> = HashMap<&'s str, HashMap<&'s str, Vec<&'s EndpointSlice>>>;
+
+pub(super) fn slices_by_service(slices: &[impl Borrow<EndpointSlice>]) -> SlicesByService<'_> {
+    let mut by_service: SlicesByService<'_> = HashMap::new();
     for slice in slices.iter().map(Borrow::borrow) {
         if let Some(name) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
-            by_service.entry((slice.metadata.namespace.as_deref().unwrap_or(""), name.as_str())).or_default().push(slice);
+            let namespace = slice.metadata.namespace.as_deref().unwrap_or("");
+            by_service.entry(namespace).or_default().entry(name.as_str()).or_default().push(slice);
         }
     }
-    for svc in services.iter().map(Borrow::borrow) {
-        let object = name_of("Service", &svc.metadata);
-        let Some(spec) = &svc.spec else {
-            warnings.push(Warning { object, cause: "no spec".into() });
-            continue;
-        };
-        if spec.type_.as_deref() == Some("ExternalName") || spec.cluster_ip.as_deref() == Some("None") {
-            continue;
-        }
-        let scheduler = scheduler_of(svc, &object, &mut warnings);
-        let weights = Weights::of(svc, &object, &mut warnings);
-        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            let t = spec
-                .session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds)
-                .unwrap_or(DEFAULT_AFFINITY_TIMEOUT);
-            u32::try_from(t).unwrap_or(DEFAULT_AFFINITY_TIMEOUT as u32)
-        });
-        let key = (svc.metadata.namespace.as_deref().unwrap_or(""), svc.metadata.name.as_deref().unwrap_or(""));
-        let mine: &[&EndpointSlice] = by_service.get(&key).map_or(&[], Vec::as_slice);
-        let mut vips: Vec<(IpAddr, Scope)> = Vec::new();
-        let mut parse_ips = |ips: Vec<&String>, scope: Scope, what: &str, warnings: &mut Vec<Warning>| {
-            for ip in ips {
-                match ip.parse::<IpAddr>() {
-                    Ok(a) => vips.push((a, scope)),
-                    Err(_) => warnings.push(Warning { object: object.clone(), cause: format!("{what} {ip:?} is not an IP address; skipped") }),
-                }
-            }
-        };
-        let cluster_ips: Vec<&String> = match &spec.cluster_ips {
-            Some(list) if !list.is_empty() => list.iter().collect(),
-            _ => spec.cluster_ip.iter().collect(),
-        };
-        parse_ips(cluster_ips, Scope::Internal, "clusterIP", &mut warnings);
-        parse_ips(spec.external_ips.iter().flatten().collect(), Scope::External, "externalIP", &mut warnings);
-        let lb: Vec<&String> = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|l| l.ingress.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|i| i.ip.as_ref())
-            .collect();
-        parse_ips(lb, Scope::External, "load-balancer ingress IP", &mut warnings);
-        let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
-        let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    // Each Service's slices in name order, whatever order the caller's store had: the first
+    // form of an endpoint listed twice, and the order of warnings, stay the same between runs.
+    for slices in by_service.values_mut().flat_map(HashMap::values_mut).filter(|s| s.len() > 1) {
+        slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    }
+    by_service
+}
 
-        for port in spec.ports.iter().flatten() {
-            let proto = match port.protocol.as_deref().unwrap_or("TCP") {
-                "TCP" => Protocol::Tcp,
-                "UDP" => Protocol::Udp,
-                other => {
-                    warnings.push(Warning { object: object.clone(), cause: format!("port {}: protocol {other} is not supported; skipped", port.port) });
-                    continue;
-                }
-            };
-            let Ok(svc_port) = u16::try_from(port.port) else {
-                warnings.push(Warning { object: object.clone(), cause: format!("port {} is out of range; skipped", port.port) });
+pub(super) fn slices_of<'m, 's>(by_service: &'m SlicesByService<'s>, svc: &KubeService) -> &'m [&'s EndpointSlice] {
+    let namespace = svc.metadata.namespace.as_deref().unwrap_or("");
+    let name = svc.metadata.name.as_deref().unwrap_or("");
+    by_service.get(namespace).and_then(|m| m.get(name)).map_or(&[], Vec::as_slice)
+}
+
+/// One Service's share of the desired state: its virtual services and its problems.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Part {
+    services: Vec<(ObjectRef, Service)>,
+    warnings: Vec<Warning>,
+}
+
+/// The virtual services of one Service over its slices (`mine`).
+pub(super) fn translate_service(svc: &KubeService, mine: &[&EndpointSlice], node: &Node) -> Part {
+    let mut part = Part::default();
+    let warnings = &mut part.warnings;
+    let object = name_of("Service", &svc.metadata);
+    let Some(spec) = &svc.spec else {
+        warnings.push(Warning { object, cause: "no spec".into() });
+        return part;
+    };
+    if spec.type_.as_deref() == Some("ExternalName") || spec.cluster_ip.as_deref() == Some("None") {
+        return part;
+    }
+    let scheduler = scheduler_of(svc, &object, warnings);
+    let weights = Weights::of(svc, &object, warnings);
+    let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        let t = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds).unwrap_or(DEFAULT_AFFINITY_TIMEOUT);
+        u32::try_from(t).unwrap_or(DEFAULT_AFFINITY_TIMEOUT as u32)
+    });
+    let mut vips: Vec<(IpAddr, Scope)> = Vec::new();
+    let mut parse_ips = |ips: Vec<&String>, scope: Scope, what: &str, warnings: &mut Vec<Warning>| {
+        for ip in ips {
+            match ip.parse::<IpAddr>() {
+                Ok(a) => vips.push((a, scope)),
+                Err(_) => warnings.push(Warning { object: object.clone(), cause: format!("{what} {ip:?} is not an IP address; skipped") }),
+            }
+        }
+    };
+    let cluster_ips: Vec<&String> = match &spec.cluster_ips {
+        Some(list) if !list.is_empty() => list.iter().collect(),
+        _ => spec.cluster_ip.iter().collect(),
+    };
+    parse_ips(cluster_ips, Scope::Internal, "clusterIP", warnings);
+    parse_ips(spec.external_ips.iter().flatten().collect(), Scope::External, "externalIP", warnings);
+    let lb: Vec<&String> =
+        svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref()).into_iter().flatten().filter_map(|i| i.ip.as_ref()).collect();
+    parse_ips(lb, Scope::External, "load-balancer ingress IP", warnings);
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+
+    for port in spec.ports.iter().flatten() {
+        let proto = match port.protocol.as_deref().unwrap_or("TCP") {
+            "TCP" => Protocol::Tcp,
+            "UDP" => Protocol::Udp,
+            other => {
+                warnings.push(Warning { object: object.clone(), cause: format!("port {}: protocol {other} is not supported; skipped", port.port) });
                 continue;
+            }
+        };
+        let Ok(svc_port) = u16::try_from(port.port) else {
+            warnings.push(Warning { object: object.clone(), cause: format!("port {} is out of range; skipped", port.port) });
+            continue;
+        };
+        let mut targets: Vec<(IpAddr, Scope, u16)> = vips.iter().map(|&(ip, scope)| (ip, scope, svc_port)).collect();
+        if let Some(node_port) = port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|&p| p != 0) {
+            targets.extend(node.addresses.iter().map(|&ip| (ip, Scope::External, node_port)));
+        }
+        for (vip, scope, vport) in targets {
+            let local = match scope {
+                Scope::Internal => internal_local,
+                Scope::External => external_local,
             };
-            let mut targets: Vec<(IpAddr, Scope, u16)> = vips.iter().map(|&(ip, scope)| (ip, scope, svc_port)).collect();
-            if let Some(node_port) = port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|&p| p != 0) {
-                targets.extend(node.addresses.iter().map(|&ip| (ip, Scope::External, node_port)));
+            let sel = Selection { v6: vip.is_ipv6(), proto, only_node: local.then_some(node.name.as_str()), weights: &weights };
+            let backends = backends(mine, port, &sel, warnings);
+            let id = ServiceId { vip, port: vport, proto };
+            part.services.push((object.clone(), Service { id, scheduler, affinity_timeout: affinity, sh_port: false, backends }));
+        }
+    }
+    part
+}
+
+/// The parts together: a VIP claimed twice goes to the first Service (in namespace/name
+/// order), the rest are warned about; what the model refuses is dropped and named.
+pub(super) fn assemble<'a>(parts: impl Iterator<Item = &'a Part>) -> (Model, Vec<Warning>) {
+    let mut warnings = Vec::new();
+    let mut out: BTreeMap<ServiceId, (&ObjectRef, &Service)> = BTreeMap::new();
+    for part in parts {
+        warnings.extend(part.warnings.iter().cloned());
+        for (object, service) in &part.services {
+            if let Some((first, _)) = out.get(&service.id) {
+                warnings.push(Warning { object: object.clone(), cause: format!("{} is already used by {first}; skipped", service.id) });
+                continue;
             }
-            for (vip, scope, vport) in targets {
-                let local = match scope {
-                    Scope::Internal => internal_local,
-                    Scope::External => external_local,
-                };
-                let sel = Selection { v6: vip.is_ipv6(), proto, only_node: local.then_some(node.name.as_str()), weights: &weights };
-                let backends = backends(mine, port, &sel, &mut warnings);
-                let id = ServiceId { vip, port: vport, proto };
-                let service = Service { id, scheduler, affinity_timeout: affinity, sh_port: false, backends };
-                if let Some((first, _)) = out.get(&id) {
-                    warnings.push(Warning { object: object.clone(), cause: format!("{id} is already used by {first}; skipped") });
-                    continue;
-                }
-                out.insert(id, (object.clone(), service));
-            }
+            out.insert(service.id, (object, service));
         }
     }
     // A slice read for several VIPs of one service reports its problem once.
     let mut seen = std::collections::HashSet::new();
     warnings.retain(|w| seen.insert(w.clone()));
-    let (owners, services): (Vec<ObjectRef>, Vec<Service>) = out.into_values().unzip();
-    match Model::new(services.clone()) {
+    let (owners, refs): (Vec<&ObjectRef>, Vec<&Service>) = out.into_values().unzip();
+    let services = || refs.iter().map(|s| (*s).clone());
+    match Model::new(services().collect()) {
         Ok(model) => (model, warnings),
         Err(errors) => {
             // Drop exactly the services the model refuses, keep the rest.
             let bad: Vec<usize> = errors.iter().map(|e| e.index).collect();
             for e in &errors {
-                let object = owners.get(e.index).cloned().unwrap_or_else(|| ObjectRef { kind: "Service", namespace: String::new(), name: e.service.clone(), uid: None });
+                let object = owners.get(e.index).map(|o| (*o).clone()).unwrap_or_else(|| ObjectRef { kind: "Service", namespace: String::new(), name: e.service.clone(), uid: None });
                 warnings.push(Warning { object, cause: format!("{}: {}", e.service, e.issue) });
             }
-            let kept = services.into_iter().enumerate().filter(|(i, _)| !bad.contains(i)).map(|(_, s)| s).collect();
+            let kept = services().enumerate().filter(|(i, _)| !bad.contains(i)).map(|(_, s)| s).collect();
             (Model::new(kept).unwrap_or_default(), warnings)
         }
     }

@@ -25,7 +25,10 @@ use kube::{
 };
 use tokio::{sync::Notify, task::JoinHandle};
 
-use super::translate::{translate, Node, Warning};
+use super::{
+    incremental::Translator,
+    translate::{translate, Node, Warning},
+};
 use crate::{metrics::METRICS, model::Model};
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +116,7 @@ pub struct KubeSource {
     nodes: Store<KubeNode>,
     node_name: String,
     changes: Arc<Changes>,
+    translator: Mutex<Translator>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -129,7 +133,7 @@ impl KubeSource {
             spawn_reflector(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default(), w_slices, Watched::EndpointSlices, changes.clone()),
             spawn_reflector(Api::<KubeNode>::all(client), watcher::Config::default().fields(&node_filter), w_nodes, Watched::Node, changes.clone()),
         ];
-        Self { services, slices, nodes, node_name, changes, tasks }
+        Self { services, slices, nodes, node_name, changes, translator: Mutex::default(), tasks }
     }
 
     /// Waits until every watcher has its first complete list.
@@ -158,13 +162,17 @@ impl KubeSource {
     /// lands while this snapshot is being applied is seen by the next one.
     pub fn snapshot(&self) -> Snapshot {
         let pending_since = self.changes.take();
-        // Stores are hash maps: sort, so warnings and the winner of a VIP claimed twice do not
-        // change from one snapshot to the next.
+        // Stores are hash maps: Services in namespace/name order, so warnings and the winner of
+        // a VIP claimed twice do not change from one snapshot to the next (slices are ordered
+        // per Service by the translation).
         let services = sorted(self.services.state());
-        let slices = sorted(self.slices.state());
+        let slices = self.slices.state();
         let own = self.nodes.state().into_iter().find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()));
         let node = Node { name: self.node_name.clone(), addresses: own.as_deref().map(node_addresses).unwrap_or_default() };
-        let (model, warnings) = translate(&services, &slices, &node);
+        let (model, warnings) = match self.translator.lock() {
+            Ok(mut t) => t.translate(&services, &slices, &node),
+            Err(_) => translate(&services, &slices, &node),
+        };
         Snapshot { model, warnings, pending_since, node_found: own.is_some() }
     }
 }
