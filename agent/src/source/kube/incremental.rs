@@ -3,24 +3,45 @@
 //! changed EndpointSlice costs one Service's translation plus the assembly, not the cluster's.
 use std::{borrow::Borrow, collections::HashMap};
 
-use k8s_openapi::api::{core::v1::Service as KubeService, discovery::v1::EndpointSlice};
+use k8s_openapi::{
+    api::{core::v1::Service as KubeService, discovery::v1::EndpointSlice},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 
 use super::translate::{assemble, slices_by_service, slices_of, translate_service, Node, Part, Warning};
 use crate::model::Model;
 
-/// What a part was translated from: the Service's resourceVersion and its slices' names and
-/// resourceVersions. None when an object has no resourceVersion (never cached).
+/// What a part was translated from: the Service's and its slices' names and resourceVersions.
 type Fingerprint = Vec<(String, String)>;
 
+fn versions<'o>(svc: &'o KubeService, slices: &'o [&EndpointSlice]) -> impl Iterator<Item = Option<(&'o str, &'o str)>> {
+    let entry = |meta: &'o ObjectMeta| Some((meta.name.as_deref()?, meta.resource_version.as_deref()?));
+    std::iter::once(entry(&svc.metadata)).chain(slices.iter().map(move |s| entry(&s.metadata)))
+}
+
+/// None when an object has no name or resourceVersion: such a Service is never cached.
 fn fingerprint(svc: &KubeService, slices: &[&EndpointSlice]) -> Option<Fingerprint> {
-    let entry = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| Some((meta.name.clone()?, meta.resource_version.clone()?));
-    std::iter::once(entry(&svc.metadata)).chain(slices.iter().map(|s| entry(&s.metadata))).collect()
+    versions(svc, slices).map(|v| v.map(|(n, r)| (n.to_owned(), r.to_owned()))).collect()
+}
+
+/// Compared in place: a sync of an unchanged cluster allocates nothing per Service.
+fn unchanged(print: &Fingerprint, svc: &KubeService, slices: &[&EndpointSlice]) -> bool {
+    print.len() == slices.len() + 1 && print.iter().zip(versions(svc, slices)).all(|((n, r), now)| now == Some((n.as_str(), r.as_str())))
+}
+
+struct Cached {
+    print: Fingerprint,
+    part: Part,
+    /// The last call that saw this Service; older entries are swept.
+    seen: u64,
 }
 
 #[derive(Default)]
 pub struct Translator {
     node: Option<Node>,
-    parts: HashMap<(String, String), (Fingerprint, Part)>,
+    /// By namespace, then name: looked up with the objects' own `&str`s.
+    parts: HashMap<String, HashMap<String, Cached>>,
+    call: u64,
 }
 
 impl Translator {
@@ -31,32 +52,50 @@ impl Translator {
             self.parts.clear();
             self.node = Some(node.clone());
         }
+        self.call += 1;
+        let call = self.call;
         let by_service = slices_by_service(slices);
-        let mut next: HashMap<(String, String), (Fingerprint, Part)> = HashMap::with_capacity(services.len());
         let mut uncached: Vec<Part> = Vec::new();
-        let mut sequence: Vec<Result<(String, String), usize>> = Vec::with_capacity(services.len());
+        let mut sequence: Vec<Result<(&str, &str), usize>> = Vec::with_capacity(services.len());
         for svc in services.iter().map(Borrow::borrow) {
             let mine = slices_of(&by_service, svc);
-            let key = (svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default());
-            let Some(print) = fingerprint(svc, mine) else {
+            let (Some(namespace), Some(name)) = (svc.metadata.namespace.as_deref(), svc.metadata.name.as_deref()) else {
                 uncached.push(translate_service(svc, mine, node));
                 sequence.push(Err(uncached.len() - 1));
                 continue;
             };
-            let part = match self.parts.remove(&key) {
-                Some((old, part)) if old == print => part,
-                _ => translate_service(svc, mine, node),
-            };
-            sequence.push(Ok(key.clone()));
-            next.insert(key, (print, part));
+            match self.parts.get_mut(namespace).and_then(|m| m.get_mut(name)) {
+                Some(cached) if unchanged(&cached.print, svc, mine) => cached.seen = call,
+                _ => match fingerprint(svc, mine) {
+                    Some(print) => {
+                        let part = translate_service(svc, mine, node);
+                        self.parts.entry(namespace.to_owned()).or_default().insert(name.to_owned(), Cached { print, part, seen: call });
+                    }
+                    None => {
+                        uncached.push(translate_service(svc, mine, node));
+                        sequence.push(Err(uncached.len() - 1));
+                        continue;
+                    }
+                },
+            }
+            sequence.push(Ok((namespace, name)));
         }
-        // Services gone since the last call are dropped with the old map.
-        self.parts = next;
+        // Services gone (or no longer cacheable) since the last call.
+        for names in self.parts.values_mut() {
+            names.retain(|_, c| c.seen == call);
+        }
+        self.parts.retain(|_, names| !names.is_empty());
         let parts = sequence.iter().filter_map(|s| match s {
-            Ok(key) => self.parts.get(key).map(|(_, p)| p),
+            Ok((namespace, name)) => self.parts.get(*namespace).and_then(|m| m.get(*name)).map(|c| &c.part),
             Err(i) => uncached.get(*i),
         });
         assemble(parts)
+    }
+
+    /// How many Services' parts are kept (deleted Services must not linger).
+    #[cfg(test)]
+    fn cached(&self) -> usize {
+        self.parts.values().map(HashMap::len).sum()
     }
 }
 
@@ -103,6 +142,8 @@ mod tests {
         ];
         for (i, (services, slices)) in steps.iter().enumerate() {
             assert_eq!(t.translate(services, slices, &node), translate(services, slices, &node), "step {i}");
+            let cacheable = services.iter().filter(|svc| fingerprint(svc, slices_of(&slices_by_service(slices), svc)).is_some()).count();
+            assert_eq!(t.cached(), cacheable, "step {i}: parts kept for Services that are gone");
         }
         // A node change invalidates everything (NodePorts, Local policy).
         let other = Node { name: "node-b".into(), addresses: vec!["192.168.0.2".parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]))] };
