@@ -111,7 +111,10 @@ fn ready(n: u8) -> Value {
 }
 
 fn cluster() -> Result<ApiServer> {
-    let server = ApiServer::start()?;
+    fill(ApiServer::start()?)
+}
+
+fn fill(server: ApiServer) -> Result<ApiServer> {
     for name in ["node-a.json", "node-b.json", "service-nginx.json", "endpointslice-service-nginx.json"] {
         server.apply(fixture(name))?;
     }
@@ -164,6 +167,48 @@ async fn classic_nginx_then_scale_terminate_rename_and_affinity_follow_the_watch
     server.delete(Resource::Services, "default", "service-nginx");
     f.until(&[]).await?;
     Ok(())
+}
+
+/// What a cluster serves: HTTPS from a CA of its own, a bearer token on every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_the_cluster_ca_and_a_bearer_token_and_nothing_without_them() -> Result {
+    let server = fill(ApiServer::start_secure_on(std::net::TcpListener::bind("127.0.0.1:0")?)?)?;
+    assert!(server.url().starts_with("https://"));
+    let f = Followed::start(&server, "node-a").await?;
+    assert_eq!(f.last(), NGINX3, "service-nginx over HTTPS");
+    server.apply(slice_with(vec![ready(1)]))?;
+    f.until(&["TCP 10.96.0.10:80 rr [10.244.1.1:8080 1 a]"]).await?;
+    assert!(server.requests().iter().any(|r| r.contains("watch=true")), "the watches run over HTTPS too");
+
+    // Another cluster's CA and token: the TLS handshake fails, and with the right CA a wrong
+    // token is 401; either way the source never completes a list (nothing would be applied).
+    let dir = std::env::temp_dir().join(format!("xvs-kube-test-{}-https", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let other = ApiServer::start_secure_on(std::net::TcpListener::bind("127.0.0.1:0")?)?;
+    let (Some(ours), Some(theirs)) = (server.credentials(), other.credentials()) else { return Err("HTTPS servers have credentials".into()) };
+    let kubeconfig = dir.join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig)?;
+    let text = std::fs::read_to_string(&kubeconfig)?;
+    let cases = [
+        ("a foreign CA", text.replace(&b64(&ours.ca_pem), &b64(&theirs.ca_pem)), false),
+        ("a wrong token", text.replace(&ours.token, &theirs.token), true),
+    ];
+    for (what, swapped, reaches_http) in cases {
+        assert_ne!(swapped, text, "{what}: the kubeconfig was changed");
+        std::fs::write(&kubeconfig, swapped)?;
+        let before = server.requests().len();
+        let source = KubeSource::start(client(Some(&kubeconfig)).await?, "node-a".into());
+        let listed = tokio::time::timeout(Duration::from_secs(2), source.ready()).await;
+        assert!(listed.is_err(), "{what}: the source listed anyway");
+        // A foreign CA fails the handshake before any request; a wrong token is refused (401).
+        assert_eq!(server.requests().len() > before, reaches_http, "{what}: requests {:?}", &server.requests()[before..]);
+    }
+    Ok(())
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,19 +63,45 @@ impl Agent {
     }
 
     fn start_with(netns: &str, wrap: &[&str], source: &[&str], iface: &str, pin_dir: &Path, extra: &[&str]) -> Self {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{netns}")).args(wrap).arg(xvs_bin()).arg("run").args(source);
+        cmd.args(["--iface", iface, "--pin-dir"]).arg(pin_dir).args(extra);
+        Self::spawn(cmd, pin_dir)
+    }
+
+    /// `xvs <args>` as a DaemonSet's pod runs it: in `netns`, with only `caps`, the container's
+    /// `env`, and in a mount namespace of its own where `service_account` (token, ca.crt,
+    /// namespace) is at /var/run/secrets/kubernetes.io/serviceaccount, as the kubelet mounts it.
+    /// `/run` is a fresh tmpfs there (the host's is untouched); the bpffs is the host's, so the
+    /// pins under `pin_dir` outlive the agent as on a node.
+    pub fn start_pod(netns: &str, args: &[String], env: &[(&str, String)], caps: &[String], service_account: &Path, pin_dir: &Path) -> Self {
+        const POD: &str = r#"set -e
+grep -q ' /sys/fs/bpf bpf ' /proc/mounts || { echo "the host has no bpffs at /sys/fs/bpf" >&2; exit 97; }
+mount -t tmpfs -o size=1m,mode=0755 pod-run /run
+sa=/var/run/secrets/kubernetes.io/serviceaccount
+mkdir -p "$sa"
+cp "$XVS_TEST_SA/token" "$XVS_TEST_SA/ca.crt" "$XVS_TEST_SA/namespace" "$sa/"
+unset XVS_TEST_SA
+exec "$@""#;
+        let bounding = std::iter::once("-all".to_owned()).chain(caps.iter().map(|c| format!("+{c}"))).collect::<Vec<_>>().join(",");
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{netns}"))
+            .args(["unshare", "--mount", "--propagation", "private", "sh", "-c", POD, "pod", "setpriv", "--bounding-set", &bounding])
+            .arg(xvs_bin())
+            .args(args)
+            .env("XVS_TEST_SA", service_account);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::spawn(cmd, pin_dir)
+    }
+
+    fn spawn(mut cmd: Command, pin_dir: &Path) -> Self {
         let name = pin_dir.file_name().map_or_else(|| "xvs".into(), |n| n.to_string_lossy().into_owned());
         let log = std::env::temp_dir().join(format!("{name}.log"));
         let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{netns}"))
-            .args(wrap)
-            .arg(xvs_bin())
-            .arg("run")
-            .args(source)
-            .args(["--iface", iface, "--pin-dir"])
-            .arg(pin_dir)
-            .args(extra)
-            .env("XVS_LOG", "debug,aya=info,aya_obj=info,kube=info,hyper=info,tower=info")
+        let child = cmd
+            .env("XVS_LOG", "debug,aya=info,aya_obj=info,kube=info,hyper=info,tower=info,rustls=info")
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

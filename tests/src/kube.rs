@@ -10,15 +10,23 @@ use crate::topology::enter_netns;
 /// Binds the API server's listener inside `netns` (a socket stays in the namespace it was
 /// made in), so an agent there reaches it on its own loopback.
 pub fn api_server_in(netns: &str) -> ApiServer {
+    ApiServer::start_on(listener_in(netns)).unwrap_or_else(|e| panic!("api server: {e}"))
+}
+
+/// The same over HTTPS with a bearer token, as a cluster serves it.
+pub fn secure_api_server_in(netns: &str) -> ApiServer {
+    ApiServer::start_secure_on(listener_in(netns)).unwrap_or_else(|e| panic!("api server: {e}"))
+}
+
+fn listener_in(netns: &str) -> TcpListener {
     let netns = netns.to_owned();
-    let listener = std::thread::spawn(move || {
+    std::thread::spawn(move || {
         enter_netns(&netns);
         TcpListener::bind("127.0.0.1:0")
     })
     .join()
     .unwrap_or_else(|_| panic!("binding thread panicked"))
-    .unwrap_or_else(|e| panic!("bind in the node namespace: {e}"));
-    ApiServer::start_on(listener).unwrap_or_else(|e| panic!("api server: {e}"))
+    .unwrap_or_else(|e| panic!("bind in the node namespace: {e}"))
 }
 
 /// A ClusterIP Service `name` on `vip`:80 (targetPort "http"), as the API returns it.

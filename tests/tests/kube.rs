@@ -3,23 +3,27 @@
 //! keeps serving through watch disconnects, an API outage and a 410 relist.
 use std::{collections::BTreeMap, path::PathBuf, process::Command};
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::Container};
 use serde_json::{json, Value};
 use xvs_integration::{
     agent::{eventually, list, xvs_bin, Agent},
-    kube::api_server_in,
+    kube::{api_server_in, secure_api_server_in},
     topology::{Topology, NODE_IFACE},
 };
 use xvs_test_apiserver::{fixture, Resource};
 
-/// The capabilities deploy/daemonset.yaml gives the xvs container, for setpriv.
-fn daemonset_capabilities() -> Vec<String> {
+/// The xvs container of deploy/daemonset.yaml.
+fn daemonset_container() -> Container {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/daemonset.yaml");
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let ds: DaemonSet = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
     let pod = ds.spec.template.spec.unwrap_or_else(|| panic!("no pod spec"));
-    let xvs = pod.containers.into_iter().find(|c| c.name == "xvs").unwrap_or_else(|| panic!("no xvs container"));
-    let caps = xvs.security_context.and_then(|s| s.capabilities).and_then(|c| c.add).unwrap_or_default();
+    pod.containers.into_iter().find(|c| c.name == "xvs").unwrap_or_else(|| panic!("no xvs container"))
+}
+
+/// The capabilities deploy/daemonset.yaml gives the xvs container, for setpriv.
+fn daemonset_capabilities() -> Vec<String> {
+    let caps = daemonset_container().security_context.and_then(|s| s.capabilities).and_then(|c| c.add).unwrap_or_default();
     assert!(!caps.is_empty());
     caps.iter().map(|c| c.to_lowercase()).collect()
 }
@@ -197,4 +201,54 @@ fn node_port_with_local_traffic_policy_serves_this_node_s_endpoints() {
     assert_eq!(served.keys().cloned().collect::<Vec<_>>(), ["backend-1", "backend-2"], "only node-a's endpoints");
     // The ClusterIP (internal policy Cluster) still reaches all three.
     assert_eq!(spread(&topo, 9).len(), 3);
+}
+
+/// The DaemonSet's own container as its pod runs it: its args (the interface and pin
+/// directory swapped for the test's), NODE_NAME from the downward API, its capabilities, and
+/// the in-cluster service account (token and CA as the kubelet mounts them, the API server's
+/// address from KUBERNETES_SERVICE_HOST/PORT) against an HTTPS API server that requires the
+/// token: no kubeconfig anywhere.
+#[test]
+fn the_daemonset_s_container_follows_the_api_over_https_with_its_service_account() {
+    let mut topo = Topology::create("xvs-kb3", 3);
+    topo.start_http_backends();
+    let server = secure_api_server_in(&topo.ns("node"));
+    for object in [fixture("node-a.json"), fixture("service-nginx.json"), ready(&[1, 2, 3])] {
+        server.apply(object).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let sa = std::env::temp_dir().join("xvs-test-kb3-serviceaccount");
+    server.write_service_account(&sa, "kube-system").unwrap_or_else(|e| panic!("{e}"));
+    let pin = PathBuf::from("/sys/fs/bpf/xvs-test-kb3");
+
+    let container = daemonset_container();
+    let mut args: Vec<String> = container.args.unwrap_or_default();
+    assert!(args.iter().any(|a| a == "--kubernetes") && !args.iter().any(|a| a.starts_with("--kubeconfig")), "in-cluster config: {args:?}");
+    let iface = args.iter().position(|a| a == "--iface").unwrap_or_else(|| panic!("no --iface in {args:?}"));
+    args[iface + 1] = NODE_IFACE.to_owned();
+    args.extend(["--pin-dir".to_owned(), pin.to_string_lossy().into_owned(), "--debounce-ms".to_owned(), "50".to_owned()]);
+    let mut env: Vec<(&str, String)> = vec![("KUBERNETES_SERVICE_HOST", "127.0.0.1".to_owned()), ("KUBERNETES_SERVICE_PORT", server.addr().port().to_string())];
+    for var in container.env.unwrap_or_default() {
+        let from_node_name = var.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).is_some_and(|f| f.field_path == "spec.nodeName");
+        if var.name == "NODE_NAME" {
+            assert!(from_node_name, "NODE_NAME comes from the downward API");
+            env.push(("NODE_NAME", "node-a".to_owned()));
+        }
+    }
+    assert_eq!(env.len(), 3, "the container gets its node name from the downward API");
+    // A kubeconfig the environment happens to carry (root's on a node, one baked into an
+    // image) must not win over the pod's service account: this one leads nowhere.
+    let stray = std::env::temp_dir().join("xvs-test-kb3.kubeconfig");
+    let nowhere = "apiVersion: v1\nkind: Config\nclusters:\n- name: x\n  cluster:\n    server: http://127.0.0.1:1\ncontexts:\n- name: x\n  context:\n    cluster: x\n    user: x\ncurrent-context: x\nusers:\n- name: x\n  user: {}\n";
+    std::fs::write(&stray, nowhere).unwrap_or_else(|e| panic!("{e}"));
+    env.push(("KUBECONFIG", stray.to_string_lossy().into_owned()));
+
+    let agent = Agent::start_pod(&topo.ns("node"), &args, &env, &daemonset_capabilities(), &sa, &pin);
+    eventually(10, "service-nginx with three backends", || backends_listed(&pin).len() == 3);
+    assert_eq!(spread(&topo, 9).len(), 3, "served by all three backends");
+    // The watches run over HTTPS with the token too: a scale-down arrives.
+    server.apply(ready(&[1])).unwrap_or_else(|e| panic!("{e}"));
+    eventually(10, "scaled to one backend", || backends_listed(&pin).len() == 1);
+    assert_eq!(spread(&topo, 3).keys().cloned().collect::<Vec<_>>(), ["backend-1"]);
+    assert!(server.requests().iter().any(|r| r.contains("watch=true")), "watched");
+    assert!(!agent.log().contains("Unauthorized"), "the token was accepted: {}", agent.log());
 }

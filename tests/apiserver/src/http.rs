@@ -108,6 +108,12 @@ pub async fn handle(shared: Arc<Shared>, req: Request<hyper::body::Incoming>) ->
     let (parts, body) = req.into_parts();
     let line = format!("{} {}", parts.method, parts.uri);
     shared.log(line.clone());
+    if let Some(token) = &shared.token {
+        let bearer = parts.headers.get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if bearer != Some(token.as_str()) {
+            return Ok(status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized"));
+        }
+    }
     if !shared.available() {
         return Ok(status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the API server is shutting down (test outage)"));
     }

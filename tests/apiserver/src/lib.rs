@@ -1,4 +1,5 @@
-//! A Kubernetes API server for tests, speaking the real list/watch protocol over HTTP:
+//! A Kubernetes API server for tests, speaking the real list/watch protocol over HTTP or,
+//! like a cluster, over HTTPS with a bearer token (`start_secure_on`):
 //! lists with a resourceVersion and limit/continue paging, watches that replay from a
 //! resourceVersion and stream ADDED/MODIFIED/DELETED/BOOKMARK events, 410 Gone (an ERROR
 //! event) for a compacted resourceVersion, timeoutSeconds, and Status bodies for errors.
@@ -12,6 +13,7 @@
 //! runtime, so synchronous tests and other processes (a real `xvs run`) can use it alike.
 mod http;
 pub mod store;
+mod tls;
 
 use std::{
     net::SocketAddr,
@@ -29,6 +31,7 @@ use tokio::sync::broadcast;
 
 pub use store::{Change, Resource};
 use store::Store;
+pub use tls::Credentials;
 
 /// State shared by the connection handlers and the test's controls.
 pub struct Shared {
@@ -37,6 +40,8 @@ pub struct Shared {
     disconnects: broadcast::Sender<()>,
     available: AtomicBool,
     requests: Mutex<Vec<String>>,
+    /// HTTPS: every request must carry `Authorization: Bearer <token>`.
+    token: Option<String>,
 }
 
 impl Shared {
@@ -66,6 +71,7 @@ impl Shared {
 pub struct ApiServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    credentials: Option<Credentials>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -76,16 +82,30 @@ impl ApiServer {
         Self::start_on(std::net::TcpListener::bind("127.0.0.1:0")?)
     }
 
-    /// Serves on a listener the caller bound (e.g. inside a network namespace).
+    /// Serves plain HTTP on a listener the caller bound (e.g. inside a network namespace).
     pub fn start_on(listener: std::net::TcpListener) -> std::io::Result<Self> {
+        Self::serve(listener, None)
+    }
+
+    /// Serves HTTPS as a cluster does: a certificate from a CA of its own for the listener's
+    /// address, and a bearer token required on every request (401 Unauthorized otherwise).
+    /// `credentials()` has what a client needs.
+    pub fn start_secure_on(listener: std::net::TcpListener) -> std::io::Result<Self> {
+        let (credentials, acceptor) = tls::generate(listener.local_addr()?.ip())?;
+        Self::serve(listener, Some((credentials, acceptor)))
+    }
+
+    fn serve(listener: std::net::TcpListener, tls: Option<(Credentials, tokio_rustls::TlsAcceptor)>) -> std::io::Result<Self> {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let (credentials, acceptor) = tls.unzip();
         let shared = Arc::new(Shared {
             store: Mutex::new(Store::default()),
             changes: broadcast::channel(4096).0,
             disconnects: broadcast::channel(16).0,
             available: AtomicBool::new(true),
             requests: Mutex::new(Vec::new()),
+            token: credentials.as_ref().map(|c| c.token.clone()),
         });
         let (shutdown, mut stop) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -106,32 +126,72 @@ impl ApiServer {
                     }
                     let shared = serving.clone();
                     let mut gone = serving.disconnects.subscribe();
+                    let acceptor = acceptor.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |req| http::handle(shared.clone(), req));
-                        let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                        let served = async move {
+                            match acceptor {
+                                // A failed handshake (a client that does not trust the CA) just closes.
+                                Some(acceptor) => {
+                                    if let Ok(stream) = acceptor.accept(stream).await {
+                                        drop(http1::Builder::new().serve_connection(TokioIo::new(stream), service).await);
+                                    }
+                                }
+                                None => drop(http1::Builder::new().serve_connection(TokioIo::new(stream), service).await),
+                            }
+                        };
                         // A disconnect closes the TCP connection too, as a restarting server does.
                         tokio::select! {
-                            _ = conn => {}
+                            _ = served => {}
                             _ = gone.recv() => {}
                         }
                     });
                 }
             });
         })?;
-        Ok(Self { addr, shared, shutdown: Some(shutdown), thread: Some(thread) })
+        Ok(Self { addr, shared, credentials, shutdown: Some(shutdown), thread: Some(thread) })
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.credentials.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
-    /// A kubeconfig that points kube clients (xvs, kubectl) at this server.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The CA and token of an HTTPS server; None for plain HTTP.
+    pub fn credentials(&self) -> Option<&Credentials> {
+        self.credentials.as_ref()
+    }
+
+    /// A kubeconfig that points kube clients (xvs, kubectl) at this server, with its CA and
+    /// token when it serves HTTPS.
     pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
+        use base64::Engine;
+        let (ca, user) = match &self.credentials {
+            Some(c) => (
+                format!("\n    certificate-authority-data: {}", base64::engine::general_purpose::STANDARD.encode(&c.ca_pem)),
+                format!("\n    token: {}", c.token),
+            ),
+            None => (String::new(), " {}".to_owned()),
+        };
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n    namespace: default\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}{ca}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n    namespace: default\ncurrent-context: test\nusers:\n- name: test\n  user:{user}\n",
             self.url()
         );
         std::fs::write(path, text)
+    }
+
+    /// What the kubelet mounts into a pod at /var/run/secrets/kubernetes.io/serviceaccount:
+    /// `token`, `ca.crt` and `namespace`, written to `dir` (HTTPS servers only).
+    pub fn write_service_account(&self, dir: &Path, namespace: &str) -> std::io::Result<()> {
+        let c = self.credentials.as_ref().ok_or_else(|| std::io::Error::other("a service account needs an HTTPS server (start_secure_on)"))?;
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("token"), &c.token)?;
+        std::fs::write(dir.join("ca.crt"), &c.ca_pem)?;
+        std::fs::write(dir.join("namespace"), namespace)
     }
 
     /// Creates or replaces an object (its `kind` says which resource); returns it as stored.

@@ -37,14 +37,17 @@ pub enum KubeError {
     Kubeconfig { path: String, source: kube::config::KubeconfigError },
     #[error("no Kubernetes configuration: not in a pod (no in-cluster service account) and no kubeconfig (pass --kubeconfig or set KUBECONFIG)")]
     Infer(#[source] kube::config::InferConfigError),
+    #[error("in a pod (KUBERNETES_SERVICE_HOST is set) but the service account cannot be used (its token and ca.crt are read from /var/run/secrets/kubernetes.io/serviceaccount)")]
+    InCluster(#[source] kube::config::InClusterError),
     #[error("building the Kubernetes client")]
     Client(#[source] kube::Error),
     #[error("the {0} watcher stopped before its first list completed")]
     WatcherGone(&'static str),
 }
 
-/// A client from `--kubeconfig`, or inferred: in-cluster service account first, then
-/// $KUBECONFIG / ~/.kube/config.
+/// A client from `--kubeconfig`; else, in a pod, the in-cluster service account (as
+/// kube-proxy and Cilium's agent do: a kubeconfig the image or the node's root happens to
+/// have must not win over the pod's identity); else $KUBECONFIG / ~/.kube/config.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
     let config = match kubeconfig {
         Some(path) => {
@@ -52,6 +55,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
             let file = Kubeconfig::read_from(path).map_err(err)?;
             Config::from_custom_kubeconfig(file, &KubeConfigOptions::default()).await.map_err(err)?
         }
+        None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => Config::incluster().map_err(KubeError::InCluster)?,
         None => Config::infer().await.map_err(KubeError::Infer)?,
     };
     Client::try_from(config).map_err(KubeError::Client)
