@@ -207,7 +207,7 @@ fn node_port_with_local_traffic_policy_serves_this_node_s_endpoints() {
 /// directory swapped for the test's), NODE_NAME from the downward API, its capabilities, and
 /// the in-cluster service account (token and CA as the kubelet mounts them, the API server's
 /// address from KUBERNETES_SERVICE_HOST/PORT) against an HTTPS API server that requires the
-/// token: no kubeconfig anywhere.
+/// token: no --kubeconfig, and a stray $KUBECONFIG in the environment ignored.
 #[test]
 fn the_daemonset_s_container_follows_the_api_over_https_with_its_service_account() {
     let mut topo = Topology::create("xvs-kb3", 3);
