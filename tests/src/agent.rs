@@ -37,6 +37,11 @@ pub fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// setpriv's `--bounding-set` keeping only `caps` (e.g. `-all,+bpf,+net_admin`).
+fn bounding_set(caps: &[String]) -> String {
+    std::iter::once("-all".to_owned()).chain(caps.iter().map(|c| format!("+{c}"))).collect::<Vec<_>>().join(",")
+}
+
 /// A running `xvs run`.
 pub struct Agent {
     child: Option<Child>,
@@ -57,7 +62,7 @@ impl Agent {
     /// (empty: all of root's).
     pub fn start_kube(netns: &str, kubeconfig: &Path, node: &str, caps: &[String], iface: &str, pin_dir: &Path, extra: &[&str]) -> Self {
         let kubeconfig = kubeconfig.to_string_lossy();
-        let bounding = std::iter::once("-all".to_owned()).chain(caps.iter().map(|c| format!("+{c}"))).collect::<Vec<_>>().join(",");
+        let bounding = bounding_set(caps);
         let wrap: &[&str] = if caps.is_empty() { &[] } else { &["setpriv", "--bounding-set", &bounding] };
         Self::start_with(netns, wrap, &["--kubeconfig", &kubeconfig, "--node-name", node], iface, pin_dir, extra)
     }
@@ -83,7 +88,7 @@ mkdir -p "$sa"
 cp "$XVS_TEST_SA/token" "$XVS_TEST_SA/ca.crt" "$XVS_TEST_SA/namespace" "$sa/"
 unset XVS_TEST_SA
 exec "$@""#;
-        let bounding = std::iter::once("-all".to_owned()).chain(caps.iter().map(|c| format!("+{c}"))).collect::<Vec<_>>().join(",");
+        let bounding = bounding_set(caps);
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/var/run/netns/{netns}"))
             .args(["unshare", "--mount", "--propagation", "private", "sh", "-c", POD, "pod", "setpriv", "--bounding-set", &bounding])

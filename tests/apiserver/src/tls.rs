@@ -21,7 +21,7 @@ pub struct Credentials {
     pub token: String,
 }
 
-pub fn error(e: impl std::fmt::Display) -> std::io::Error {
+fn error(e: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(format!("test API server TLS: {e}"))
 }
 

@@ -59,26 +59,26 @@ impl Translator {
         let mut sequence: Vec<Result<(&str, &str), usize>> = Vec::with_capacity(services.len());
         for svc in services.iter().map(Borrow::borrow) {
             let mine = slices_of(&by_service, svc);
-            let (Some(namespace), Some(name)) = (svc.metadata.namespace.as_deref(), svc.metadata.name.as_deref()) else {
-                uncached.push(translate_service(svc, mine, node));
-                sequence.push(Err(uncached.len() - 1));
+            let key = svc.metadata.namespace.as_deref().zip(svc.metadata.name.as_deref());
+            if let Some((namespace, name)) = key
+                && let Some(cached) = self.parts.get_mut(namespace).and_then(|m| m.get_mut(name))
+                && unchanged(&cached.print, svc, mine)
+            {
+                cached.seen = call;
+                sequence.push(Ok((namespace, name)));
                 continue;
-            };
-            match self.parts.get_mut(namespace).and_then(|m| m.get_mut(name)) {
-                Some(cached) if unchanged(&cached.print, svc, mine) => cached.seen = call,
-                _ => match fingerprint(svc, mine) {
-                    Some(print) => {
-                        let part = translate_service(svc, mine, node);
-                        self.parts.entry(namespace.to_owned()).or_default().insert(name.to_owned(), Cached { print, part, seen: call });
-                    }
-                    None => {
-                        uncached.push(translate_service(svc, mine, node));
-                        sequence.push(Err(uncached.len() - 1));
-                        continue;
-                    }
-                },
             }
-            sequence.push(Ok((namespace, name)));
+            let part = translate_service(svc, mine, node);
+            match key.zip(fingerprint(svc, mine)) {
+                Some(((namespace, name), print)) => {
+                    self.parts.entry(namespace.to_owned()).or_default().insert(name.to_owned(), Cached { print, part, seen: call });
+                    sequence.push(Ok((namespace, name)));
+                }
+                None => {
+                    uncached.push(part);
+                    sequence.push(Err(uncached.len() - 1));
+                }
+            }
         }
         // Services gone (or no longer cacheable) since the last call.
         for names in self.parts.values_mut() {
