@@ -9,7 +9,7 @@ use crate::{
     error_chain,
     ipvs::mirror::IpvsMirror,
     model::{Model, ServiceId},
-    sync::{flows, monotonic_secs, verify, LiveState, Reconciler, Writer},
+    sync::{datapath_secs, flows, monotonic_secs, verify, LiveState, Reconciler, Writer},
 };
 
 /// The eBPF side: the loaded (pinned) datapath and the reconciler that writes its maps.
@@ -67,7 +67,11 @@ impl Agent {
 
     fn apply_to_dataplanes(&mut self) {
         if let Some(ebpf) = &mut self.ebpf {
-            let (report, errors) = ebpf.reconciler.sync(&self.model, &mut ebpf.dataplane.maps, monotonic_secs());
+            let now = datapath_secs(&ebpf.dataplane.maps).unwrap_or_else(|e| {
+                tracing::warn!("{}; drains are timed by CLOCK_MONOTONIC alone", error_chain(&e));
+                monotonic_secs()
+            });
+            let (report, errors) = ebpf.reconciler.sync(&self.model, &mut ebpf.dataplane.maps, now);
             for e in &errors {
                 tracing::error!("{}", error_chain(e));
             }
@@ -99,7 +103,7 @@ impl Agent {
     pub fn tend_flows(&mut self) -> Result<(), DataplaneError> {
         self.sync_ipvs_quietly();
         let Some(ebpf) = &mut self.ebpf else { return Ok(()) };
-        let now = monotonic_secs();
+        let now = datapath_secs(&ebpf.dataplane.maps)?;
         let scan = flows::scan(&ebpf.dataplane.maps, now)?;
         let removed = flows::collect_garbage(&mut ebpf.dataplane.maps, &scan, now)?;
         if removed > 0 {

@@ -25,9 +25,13 @@ pub const MAP_BACKEND_STATS: &str = "XVS_BACKEND_STATS";
 pub const MAP_REASONS: &str = "XVS_REASONS";
 /// [`AffinityKey`] -> [`AffinityEntry`]: session affinity (IPVS persistence). LRU hash.
 pub const MAP_AFFINITY: &str = "XVS_AFFINITY";
+/// 0 -> u32 seconds added to CLOCK_MONOTONIC: the datapath's clock is `monotonic + offset`.
+/// Always 0 in service; tests move it forward to age flows and affinity (a machine that booted
+/// a minute ago has no "15 minutes ago"). Array of one.
+pub const MAP_CLOCK: &str = "XVS_CLOCK";
 
 /// Every map, in the order the agent pins and reports them.
-pub const ALL_MAPS: [&str; 8] = [
+pub const ALL_MAPS: [&str; 9] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -36,6 +40,7 @@ pub const ALL_MAPS: [&str; 8] = [
     MAP_SERVICE_STATS,
     MAP_BACKEND_STATS,
     MAP_REASONS,
+    MAP_CLOCK,
 ];
 
 /// Default capacities. The agent may raise them at load time (aya `set_max_entries`).

@@ -40,5 +40,8 @@ pub static XVS_SERVICE_STATS: PerCpuArray<Counters> =
 pub static XVS_BACKEND_STATS: PerCpuArray<Counters> =
     PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
+#[map(name = "XVS_CLOCK")]
+pub static XVS_CLOCK: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map(name = "XVS_REASONS")]
 pub static XVS_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);

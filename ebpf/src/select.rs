@@ -25,10 +25,11 @@ pub fn select(svc: *mut ServiceValue, meta: &PacketMeta) -> Result<u32, Reason> 
         Some(Scheduler::RoundRobin | Scheduler::WeightedRoundRobin) => {
             // SAFETY: map values are aligned and live for the program's run. core's AtomicU32 is
             // not offered on the BPF target (it only declares 64-bit load/store atomics), so the
-            // intrinsic it would call is used directly. SeqCst, not Relaxed: LLVM 22 lowers a
-            // relaxed 32-bit fetch-add to the non-fetching `lock +=` and then reads the addend
-            // as the old value (every flow got slot 1; the scheduler tests catch it). SeqCst
-            // always emits BPF_ATOMIC | BPF_FETCH, and on x86 it costs the same `lock xadd`.
+            // intrinsic it would call is used directly. SeqCst, not Relaxed: LLVM 22 and 23 lower a
+            // relaxed 32-bit fetch-add to the non-fetching `lock +=` and then read the addend
+            // as the old value (every flow got slot 1; the scheduler tests catch it; re-checked
+            // with the pinned nightly-2026-05-01 and nightly-2026-10-29). SeqCst always emits
+            // BPF_ATOMIC | BPF_FETCH, and on x86 it costs the same `lock xadd`.
             let cursor = unsafe {
                 atomic_xadd::<u32, u32, { AtomicOrdering::SeqCst }>(&raw mut (*svc).rr_cursor, 1)
             };

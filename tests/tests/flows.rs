@@ -156,10 +156,15 @@ fn an_idle_flow_past_its_timeout_is_rescheduled() {
     apply(&mut dp, &two_backends(1));
     send(&mut dp, &Pkt::new(L4::TcpSyn, CLIENT, VIP));
     send(&mut dp, &Pkt::new(L4::TcpAck, CLIENT, VIP));
-    // Age the flow: last seen longer ago than an established flow may idle (900 s).
-    let mut entry = forward_entry(&dp, CLIENT);
-    entry.last_seen = entry.last_seen.saturating_sub(901);
-    dp.maps.conntrack.insert(forward_key(CLIENT), entry, 0).unwrap_or_else(|e| panic!("{e}"));
+    // Age the flow by moving the datapath's clock, not its timestamp: a machine up for less
+    // than 15 minutes has no "901 s ago". One second short of the idle timeout (900 s) the
+    // flow holds (and is touched); past it, it is rescheduled.
+    let stamped = forward_entry(&dp, CLIENT).last_seen;
+    dp.maps.set_clock_offset(899).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(send(&mut dp, &Pkt::new(L4::TcpAck, CLIENT, VIP)), (Reason::Established, sa(A)));
+    let touched = forward_entry(&dp, CLIENT).last_seen;
+    assert!(touched.wrapping_sub(stamped).abs_diff(899) <= 1, "stamped on the moved clock: {stamped} -> {touched}");
+    dp.maps.set_clock_offset(899 + 901).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(send(&mut dp, &Pkt::new(L4::TcpAck, CLIENT, VIP)), (Reason::Rescheduled, sa(B)));
 }
 
@@ -184,7 +189,7 @@ fn session_affinity_keeps_a_client_on_its_backend_until_it_drains_or_times_out()
     assert_eq!(send(&mut dp, &Pkt::new(L4::TcpSyn, "10.0.1.2:40011", VIP)), (Reason::NewFlow, sa(B)));
     // After the timeout with no packet from the client, the binding to B is gone: rr decides
     // (another client takes B first, so rr's next pick is A), and the new binding holds.
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    dp.maps.set_clock_offset(2).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(send(&mut dp, &Pkt::new(L4::TcpSyn, "10.0.1.4:40000", VIP)).1, sa(B));
     let picks: Vec<_> = (40020..40022).map(|p| send(&mut dp, &Pkt::new(L4::TcpSyn, &format!("10.0.1.2:{p}"), VIP)).1).collect();
     assert_eq!(picks, [sa(A), sa(A)]);

@@ -1,4 +1,4 @@
-//! Builds the eBPF object with the nightly toolchain and bpf-linker.
+//! Builds the eBPF object with the pinned nightly and the bpf-linker built for its LLVM.
 use std::{path::PathBuf, process::Command};
 
 use crate::{cmd, setup};
@@ -7,16 +7,18 @@ pub const TARGET: &str = "bpfel-unknown-none";
 
 /// Builds `xvs-ebpf` and returns the object's path.
 pub fn run() -> anyhow::Result<PathBuf> {
-    if !setup::is_complete() {
-        setup::run()?;
-    }
+    let tools = setup::ensure()?;
     let root = cmd::root();
+    println!("== eBPF object: {} with {}", tools.toolchain.describe(), tools.linker.display());
     cmd::run(
         Command::new("cargo")
             .current_dir(&root)
-            .args(["+nightly", "build", "-Z", "build-std=core", "--release"])
+            .arg(format!("+{}", tools.toolchain.name))
+            .args(["build", "-Z", "build-std=core", "--release"])
             .args(["--target", TARGET, "--package", "xvs-ebpf"])
-            .envs(setup::llvm_env()),
+            // This toolchain's linker, never whatever `bpf-linker` PATH holds.
+            .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &tools.linker)
+            .env("RUSTUP_AUTO_INSTALL", "0"),
     )?;
     let object = root.join("target").join(TARGET).join("release/xvs-ebpf");
     println!("eBPF object: {}", object.display());

@@ -3,8 +3,12 @@ mod bench;
 mod build_ebpf;
 mod cmd;
 mod demo;
+mod doctor;
+mod kernel;
+mod linker;
 mod setup;
 mod test;
+mod toolchain;
 mod vm;
 
 use clap::{Parser, Subcommand};
@@ -18,8 +22,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what a fresh machine lacks (apt packages, nightly rust-src, bpf-linker). Idempotent.
+    /// Install what a fresh machine lacks (apt packages, the pinned nightly with rust-src,
+    /// bpf-linker built against that nightly's LLVM), after the doctor's report. Idempotent.
     Setup,
+    /// Report the toolchain and its LLVM, bpf-linker's LLVM, and what the kernel offers (BPF,
+    /// XDP, TC, TCX, BTF, bpffs, cgroup v2, IPVS); fail on a mismatch, saying what to do.
+    Doctor,
     /// Build the eBPF object (nightly, -Z build-std=core, bpfel-unknown-none, bpf-linker).
     BuildEbpf,
     /// Build the release `xvs` binary with the eBPF object built in (what deploy/Dockerfile
@@ -39,6 +47,7 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
+        Task::Doctor => doctor::run(false),
         Task::BuildEbpf => build_ebpf::run().map(|_| ()),
         Task::Dist => {
             let xvs = build_ebpf::agent(&build_ebpf::run()?)?;

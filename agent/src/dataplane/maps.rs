@@ -5,7 +5,7 @@ use aya::{
 };
 use xvs_common::{
     reason::REASON_COUNT, AffinityEntry, AffinityKey, Backend, Counters, FlowEntry, FlowKey, Reason, ServiceKey,
-    ServiceValue, SlotKey, MAP_AFFINITY, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONNTRACK, MAP_REASONS,
+    ServiceValue, SlotKey, MAP_AFFINITY, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CLOCK, MAP_CONNTRACK, MAP_REASONS,
     MAP_SERVICES, MAP_SERVICE_STATS, MAP_SLOTS,
 };
 
@@ -20,6 +20,8 @@ pub struct Maps {
     pub service_stats: PerCpuArray<MapData, Counters>,
     pub backend_stats: PerCpuArray<MapData, Counters>,
     pub reasons: PerCpuArray<MapData, u64>,
+    /// Seconds the datapath adds to CLOCK_MONOTONIC (see [`MAP_CLOCK`]).
+    pub clock: Array<MapData, u32>,
     /// The maps' real sizes, read back from the kernel.
     pub capacity: Capacity,
 }
@@ -49,6 +51,7 @@ impl Maps {
             service_stats: typed(source, MAP_SERVICE_STATS)?,
             backend_stats: typed(source, MAP_BACKEND_STATS)?,
             reasons: typed(source, MAP_REASONS)?,
+            clock: typed(source, MAP_CLOCK)?,
             capacity: Capacity::default(),
         };
         maps.capacity = Capacity::of(&maps)?;
@@ -66,6 +69,16 @@ impl Maps {
             out[r as usize] = per_cpu.iter().sum();
         }
         Ok(out)
+    }
+
+    /// Seconds the datapath's clock runs ahead of CLOCK_MONOTONIC.
+    pub fn clock_offset(&self) -> Result<u32, DataplaneError> {
+        self.clock.get(&0, 0).map_err(DataplaneError::map(MAP_CLOCK, "read"))
+    }
+
+    /// Moves the datapath's clock to `secs` ahead of CLOCK_MONOTONIC (tests age flows so).
+    pub fn set_clock_offset(&mut self, secs: u32) -> Result<(), DataplaneError> {
+        self.clock.set(0, secs, 0).map_err(DataplaneError::map(MAP_CLOCK, "write"))
     }
 
     /// A service's counters summed over CPUs.

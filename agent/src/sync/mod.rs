@@ -7,7 +7,7 @@ pub mod live;
 mod reconcile;
 pub mod verify;
 
-pub use clock::monotonic_secs;
+pub use clock::{datapath_secs, monotonic_secs};
 pub use live::LiveState;
 pub use reconcile::{Reconciler, SyncError, SyncReport};
 

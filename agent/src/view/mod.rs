@@ -8,7 +8,7 @@ use xvs_common::{Counters, Scheduler, SERVICE_F_SH_PORT};
 use crate::{
     dataplane::{DataplaneError, Maps},
     model::ServiceId,
-    sync::{flows, flows::ConnCounts, monotonic_secs, LiveState},
+    sync::{datapath_secs, flows, flows::ConnCounts, LiveState},
 };
 
 /// Everything `ipvsadm -L -n` shows, for the services in the maps, in ipvsadm's order.
@@ -94,7 +94,7 @@ impl Listing {
     /// Reads services, backends, counters and live connections from the maps.
     pub fn read(maps: &Maps) -> Result<Self, DataplaneError> {
         let live = LiveState::read(maps)?;
-        let scan = flows::scan(maps, monotonic_secs())?;
+        let scan = flows::scan(maps, datapath_secs(maps)?)?;
         let mut services = Vec::with_capacity(live.services.len());
         for l in live.services.values() {
             let entry = live.entry(l);
