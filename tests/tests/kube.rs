@@ -48,9 +48,13 @@ fn ready(ids: &[usize]) -> Value {
 }
 
 fn spread(topo: &Topology, requests: usize) -> BTreeMap<String, usize> {
+    spread_at(topo, "http://10.96.0.10/", requests)
+}
+
+fn spread_at(topo: &Topology, url: &str, requests: usize) -> BTreeMap<String, usize> {
     let mut served = BTreeMap::new();
     for n in 0..requests {
-        let body = topo.client_get("http://10.96.0.10/").unwrap_or_else(|e| panic!("request {n} failed: {e}"));
+        let body = topo.client_get(url).unwrap_or_else(|e| panic!("request {n} to {url} failed: {e}"));
         *served.entry(body).or_insert(0) += 1;
     }
     served
@@ -201,6 +205,21 @@ fn node_port_with_local_traffic_policy_serves_this_node_s_endpoints() {
     assert_eq!(served.keys().cloned().collect::<Vec<_>>(), ["backend-1", "backend-2"], "only node-a's endpoints");
     // The ClusterIP (internal policy Cluster) still reaches all three.
     assert_eq!(spread(&topo, 9).len(), 3);
+
+    // The most common Service of all: one unnamed port (`kubectl expose --port 80
+    // --target-port 8080`), whose slice port the API server names "".
+    server.apply(fixture("service-hello.json")).unwrap_or_else(|e| panic!("{e}"));
+    let mut hello = fixture("endpointslice-service-hello.json");
+    hello["endpoints"] = json!((1..=3).map(|i| endpoint(i, "node-a", true, true, false)).collect::<Vec<_>>());
+    server.apply(hello).unwrap_or_else(|e| panic!("{e}"));
+    let hello_backends = || {
+        let listed = list(&pin, &[]);
+        let block = listed.split("TCP  10.96.0.20:80 rr\n").nth(1).unwrap_or("").split("TCP ").next().unwrap_or("").to_owned();
+        block.lines().filter(|l| l.trim_start().starts_with("->")).count()
+    };
+    eventually(10, "the unnamed-port Service has its three backends", || hello_backends() == 3);
+    let served = spread_at(&topo, "http://10.96.0.20/", 30);
+    assert_eq!(served.values().copied().collect::<Vec<_>>(), [10, 10, 10], "{served:?}");
 }
 
 /// The DaemonSet's own container as its pod runs it: its args (the interface and pin

@@ -123,7 +123,7 @@ mod tests {
     /// Every step must equal a translation from scratch, whatever was cached before it.
     #[test]
     fn reused_parts_always_equal_a_fresh_translation() {
-        let node = Node { name: "node-a".into(), addresses: vec![] };
+        let node = Node { name: "node-a".into(), addresses: vec![], zone: None };
         let mut t = Translator::default();
         let steps: Vec<(Vec<KubeService>, Vec<EndpointSlice>)> = vec![
             (vec![service("a", "10.96.0.1", "1"), service("b", "10.96.0.2", "2")], vec![slice("a", &["10.0.0.1"], "3"), slice("b", &["10.0.0.2"], "4")]),
@@ -146,7 +146,7 @@ mod tests {
             assert_eq!(t.cached(), cacheable, "step {i}: parts kept for Services that are gone");
         }
         // A node change invalidates everything (NodePorts, Local policy).
-        let other = Node { name: "node-b".into(), addresses: vec!["192.168.0.2".parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]))] };
+        let other = Node { name: "node-b".into(), addresses: vec!["192.168.0.2".parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]))], zone: None };
         let (services, slices) = &steps[3];
         assert_eq!(t.translate(services, slices, &other), translate(services, slices, &other));
     }

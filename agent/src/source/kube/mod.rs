@@ -1,8 +1,11 @@
 //! The Kubernetes source: Services and EndpointSlices become the desired state by kube-proxy's
-//! rules. `translate` is pure (`incremental` reuses unchanged Services' parts); `watch` keeps reflector stores of the API objects; `events`
+//! rules. `translate` (with `endpoints`) is pure (`incremental` reuses unchanged Services' parts); `watch` keeps reflector stores of the API objects; `events`
 //! reports skipped objects back to the cluster as Events.
+mod endpoints;
 pub mod events;
 pub mod incremental;
+#[cfg(test)]
+mod parity;
 pub mod translate;
 pub mod watch;
 

@@ -3,6 +3,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::model::BackendState;
 
 fn service(v: serde_json::Value) -> KubeService {
     serde_json::from_value(v).unwrap_or_else(|e| panic!("fixture: {e}"))
@@ -66,7 +67,7 @@ fn three_ready() -> EndpointSlice {
 }
 
 fn node_a() -> Node {
-    Node { name: "node-a".into(), addresses: vec!["192.168.0.11".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))] }
+    Node { name: "node-a".into(), addresses: vec!["192.168.0.11".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))], zone: None }
 }
 
 /// Each service as `TCP 10.96.0.10:80 rr [10.244.1.2:8080 a, ...]` (a = active, t = terminating).
@@ -135,7 +136,7 @@ fn node_port_external_ips_and_load_balancer_with_local_traffic_policy() {
         ]
     );
     let internal_local = nginx(json!({"internalTrafficPolicy": "Local"}));
-    let (model, _) = translate(&[internal_local], &[three_ready()], &Node { name: "node-b".into(), addresses: vec![] });
+    let (model, _) = translate(&[internal_local], &[three_ready()], &Node { name: "node-b".into(), addresses: vec![], zone: None });
     assert_eq!(shown(&model), ["TCP 10.96.0.10:80 rr [10.244.2.3:8080 a]"]);
 }
 

@@ -1,11 +1,11 @@
 //! Services + EndpointSlices -> the desired state, following kube-proxy:
-//! - one virtual service per (VIP, port, protocol): every clusterIP (dual-stack), externalIPs,
-//!   status.loadBalancer ingress IPs, and NodePorts on the node's addresses;
-//! - backends from the EndpointSlices labelled with the service's name, in the VIP's family,
-//!   port matched by name (the slice carries the resolved targetPort);
-//! - ready endpoints are active; serving+terminating ones are used only when no endpoint is
-//!   ready, otherwise kept at weight 0 for their established flows; not serving ones are out;
-//! - externalTrafficPolicy/internalTrafficPolicy Local keep only this node's endpoints;
+//! - one virtual service per (VIP, port, protocol), in each family the Service has a clusterIP
+//!   of (a single-stack Service is programmed in its family only): the clusterIP, externalIPs,
+//!   status.loadBalancer ingress IPs (not those with ipMode Proxy), and NodePorts on the node's
+//!   addresses, each address of the other family dropped; an address listed twice (an LB IP
+//!   that is also an externalIP) is one virtual service;
+//! - backends from the EndpointSlices labelled with the service's name (endpoints.rs:
+//!   readiness, traffic policy Local, topology hints);
 //! - sessionAffinity ClientIP -> affinity with timeoutSeconds (default 10800);
 //! - headless and ExternalName services are ignored; SCTP is skipped with a warning;
 //! - the scheduler comes from the annotation `xvs.io/scheduler` (rr, wrr, sh; default rr), and
@@ -19,13 +19,11 @@ use std::{
     net::IpAddr,
 };
 
-use k8s_openapi::api::{
-    core::v1::{Service as KubeService, ServicePort},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::{core::v1::Service as KubeService, discovery::v1::EndpointSlice};
 use xvs_common::Scheduler;
 
-use crate::model::{Backend, BackendState, Model, Protocol, Service, ServiceId};
+use super::endpoints::{backends, Selection};
+use crate::model::{Model, Protocol, Service, ServiceId};
 
 pub const SCHEDULER_ANNOTATION: &str = "xvs.io/scheduler";
 pub const WEIGHTS_ANNOTATION: &str = "xvs.io/weights";
@@ -38,6 +36,8 @@ pub struct Node {
     pub name: String,
     /// Addresses NodePorts are served on.
     pub addresses: Vec<IpAddr>,
+    /// The Node's `topology.kubernetes.io/zone` label (topology hints).
+    pub zone: Option<String>,
 }
 
 /// The Kubernetes object a warning is about: shown as `Service default/web`, and the
@@ -78,7 +78,7 @@ impl std::fmt::Display for Warning {
     }
 }
 
-fn name_of(kind: &'static str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectRef {
+pub(super) fn name_of(kind: &'static str, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectRef {
     ObjectRef {
         kind,
         namespace: meta.namespace.clone().unwrap_or_default(),
@@ -166,14 +166,32 @@ pub(super) fn translate_service(svc: &KubeService, mine: &[&EndpointSlice], node
         Some(list) if !list.is_empty() => list.iter().collect(),
         _ => spec.cluster_ip.iter().collect(),
     };
-    parse_ips(cluster_ips, Scope::Internal, "clusterIP", warnings);
+    // No clusterIP (yet): nothing to program, as in kube-proxy.
+    parse_ips(cluster_ips.into_iter().filter(|ip| !ip.is_empty()).collect(), Scope::Internal, "clusterIP", warnings);
     parse_ips(spec.external_ips.iter().flatten().collect(), Scope::External, "externalIP", warnings);
-    let lb: Vec<&String> =
-        svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref()).into_iter().flatten().filter_map(|i| i.ip.as_ref()).collect();
+    // ipMode Proxy: the load balancer proxies to the nodes itself; kube-proxy leaves the IP alone.
+    let lb: Vec<&String> = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|i| i.ip_mode.as_deref().is_none_or(|m| m == "VIP"))
+        .filter_map(|i| i.ip.as_ref())
+        .collect();
     parse_ips(lb, Scope::External, "load-balancer ingress IP", warnings);
+    // The families the Service lives in are those of its clusterIPs; every other address of
+    // another family (externalIPs, LB IPs, node addresses) is dropped, as kube-proxy's
+    // per-family proxiers do.
+    let has_family = |v6: bool| vips.iter().any(|&(ip, scope)| scope == Scope::Internal && ip.is_ipv6() == v6);
+    let (v4, v6) = (has_family(false), has_family(true));
+    let in_family = |ip: &IpAddr| if ip.is_ipv6() { v6 } else { v4 };
+    vips.retain(|(ip, _)| in_family(ip));
     let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
     let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
 
+    let mut programmed = std::collections::HashSet::new();
     for port in spec.ports.iter().flatten() {
         let proto = match port.protocol.as_deref().unwrap_or("TCP") {
             "TCP" => Protocol::Tcp,
@@ -189,16 +207,20 @@ pub(super) fn translate_service(svc: &KubeService, mine: &[&EndpointSlice], node
         };
         let mut targets: Vec<(IpAddr, Scope, u16)> = vips.iter().map(|&(ip, scope)| (ip, scope, svc_port)).collect();
         if let Some(node_port) = port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|&p| p != 0) {
-            targets.extend(node.addresses.iter().map(|&ip| (ip, Scope::External, node_port)));
+            targets.extend(node.addresses.iter().filter(|ip| in_family(ip)).map(|&ip| (ip, Scope::External, node_port)));
         }
         for (vip, scope, vport) in targets {
+            let id = ServiceId { vip, port: vport, proto };
+            // The same address listed twice (an LB IP that is also an externalIP): once.
+            if !programmed.insert(id) {
+                continue;
+            }
             let local = match scope {
                 Scope::Internal => internal_local,
                 Scope::External => external_local,
             };
-            let sel = Selection { v6: vip.is_ipv6(), proto, only_node: local.then_some(node.name.as_str()), weights: &weights };
+            let sel = Selection { v6: vip.is_ipv6(), proto, local, node, weights: &weights };
             let backends = backends(mine, port, &sel, warnings);
-            let id = ServiceId { vip, port: vport, proto };
             part.services.push((object.clone(), Service { id, scheduler, affinity_timeout: affinity, sh_port: false, backends }));
         }
     }
@@ -260,7 +282,7 @@ fn scheduler_of(svc: &KubeService, object: &ObjectRef, warnings: &mut Vec<Warnin
 /// A weight is 0..=65535 (0: no new flows, as `ipvsadm -w 0`). Any bad entry voids the whole
 /// annotation (all weights 1), so a typo never skews traffic in a half-applied way.
 #[derive(Default)]
-struct Weights(BTreeMap<String, u32>);
+pub(super) struct Weights(BTreeMap<String, u32>);
 
 impl Weights {
     fn of(svc: &KubeService, object: &ObjectRef, warnings: &mut Vec<Warning>) -> Self {
@@ -279,7 +301,7 @@ impl Weights {
         }
     }
 
-    fn of_endpoint(&self, pod: Option<&str>, ip: IpAddr) -> u32 {
+    pub(super) fn of_endpoint(&self, pod: Option<&str>, ip: IpAddr) -> u32 {
         pod.and_then(|p| self.0.get(p)).or_else(|| self.0.get(&ip.to_string())).copied().unwrap_or(1)
     }
 }
@@ -300,71 +322,6 @@ fn parse_weights(text: &str) -> Result<BTreeMap<String, u32>, String> {
         }
     }
     Ok(map)
-}
-
-/// The endpoints of one service port in one family, by kube-proxy's readiness rules.
-struct Selection<'a> {
-    v6: bool,
-    proto: Protocol,
-    /// externalTrafficPolicy/internalTrafficPolicy Local: only this node's endpoints.
-    only_node: Option<&'a str>,
-    weights: &'a Weights,
-}
-
-fn backends(slices: &[&EndpointSlice], port: &ServicePort, sel: &Selection, warnings: &mut Vec<Warning>) -> Vec<Backend> {
-    let Selection { v6, proto, only_node, weights } = *sel;
-    let family = if v6 { "IPv6" } else { "IPv4" };
-    let mut ready = Vec::new();
-    let mut terminating = Vec::new();
-    for slice in slices.iter().filter(|s| s.address_type == family) {
-        let object = name_of("EndpointSlice", &slice.metadata);
-        let proto_name = match proto {
-            Protocol::Tcp => "TCP",
-            Protocol::Udp => "UDP",
-        };
-        let Some(target) = slice.ports.iter().flatten().find(|p| p.name == port.name && p.protocol.as_deref().unwrap_or("TCP") == proto_name).and_then(|p| p.port) else {
-            continue;
-        };
-        let Ok(target) = u16::try_from(target) else {
-            warnings.push(Warning { object, cause: format!("port {target} is out of range; skipped") });
-            continue;
-        };
-        for ep in slice.endpoints.iter().flatten() {
-            if only_node.is_some_and(|n| ep.node_name.as_deref() != Some(n)) {
-                continue;
-            }
-            let c = ep.conditions.as_ref();
-            let is_ready = c.and_then(|c| c.ready).unwrap_or(true);
-            let serving = c.and_then(|c| c.serving).unwrap_or(is_ready);
-            let is_terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-            for addr in &ep.addresses {
-                let Ok(ip) = addr.parse::<IpAddr>() else {
-                    warnings.push(Warning { object: object.clone(), cause: format!("endpoint address {addr:?} is not an IP address; skipped") });
-                    continue;
-                };
-                let pod = ep.target_ref.as_ref().and_then(|r| r.name.as_deref());
-                let b = Backend { addr: ip, port: target, weight: weights.of_endpoint(pod, ip), state: BackendState::Active };
-                if is_ready && !is_terminating {
-                    ready.push(b);
-                } else if serving && is_terminating {
-                    terminating.push(b);
-                }
-            }
-        }
-    }
-    if ready.is_empty() {
-        // No ready endpoint: serve from the terminating ones that still serve (kube-proxy, Cilium).
-        return dedup(terminating);
-    }
-    ready.extend(terminating.into_iter().map(|b| Backend { state: BackendState::Terminating, ..b }));
-    dedup(ready)
-}
-
-/// The same endpoint can appear in two slices during a rollout: keep its first (most useful) form.
-fn dedup(mut list: Vec<Backend>) -> Vec<Backend> {
-    let mut seen = std::collections::HashSet::new();
-    list.retain(|b| seen.insert((b.addr, b.port)));
-    list
 }
 
 #[cfg(test)]

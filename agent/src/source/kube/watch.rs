@@ -172,7 +172,11 @@ impl KubeSource {
         let services = sorted(self.services.state());
         let slices = self.slices.state();
         let own = self.nodes.state().into_iter().find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()));
-        let node = Node { name: self.node_name.clone(), addresses: own.as_deref().map(node_addresses).unwrap_or_default() };
+        let node = Node {
+            name: self.node_name.clone(),
+            addresses: own.as_deref().map(node_addresses).unwrap_or_default(),
+            zone: own.as_deref().and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned()),
+        };
         let (model, warnings) = match self.translator.lock() {
             Ok(mut t) => t.translate(&services, &slices, &node),
             Err(_) => translate(&services, &slices, &node),
@@ -194,8 +198,12 @@ fn sorted<K: Resource>(mut objects: Vec<Arc<K>>) -> Vec<Arc<K>> {
     objects
 }
 
-/// The addresses NodePorts are served on: the node's InternalIP and ExternalIP addresses
-/// (kube-proxy's default with no --nodeport-addresses).
+/// The Node label topology hints refer to.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// The addresses NodePorts are served on: the Node object's InternalIP and ExternalIP
+/// addresses. kube-proxy's IPVS mode differs: with no --nodeport-addresses it uses every
+/// address of the node's local interfaces (xvs has neither yet).
 fn node_addresses(node: &KubeNode) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = node
         .status
