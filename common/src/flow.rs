@@ -48,15 +48,20 @@ impl FlowState {
         }
     }
 
-    /// The state after the client sent a TCP segment with `flags`.
+    /// The state after the client sent a TCP segment with `flags`. The flags are read in
+    /// IPVS's order (`tcp_state_idx`: RST, then SYN, then FIN, then ACK), so SYN+FIN acts as a
+    /// SYN and SYN+RST as a RST, and its input transitions: a SYN leaves an established
+    /// connection established and (re)opens anything else.
     pub const fn after_tcp(self, flags: u8) -> Self {
         if flags & TCP_RST != 0 {
             Self::Closed
+        } else if flags & TCP_SYN != 0 {
+            match self {
+                Self::Established => self,
+                _ => Self::SynSent,
+            }
         } else if flags & TCP_FIN != 0 {
             Self::Closing
-        } else if flags & TCP_SYN != 0 {
-            // A bare SYN (re)opens; SYN+ACK from a client is odd but harmless: keep the state.
-            if flags & TCP_ACK == 0 { Self::SynSent } else { self }
         } else if flags & TCP_ACK != 0 {
             match self {
                 // Once closing, the final ACKs do not bring the connection back.
@@ -70,8 +75,11 @@ impl FlowState {
 
     /// Whether a client packet with `flags` opens a new connection on a flow in this state
     /// (port reuse after close): IPVS then schedules afresh instead of reusing the old backend.
+    /// Only a plain SYN does: SYN+FIN and SYN+RST are invalid (Linux conntrack marks them so, and
+    /// a listening socket discards them), and SYN+ACK is no client's opening, so none of them
+    /// moves a flow to another backend.
     pub const fn reopened_by(self, flags: u8) -> bool {
-        flags & (TCP_SYN | TCP_ACK) == TCP_SYN && matches!(self, Self::Closing | Self::Closed)
+        flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) == TCP_SYN && matches!(self, Self::Closing | Self::Closed)
     }
 
     /// IPVS counts only ESTABLISHED TCP connections as active; everything else is inactive.
@@ -113,6 +121,21 @@ mod tests {
         assert!(FlowState::Closed.reopened_by(TCP_SYN));
         assert!(!FlowState::Established.reopened_by(TCP_SYN));
         assert!(!FlowState::Closing.reopened_by(TCP_SYN | TCP_ACK));
+        assert!(!FlowState::Closing.reopened_by(TCP_SYN | TCP_FIN), "invalid: never reschedules");
+        assert!(!FlowState::Closed.reopened_by(TCP_SYN | TCP_RST), "invalid: never reschedules");
+    }
+
+    #[test]
+    fn flags_are_read_in_ipvs_order_rst_syn_fin_ack() {
+        // SYN+FIN is a SYN: an established connection stays established, as in IPVS's table.
+        assert_eq!(FlowState::Established.after_tcp(TCP_SYN | TCP_FIN), FlowState::Established);
+        assert_eq!(FlowState::Established.after_tcp(TCP_SYN | TCP_FIN | TCP_ACK), FlowState::Established);
+        assert_eq!(FlowState::Closing.after_tcp(TCP_SYN | TCP_FIN), FlowState::SynSent);
+        // SYN+RST is a RST.
+        assert_eq!(FlowState::Established.after_tcp(TCP_SYN | TCP_RST), FlowState::Closed);
+        assert_eq!(FlowState::SynSent.after_tcp(TCP_FIN | TCP_RST), FlowState::Closed);
+        // A retransmitted SYN on an established connection does not reopen it.
+        assert_eq!(FlowState::Established.after_tcp(TCP_SYN), FlowState::Established);
     }
 
     #[test]

@@ -1,11 +1,19 @@
-//! Parses a frame once (Ethernet, one VLAN tag, IPv4 with options or IPv6 with common
-//! extension headers, TCP/UDP) into a `PacketMeta` holding the offsets later stages use.
+//! Parses a frame once (Ethernet, up to two VLAN tags, IPv4 with options or IPv6 with up to
+//! eight extension headers, TCP/UDP) into a `PacketMeta` holding the offsets later stages use.
+//!
+//! Only consistent datagrams are ours: every length the headers state (IP total/payload
+//! length, TCP data offset, UDP length) must agree with each other and fit in the frame, so a
+//! rewrite can never land outside the IP datagram (e.g. in Ethernet padding). Source-routed
+//! packets with hops left (IPv4 LSRR/SSRR, an IPv6 routing header with segments left) are not
+//! addressed to the VIP at all, and their L4 checksum covers the final destination: untouched.
 use core::mem::size_of;
 
 use xvs_common::{addr_v4, addr_v6, Reason, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
+/// 802.1ad QinQ: an outer service tag and an inner customer tag.
+const MAX_VLAN_TAGS: usize = 2;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -22,8 +30,19 @@ const IPV6_FRAGMENT: u8 = 44;
 const IPV6_DSTOPTS: u8 = 60;
 const IPV6_ESP: u8 = 50;
 const IPV6_AH: u8 = 51;
-/// How many IPv6 extension headers are walked before giving up (bounded for the verifier).
-const IPV6_MAX_EXT: usize = 4;
+/// How many IPv6 extension headers are walked before giving up (bounded for the verifier; more
+/// pass untouched as `Ipv6ExtUnsupported`).
+const IPV6_MAX_EXT: usize = 8;
+/// IPv4 options: end of list, no-op, loose and strict source route.
+const IPOPT_END: u8 = 0;
+const IPOPT_NOOP: u8 = 1;
+const IPOPT_LSRR: u8 = 0x83;
+const IPOPT_SSRR: u8 = 0x89;
+/// How many IPv4 options are walked looking for a source route, bounded for the verifier: each
+/// one multiplies its paths (40 single-byte options exceed its million instructions; 16 take a
+/// second to verify, 8 a third of one). A header with more is passed untouched as malformed:
+/// nothing sends that many options to a service.
+const IPV4_MAX_OPTS: usize = 8;
 
 /// Everything later stages need, read once.
 #[derive(Clone, Copy)]
@@ -73,8 +92,11 @@ fn load_be16(data: usize, data_end: usize, off: usize) -> Result<u16, Reason> {
 pub fn parse(data: usize, data_end: usize) -> Result<PacketMeta, Reason> {
     let mut l3_off = ETH_HLEN;
     let mut ethertype = load_be16(data, data_end, 12)?;
-    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        ethertype = load_be16(data, data_end, ETH_HLEN + 2)?;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        ethertype = load_be16(data, data_end, l3_off + 2)?;
         l3_off += VLAN_HLEN;
     }
     let mut meta = match ethertype {
@@ -82,16 +104,27 @@ pub fn parse(data: usize, data_end: usize) -> Result<PacketMeta, Reason> {
         ETH_P_IPV6 => parse_ipv6(data, data_end, l3_off)?,
         _ => return Err(Reason::NotIp),
     };
-    // The whole minimal L4 header must be there: NAT writes the checksum field in it.
+    // The whole L4 header must be there, inside the datagram: NAT writes the checksum field in
+    // it. `l4_len` is what the IP header says follows it.
+    let l4_len = (meta.l3_off + meta.l3_len as usize).checked_sub(meta.l4_off).ok_or(Reason::Malformed)?;
     let ports = match meta.proto {
         IPPROTO_TCP => {
             let tcp: [u16; TCP_MIN_HLEN / 2] = load(data, data_end, meta.l4_off)?;
             // Word 6 holds bytes 12 (data offset) and 13 (flags) in wire order.
-            meta.tcp_flags = tcp[6].to_ne_bytes()[1];
+            let [doff, flags] = tcp[6].to_ne_bytes();
+            let doff = usize::from(doff >> 4) * 4;
+            if doff < TCP_MIN_HLEN || doff > l4_len {
+                return Err(Reason::Malformed);
+            }
+            meta.tcp_flags = flags;
             [tcp[0], tcp[1]]
         }
         IPPROTO_UDP => {
             let udp: [u16; UDP_HLEN / 2] = load(data, data_end, meta.l4_off)?;
+            // The UDP length must be the datagram's: its checksum covers exactly that much.
+            if usize::from(u16::from_be(udp[2])) != l4_len {
+                return Err(Reason::Malformed);
+            }
             [udp[0], udp[1]]
         }
         _ => return Err(Reason::NotTcpUdp),
@@ -145,11 +178,15 @@ fn parse_ipv4(data: usize, data_end: usize, l3_off: usize) -> Result<PacketMeta,
         return Err(Reason::Malformed);
     }
     let total_len = u16::from_be_bytes(ip.total_len);
-    if usize::from(total_len) < hlen {
+    // The datagram must fit in the frame (what follows it is Ethernet padding).
+    if usize::from(total_len) < hlen || data + l3_off + usize::from(total_len) > data_end {
         return Err(Reason::Malformed);
     }
     if u16::from_be_bytes(ip.frag_off) & IPV4_FRAG_MASK != 0 {
         return Err(Reason::Fragment);
+    }
+    if hlen > IPV4_MIN_HLEN && source_routed_v4(data, data_end, l3_off + IPV4_MIN_HLEN, l3_off + hlen)? {
+        return Err(Reason::NotService);
     }
     Ok(PacketMeta {
         l3_off,
@@ -172,12 +209,22 @@ fn parse_ipv6(data: usize, data_end: usize, l3_off: usize) -> Result<PacketMeta,
         return Err(Reason::Malformed);
     }
     let payload_len = u16::from_be_bytes(ip.payload_len);
+    // 0 is a jumbogram (a hop-by-hop option carries the length): not ours. Otherwise the
+    // datagram must fit in the frame.
+    if payload_len == 0 || data + l3_off + IPV6_HLEN + usize::from(payload_len) > data_end {
+        return Err(Reason::Malformed);
+    }
     let mut next = ip.next_header;
     let mut off = l3_off + IPV6_HLEN;
     for _ in 0..IPV6_MAX_EXT {
         match next {
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                let ext: [u8; 2] = load(data, data_end, off)?;
+                // next header, length, and for a routing header its type and segments left
+                let ext: [u8; 4] = load(data, data_end, off)?;
+                if next == IPV6_ROUTING && ext[3] != 0 {
+                    // Segments left: the VIP is a hop, not the destination.
+                    return Err(Reason::NotService);
+                }
                 next = ext[0];
                 off += (usize::from(ext[1]) + 1) * 8;
             }
@@ -194,6 +241,9 @@ fn parse_ipv6(data: usize, data_end: usize, l3_off: usize) -> Result<PacketMeta,
         // ICMPv6, no-next-header, SCTP, ...: not ours to touch.
         _ => return Err(Reason::NotTcpUdp),
     }
+    if off > l3_off + IPV6_HLEN + usize::from(payload_len) {
+        return Err(Reason::Malformed);
+    }
     Ok(PacketMeta {
         l3_off,
         l4_off: off,
@@ -208,3 +258,36 @@ fn parse_ipv6(data: usize, data_end: usize, l3_off: usize) -> Result<PacketMeta,
     })
 }
 
+
+/// Whether the IPv4 options in `[start, end)` hold a loose or strict source route with hops
+/// left (its pointer still inside the option): the header's destination is then the next hop.
+#[inline(always)]
+fn source_routed_v4(data: usize, data_end: usize, start: usize, end: usize) -> Result<bool, Reason> {
+    let mut off = start;
+    for _ in 0..IPV4_MAX_OPTS {
+        if off >= end {
+            return Ok(false);
+        }
+        // The header's bounds were checked already, so LLVM would drop the bounds check of
+        // this load as redundant, and the verifier cannot see it was: keep it opaque.
+        let at = core::hint::black_box(off);
+        let kind: u8 = load(data, data_end, at)?;
+        match kind {
+            IPOPT_END => return Ok(false),
+            IPOPT_NOOP => off += 1,
+            _ => {
+                // type, length, and for source routes the pointer
+                let opt: [u8; 3] = load(data, data_end, at)?;
+                let len = usize::from(opt[1]);
+                if len < 2 || off + len > end {
+                    return Err(Reason::Malformed);
+                }
+                if (kind == IPOPT_LSRR || kind == IPOPT_SSRR) && len >= 3 && usize::from(opt[2]) <= len {
+                    return Ok(true);
+                }
+                off += len;
+            }
+        }
+    }
+    if off >= end { Ok(false) } else { Err(Reason::Malformed) }
+}

@@ -78,6 +78,8 @@ pub struct Pkt {
     pub dst: SocketAddr,
     pub l4: L4,
     pub vlan: Option<u16>,
+    /// With `vlan`: an outer 802.1ad service tag in front of it (QinQ).
+    pub outer_vlan: Option<u16>,
     /// IPv4 only: 8 bytes of NOP options (IHL 7).
     pub ipv4_options: bool,
     /// IPv6 only: an 8-byte extension header (this next-header value) before the L4 header.
@@ -89,7 +91,7 @@ pub struct Pkt {
 
 impl Pkt {
     pub fn new(l4: L4, src: &str, dst: &str) -> Self {
-        Self { src: sa(src), dst: sa(dst), l4, vlan: None, ipv4_options: false, ipv6_ext: None, more_fragments: false, payload: b"xvs-test-payload".to_vec() }
+        Self { src: sa(src), dst: sa(dst), l4, vlan: None, outer_vlan: None, ipv4_options: false, ipv6_ext: None, more_fragments: false, payload: b"xvs-test-payload".to_vec() }
     }
 
     pub fn with_dst(&self, dst: &str) -> Self {
@@ -145,11 +147,20 @@ impl Pkt {
         if let Some(ext) = self.ipv6_ext {
             out = insert_ipv6_ext(out, self.l3_offset(), ext);
         }
+        if let (Some(outer), Some(_)) = (self.outer_vlan, self.vlan) {
+            // 802.1ad S-tag (TPID 0x88A8), then the 802.1Q C-tag etherparse wrote.
+            let tci = outer.to_be_bytes();
+            out.splice(12..12, [0x88, 0xa8, tci[0], tci[1]]);
+        }
         out
     }
 
     pub fn l3_offset(&self) -> usize {
-        14 + if self.vlan.is_some() { 4 } else { 0 }
+        14 + match (self.vlan, self.outer_vlan) {
+            (Some(_), Some(_)) => 8,
+            (Some(_), None) => 4,
+            _ => 0,
+        }
     }
 
     pub fn l4_offset(&self) -> usize {
@@ -164,14 +175,33 @@ impl Pkt {
 /// Inserts an 8-byte IPv6 extension header of type `ext` after the IPv6 header: options types
 /// carry one PadN option, a Fragment header says "offset 0, more fragments". The L4 checksum
 /// does not cover extension headers, so it stays valid.
-fn insert_ipv6_ext(mut frame: Vec<u8>, l3: usize, ext: u8) -> Vec<u8> {
+pub fn insert_ipv6_ext(frame: Vec<u8>, l3: usize, ext: u8) -> Vec<u8> {
+    let rest = if ext == 44 { [0, 0, 1, 0, 0, 0, 7] } else { [0, 1, 4, 0, 0, 0, 0] };
+    insert_ipv6_header(frame, l3, ext, rest)
+}
+
+/// Inserts an 8-byte IPv6 extension header of type `ext` right after the IPv6 header: its
+/// next-header byte continues the chain, `rest` is everything after it (length byte first).
+pub fn insert_ipv6_header(mut frame: Vec<u8>, l3: usize, ext: u8, rest: [u8; 7]) -> Vec<u8> {
     let next = frame[l3 + 6];
     frame[l3 + 6] = ext;
     let plen = u16::from_be_bytes([frame[l3 + 4], frame[l3 + 5]]) + 8;
     frame[l3 + 4..l3 + 6].copy_from_slice(&plen.to_be_bytes());
-    let hbh = if ext == 44 { [next, 0, 0, 1, 0, 0, 0, 7] } else { [next, 0, 1, 4, 0, 0, 0, 0] };
-    frame.splice(l3 + 40..l3 + 40, hbh);
+    let mut header = [next; 8];
+    header[1..].copy_from_slice(&rest);
+    frame.splice(l3 + 40..l3 + 40, header);
     frame
+}
+
+/// Recomputes the IPv4 header checksum of the header at `l3` (after a test edited it).
+pub fn fix_ipv4_checksum(frame: &mut [u8], l3: usize) {
+    let hlen = usize::from(frame[l3] & 0x0f) * 4;
+    frame[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
+    let mut sum: u32 = frame[l3..l3 + hlen].chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    frame[l3 + 10..l3 + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
 }
 
 /// What a program did with one packet.
