@@ -14,8 +14,7 @@ use crate::{
 /// passed on; `Err(reason)`: untouched, to be passed or dropped as `reason.is_drop()` says.
 #[inline(always)]
 pub fn forward<P: Packet>(packet: &P) -> Result<Reason, Reason> {
-    let (data, data_end) = packet.bounds();
-    let meta = parse::parse(data, data_end)?;
+    let meta = parse::parse(packet.frame())?;
     let svc = service::lookup(&meta).ok_or(Reason::NotService)?;
     // SAFETY: `svc` points at a live map value; copied so the cursor update stays in select.
     let value = unsafe { *svc };

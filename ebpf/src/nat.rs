@@ -3,7 +3,10 @@
 use aya_ebpf::programs::{TcContext, XdpContext};
 use xvs_common::Reason;
 
-use crate::{csum, parse::PacketMeta};
+use crate::{
+    csum,
+    parse::{Frame, PacketMeta},
+};
 
 /// Which end of the packet to rewrite.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -42,15 +45,16 @@ impl End {
 /// A packet that can be read directly and rewritten in place; XDP and TC differ in how bytes
 /// and checksums are written.
 pub trait Packet {
-    /// (data, data_end) for direct reads.
-    fn bounds(&self) -> (usize, usize);
+    /// The frame: its directly readable bytes and its whole length.
+    fn frame(&self) -> Frame;
     fn rewrite(&self, meta: &PacketMeta, end: End, addr: &[u32; 4], port: u16) -> Result<(), Reason>;
 }
 
 impl Packet for XdpContext {
     #[inline(always)]
-    fn bounds(&self) -> (usize, usize) {
-        (self.data(), self.data_end())
+    fn frame(&self) -> Frame {
+        // The program does not take multi-buffer frames: all of it is linear.
+        Frame { data: self.data(), data_end: self.data_end(), len: self.data_end() - self.data() }
     }
 
     #[inline(always)]
@@ -71,8 +75,9 @@ impl Packet for XdpContext {
 
 impl Packet for TcContext {
     #[inline(always)]
-    fn bounds(&self) -> (usize, usize) {
-        (self.data(), self.data_end())
+    fn frame(&self) -> Frame {
+        // skb->len: paged data (GRO/GSO payload) counts too.
+        Frame { data: self.data(), data_end: self.data_end(), len: self.len() as usize }
     }
 
     #[inline(always)]

@@ -72,6 +72,19 @@ impl PacketMeta {
     }
 }
 
+/// Where a frame lies: the bytes readable directly, `[data, data_end)`, and its whole length.
+/// They differ in TC, where `len` (skb->len) also counts paged data past the linear part (a
+/// GRO/GSO packet's payload); lengths the headers state are checked against `len`.
+#[derive(Clone, Copy)]
+pub struct Frame {
+    pub data: usize,
+    pub data_end: usize,
+    pub len: usize,
+}
+
+/// IP length fields top out here; a GSO super-packet above it (BIG TCP) states 0 instead.
+const MAX_IP_LEN: usize = 65_535;
+
 /// Reads a `T` at `off` if the whole value lies inside the packet.
 #[inline(always)]
 pub fn load<T: Copy>(data: usize, data_end: usize, off: usize) -> Result<T, Reason> {
@@ -89,7 +102,8 @@ fn load_be16(data: usize, data_end: usize, off: usize) -> Result<u16, Reason> {
 }
 
 #[inline(always)]
-pub fn parse(data: usize, data_end: usize) -> Result<PacketMeta, Reason> {
+pub fn parse(frame: Frame) -> Result<PacketMeta, Reason> {
+    let Frame { data, data_end, len } = frame;
     let mut l3_off = ETH_HLEN;
     let mut ethertype = load_be16(data, data_end, 12)?;
     for _ in 0..MAX_VLAN_TAGS {
@@ -100,8 +114,8 @@ pub fn parse(data: usize, data_end: usize) -> Result<PacketMeta, Reason> {
         l3_off += VLAN_HLEN;
     }
     let mut meta = match ethertype {
-        ETH_P_IP => parse_ipv4(data, data_end, l3_off)?,
-        ETH_P_IPV6 => parse_ipv6(data, data_end, l3_off)?,
+        ETH_P_IP => parse_ipv4(data, data_end, len, l3_off)?,
+        ETH_P_IPV6 => parse_ipv6(data, data_end, len, l3_off)?,
         _ => return Err(Reason::NotIp),
     };
     // The whole L4 header must be there, inside the datagram: NAT writes the checksum field in
@@ -164,7 +178,7 @@ struct Ipv6Fixed {
 }
 
 #[inline(always)]
-fn parse_ipv4(data: usize, data_end: usize, l3_off: usize) -> Result<PacketMeta, Reason> {
+fn parse_ipv4(data: usize, data_end: usize, len: usize, l3_off: usize) -> Result<PacketMeta, Reason> {
     let ip: Ipv4Fixed = load(data, data_end, l3_off)?;
     if ip.version_ihl >> 4 != 4 {
         return Err(Reason::Malformed);
@@ -177,9 +191,8 @@ fn parse_ipv4(data: usize, data_end: usize, l3_off: usize) -> Result<PacketMeta,
     if data + l3_off + hlen > data_end {
         return Err(Reason::Malformed);
     }
-    let total_len = u16::from_be_bytes(ip.total_len);
-    // The datagram must fit in the frame (what follows it is Ethernet padding).
-    if usize::from(total_len) < hlen || data + l3_off + usize::from(total_len) > data_end {
+    let total_len = datagram_len(usize::from(u16::from_be_bytes(ip.total_len)), len, l3_off)?;
+    if total_len < hlen {
         return Err(Reason::Malformed);
     }
     if u16::from_be_bytes(ip.frag_off) & IPV4_FRAG_MASK != 0 {
@@ -198,22 +211,17 @@ fn parse_ipv4(data: usize, data_end: usize, l3_off: usize) -> Result<PacketMeta,
         sport: 0,
         dport: 0,
         tcp_flags: 0,
-        l3_len: u32::from(total_len),
+        l3_len: total_len as u32,
     })
 }
 
 #[inline(always)]
-fn parse_ipv6(data: usize, data_end: usize, l3_off: usize) -> Result<PacketMeta, Reason> {
+fn parse_ipv6(data: usize, data_end: usize, len: usize, l3_off: usize) -> Result<PacketMeta, Reason> {
     let ip: Ipv6Fixed = load(data, data_end, l3_off)?;
     if ip.version_class_flow[0] >> 4 != 6 {
         return Err(Reason::Malformed);
     }
-    let payload_len = u16::from_be_bytes(ip.payload_len);
-    // 0 is a jumbogram (a hop-by-hop option carries the length): not ours. Otherwise the
-    // datagram must fit in the frame.
-    if payload_len == 0 || data + l3_off + IPV6_HLEN + usize::from(payload_len) > data_end {
-        return Err(Reason::Malformed);
-    }
+    let payload_len = datagram_len(usize::from(u16::from_be_bytes(ip.payload_len)), len, l3_off + IPV6_HLEN)?;
     let mut next = ip.next_header;
     let mut off = l3_off + IPV6_HLEN;
     for _ in 0..IPV6_MAX_EXT {
@@ -241,7 +249,7 @@ fn parse_ipv6(data: usize, data_end: usize, l3_off: usize) -> Result<PacketMeta,
         // ICMPv6, no-next-header, SCTP, ...: not ours to touch.
         _ => return Err(Reason::NotTcpUdp),
     }
-    if off > l3_off + IPV6_HLEN + usize::from(payload_len) {
+    if off > l3_off + IPV6_HLEN + payload_len {
         return Err(Reason::Malformed);
     }
     Ok(PacketMeta {
@@ -254,10 +262,25 @@ fn parse_ipv6(data: usize, data_end: usize, l3_off: usize) -> Result<PacketMeta,
         sport: 0,
         dport: 0,
         tcp_flags: 0,
-        l3_len: u32::from(payload_len) + IPV6_HLEN as u32,
+        l3_len: (payload_len + IPV6_HLEN) as u32,
     })
 }
 
+
+/// The length an IP header states for what starts at `from`, checked against the frame's:
+/// it must fit (whatever follows is Ethernet padding). 0 is a length only for a GSO
+/// super-packet past 64 KiB (BIG TCP, TC only), which then runs to the frame's end; anywhere
+/// else (an IPv6 jumbogram, a zeroed field) it is malformed.
+#[inline(always)]
+fn datagram_len(stated: usize, frame_len: usize, from: usize) -> Result<usize, Reason> {
+    let available = frame_len.checked_sub(from).ok_or(Reason::Malformed)?;
+    match stated {
+        0 if available > MAX_IP_LEN => Ok(available),
+        0 => Err(Reason::Malformed),
+        n if n > available => Err(Reason::Malformed),
+        n => Ok(n),
+    }
+}
 
 /// Whether the IPv4 options in `[start, end)` hold a loose or strict source route with hops
 /// left (its pointer still inside the option): the header's destination is then the next hop.

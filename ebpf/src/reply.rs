@@ -12,8 +12,7 @@ use crate::{
 /// `Ok(ReplyNat)`: rewritten; `Err(reason)`: untouched (or dropped when `reason.is_drop()`).
 #[inline(always)]
 pub fn reverse_nat<P: Packet>(packet: &P) -> Result<Reason, Reason> {
-    let (data, data_end) = packet.bounds();
-    let meta = parse::parse(data, data_end)?;
+    let meta = parse::parse(packet.frame())?;
     let entry = conntrack::lookup(&conntrack::key_of(&meta), FLOW_REPLY).ok_or(Reason::NotService)?;
     packet.rewrite(&meta, End::Source, &entry.nat_addr, entry.nat_port)?;
     stats::count_flow(entry.svc_id, entry.backend_id, meta.l3_len, Direction::Out);

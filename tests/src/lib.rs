@@ -272,3 +272,31 @@ impl Reasons {
             .collect()
     }
 }
+
+/// The addresses and services the packet tables (packets.rs, edges.rs) start from.
+pub mod table {
+    use xvs::dataplane::Dataplane;
+    use xvs_common::{Scheduler, IPPROTO_TCP, IPPROTO_UDP};
+
+    use super::service;
+
+    pub const CLIENT: &str = "10.0.1.2:40000";
+    pub const VIP: &str = "10.96.0.10:80";
+    pub const BACKEND: &str = "10.0.2.2:8080";
+    pub const CLIENT6: &str = "[fd00:1::2]:40000";
+    pub const VIP6: &str = "[fd00::10]:80";
+    pub const BACKEND6: &str = "[fd00:2::2]:8080";
+
+    /// TCP and UDP on v4 and v6 with one backend each, and a service without backends.
+    pub fn standard(dp: &mut Dataplane) {
+        for svc in [
+            service(1, VIP, IPPROTO_TCP, Scheduler::RoundRobin, &[(1, BACKEND, 1)]),
+            service(2, "10.96.0.10:53", IPPROTO_UDP, Scheduler::RoundRobin, &[(2, "10.0.2.2:5353", 1)]),
+            service(3, VIP6, IPPROTO_TCP, Scheduler::RoundRobin, &[(3, BACKEND6, 1)]),
+            service(4, "[fd00::10]:53", IPPROTO_UDP, Scheduler::RoundRobin, &[(4, "[fd00:2::2]:5353", 1)]),
+            service(5, "10.96.0.11:80", IPPROTO_TCP, Scheduler::RoundRobin, &[]),
+        ] {
+            dp.maps.apply_service(&svc).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+}

@@ -4,29 +4,13 @@
 //! compared byte for byte with frames built from scratch (etherparse, plus the same edits), so
 //! every checksum is checked independently.
 use xvs::dataplane::Dataplane;
-use xvs_common::{Reason, Scheduler, IPPROTO_TCP, IPPROTO_UDP};
-use xvs_integration::*;
+use xvs_common::{Reason, Scheduler, IPPROTO_TCP};
+use xvs_integration::{table::*, *};
 
-const CLIENT: &str = "10.0.1.2:40000";
-const VIP: &str = "10.96.0.10:80";
-const BACKEND: &str = "10.0.2.2:8080";
-const CLIENT6: &str = "[fd00:1::2]:40000";
-const VIP6: &str = "[fd00::10]:80";
-const BACKEND6: &str = "[fd00:2::2]:8080";
 /// TCP flag bits.
 const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
 const RST: u8 = 0x04;
-
-fn standard(dp: &mut Dataplane) {
-    for svc in [
-        service(1, VIP, IPPROTO_TCP, Scheduler::RoundRobin, &[(1, BACKEND, 1)]),
-        service(2, "10.96.0.10:53", IPPROTO_UDP, Scheduler::RoundRobin, &[(2, "10.0.2.2:5353", 1)]),
-        service(3, VIP6, IPPROTO_TCP, Scheduler::RoundRobin, &[(3, BACKEND6, 1)]),
-    ] {
-        dp.maps.apply_service(&svc).unwrap_or_else(|e| panic!("{e}"));
-    }
-}
 
 /// What a frame must come out as.
 enum Out {

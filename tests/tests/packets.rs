@@ -2,28 +2,8 @@
 //! BPF_PROG_TEST_RUN, and checks the verdict, every output byte (the expectation is built from
 //! scratch by etherparse, so checksums are verified independently) and the counter deltas.
 use xvs::dataplane::Dataplane;
-use xvs_common::{Reason, Scheduler, IPPROTO_TCP, IPPROTO_UDP};
-use xvs_integration::*;
-
-const CLIENT: &str = "10.0.1.2:40000";
-const VIP: &str = "10.96.0.10:80";
-const BACKEND: &str = "10.0.2.2:8080";
-const CLIENT6: &str = "[fd00:1::2]:40000";
-const VIP6: &str = "[fd00::10]:80";
-const BACKEND6: &str = "[fd00:2::2]:8080";
-
-/// The services every case starts from.
-fn standard(dp: &mut Dataplane) {
-    for svc in [
-        service(1, VIP, IPPROTO_TCP, Scheduler::RoundRobin, &[(1, BACKEND, 1)]),
-        service(2, "10.96.0.10:53", IPPROTO_UDP, Scheduler::RoundRobin, &[(2, "10.0.2.2:5353", 1)]),
-        service(3, VIP6, IPPROTO_TCP, Scheduler::RoundRobin, &[(3, BACKEND6, 1)]),
-        service(4, "[fd00::10]:53", IPPROTO_UDP, Scheduler::RoundRobin, &[(4, "[fd00:2::2]:5353", 1)]),
-        service(5, "10.96.0.11:80", IPPROTO_TCP, Scheduler::RoundRobin, &[]),
-    ] {
-        dp.maps.apply_service(&svc).unwrap_or_else(|e| panic!("{e}"));
-    }
-}
+use xvs_common::Reason;
+use xvs_integration::{table::*, *};
 
 enum Expect {
     /// Passed with exactly these bytes.

@@ -85,3 +85,17 @@ pub fn ipvs(release: &str) -> Option<String> {
     });
     has_module.then(|| format!("module in {}", dir.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        assert!(at_least("6.18.44-fc-v857", 6, 6));
+        assert!(at_least("6.6.0", 6, 6));
+        assert!(!at_least("6.1.0-57-amd64", 6, 6));
+        assert!(!at_least("5.15.0-91-generic", 6, 6));
+        assert!(at_least("7.0", 6, 6));
+    }
+}

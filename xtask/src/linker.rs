@@ -66,6 +66,11 @@ pub fn state(toolchain: &Toolchain) -> State {
 /// The libLLVM the dynamic loader resolves for `binary` (from `ldd`).
 pub fn loaded_llvm(binary: &Path) -> Result<PathBuf, String> {
     let ldd = output(Command::new("ldd").arg(binary)).ok_or_else(|| format!("ldd {} failed", binary.display()))?;
+    llvm_in_ldd(&ldd)
+}
+
+/// The libLLVM line of `ldd`'s output, resolved.
+fn llvm_in_ldd(ldd: &str) -> Result<PathBuf, String> {
     let line = ldd
         .lines()
         .find(|l| l.trim_start().starts_with("libLLVM"))
@@ -139,4 +144,18 @@ fn build(toolchain: &Toolchain, path: &Path) -> anyhow::Result<()> {
             .arg(root)
             .env("RUSTFLAGS", format!("-L {0} -l dylib={name} -C link-arg=-Wl,-rpath,{0}", lib.display())),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_llvm_a_linker_loads_is_read_from_ldd() {
+        let found = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibLLVM.so.22.1-rust-1.97.0-nightly => /root/.rustup/toolchains/n/lib/libLLVM.so.22.1-rust-1.97.0-nightly (0x00007f3d)\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f3c)\n";
+        assert_eq!(llvm_in_ldd(found), Ok(PathBuf::from("/root/.rustup/toolchains/n/lib/libLLVM.so.22.1-rust-1.97.0-nightly")));
+        let gone = "\tlibLLVM.so.23.1-rust-1.101.0-nightly => not found\n";
+        assert_eq!(llvm_in_ldd(gone), Err("its libLLVM.so.23.1-rust-1.101.0-nightly is not found (the toolchain it was built for is gone)".to_owned()));
+        assert!(llvm_in_ldd("\tlibc.so.6 => /lib/libc.so.6 (0x1)\n").is_err_and(|e| e.contains("no libLLVM")));
+    }
 }
