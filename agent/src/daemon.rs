@@ -5,28 +5,30 @@
 use std::collections::BTreeSet;
 
 use crate::{
-    dataplane::{Dataplane, DataplaneError},
+    dataplane::{Attachment, Dataplane, DataplaneError},
     error_chain,
     ipvs::mirror::IpvsMirror,
     model::{Model, ServiceId},
     sync::{datapath_secs, flows, monotonic_secs, verify, LiveState, Reconciler, Writer},
 };
 
-/// The eBPF side: the loaded (pinned) datapath and the reconciler that writes its maps.
+/// The eBPF side: the loaded (pinned) datapath, where it is attached (with the lock that makes
+/// this agent its only writer), and the reconciler that writes its maps.
 pub struct Ebpf {
     pub dataplane: Dataplane,
     reconciler: Reconciler,
+    attachment: Attachment,
 }
 
 impl Ebpf {
     /// Adopts whatever a previous agent left in the (pinned) maps.
-    pub fn adopt(dataplane: Dataplane, drain_timeout: u32) -> Result<Self, DataplaneError> {
+    pub fn adopt(dataplane: Dataplane, attachment: Attachment, drain_timeout: u32) -> Result<Self, DataplaneError> {
         let live = LiveState::read(&dataplane.maps)?;
         let reconciler = Reconciler::adopt(&live, drain_timeout, dataplane.maps.capacity);
         if !live.services.is_empty() {
             tracing::info!(services = live.services.len(), backends = live.backends.len(), "adopted the pinned dataplane of a previous agent");
         }
-        Ok(Self { dataplane, reconciler })
+        Ok(Self { dataplane, reconciler, attachment })
     }
 }
 
@@ -117,6 +119,17 @@ impl Agent {
             tracing::error!("{}", error_chain(e));
         }
         Ok(())
+    }
+
+    /// Re-attaches the datapath where an interface was re-created or pins were removed.
+    pub fn ensure_attached(&mut self) {
+        let Some(ebpf) = &mut self.ebpf else { return };
+        for outcome in ebpf.attachment.ensure(&mut ebpf.dataplane) {
+            match outcome {
+                Ok(done) => tracing::warn!("{done}"),
+                Err(e) => tracing::error!("re-attaching the datapath: {}", error_chain(&e)),
+            }
+        }
     }
 
     /// IPVS drains end when the kernel's counters reach 0: a periodic check finishes them (and

@@ -42,6 +42,30 @@ fn bounding_set(caps: &[String]) -> String {
     std::iter::once("-all".to_owned()).chain(caps.iter().map(|c| format!("+{c}"))).collect::<Vec<_>>().join(",")
 }
 
+/// Runs `xvs run <args>` in `netns` where it is expected to refuse to start: its output once it
+/// exits (panics if it is still running after `secs`).
+pub fn run_expecting_exit(netns: &str, args: &[&str], secs: u64) -> Output {
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{netns}"))
+        .arg(xvs_bin())
+        .arg("run")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start xvs run: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap_or_else(|e| panic!("{e}")).is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+            panic!("xvs run {args:?} kept running; stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// A running `xvs run`.
 pub struct Agent {
     child: Option<Child>,

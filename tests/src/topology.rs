@@ -74,6 +74,13 @@ impl Topology {
         t
     }
 
+    /// Deletes the client's veth pair (the node's `n0` with it) and creates it again, as a NIC
+    /// driver reload or a re-created bond does: same name, new interface index.
+    pub fn recreate_client_link(&self) {
+        sh(&["ip", "-n", &self.ns("node"), "link", "del", NODE_IFACE]);
+        self.link(&self.ns("client"), "c0", &format!("{CLIENT_ADDR}/24"), NODE_IFACE, "10.0.1.1/24", "10.0.1.1");
+    }
+
     /// A veth pair from `ns` (the end with a default route via `gw`) to the node namespace.
     /// Transmit checksum offload is turned off on the `ns` end: frames then carry full
     /// checksums, which XDP needs (see ebpf/src/csum.rs) and which receivers verify, so the

@@ -10,7 +10,7 @@ mod verify;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use xvs::dataplane::{unpin_all, ObjectSource};
+use xvs::dataplane::{unpin_all, ObjectSource, PinLock};
 
 /// eXpress Virtual Server: an eBPF service load balancer with IPVS semantics.
 #[derive(Parser)]
@@ -39,13 +39,16 @@ pub(crate) enum Command {
     Verify(verify::VerifyArgs),
     /// Remove what xvs programmed on this node: the pinned datapath (maps and links: detaches
     /// xvs and drops its flows) and xvs's IPVS virtual services with their VIPs (foreign
-    /// virtual services stay).
+    /// virtual services stay). Refused while an agent runs on the pin directory.
     Cleanup {
         #[arg(long, default_value = xvs::dataplane::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
         /// The dummy interface whose addresses mark xvs's IPVS services.
         #[arg(long, default_value = "xvs-ipvs0")]
         ipvs_dummy: String,
+        /// Clean up even while an agent runs (it re-creates its datapath at its next check).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -67,7 +70,17 @@ impl Cli {
                     return Ok(Outcome::Failure);
                 }
             }
-            Command::Cleanup { pin_dir, ipvs_dummy } => {
+            Command::Cleanup { pin_dir, ipvs_dummy, force } => {
+                if let Some(holder) = PinLock::holder(&pin_dir) {
+                    let pid = holder.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                    if !force {
+                        anyhow::bail!(
+                            "an xvs agent{pid} runs on {}: stop it first (SIGTERM leaves the datapath serving; `xvs run --cleanup` removes it on exit), or pass --force",
+                            holder.dir.display()
+                        );
+                    }
+                    eprintln!("warning: removing {} under a running agent{pid} (--force)", holder.dir.display());
+                }
                 unpin_all(&pin_dir)?;
                 println!("removed {}", pin_dir.display());
                 cleanup_ipvs(&ipvs_dummy)?;

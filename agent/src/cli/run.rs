@@ -4,13 +4,13 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use aya::programs::{TcAttachType, XdpMode};
+use aya::programs::XdpMode;
 use clap::{Args, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 use xvs::{
     daemon::{Agent, Ebpf},
     ipvs::mirror::IpvsMirror,
-    dataplane::{ensure_bpffs, unpin_all, Capacity, ObjectSource, PROG_TC_EGRESS, PROG_TC_INGRESS},
+    dataplane::{unpin_all, Attachment, Capacity, DataplaneError, Ingress, ObjectSource},
 };
 
 use super::source::{KubeArgs, NodeArgs, Source, SourceArgs};
@@ -136,7 +136,8 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
         DataplaneMode::Ebpf | DataplaneMode::Both => Some(start_ebpf(object, &args)?),
         DataplaneMode::Auto => match start_ebpf(object, &args) {
             Ok(e) => Some(e),
-            Err(e) if ipvs.is_some() => {
+            // Another agent on the pin directory is no reason to fall back: it is a mistake.
+            Err(e) if ipvs.is_some() && !matches!(e.downcast_ref(), Some(DataplaneError::Locked { .. })) => {
                 tracing::warn!("eBPF datapath unavailable ({e:#}): serving with kernel IPVS only");
                 None
             }
@@ -148,6 +149,9 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
 
     let mut watch = tokio::time::interval(Duration::from_millis(args.watch_interval_ms.max(50)));
     let mut flows = tokio::time::interval(Duration::from_secs(args.flow_interval.max(1)));
+    // Interfaces re-created and pins removed are noticed within a second (an ifindex and a
+    // few stat calls per interface).
+    let mut links = tokio::time::interval(Duration::from_secs(1));
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_interval.max(1)));
     resync.tick().await;
     tracing::info!("running");
@@ -166,6 +170,7 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
                 }
             }
             _ = source.kube_changed() => source.apply_kube(&mut agent, false),
+            _ = links.tick() => agent.ensure_attached(),
             _ = flows.tick() => {
                 if let Err(e) = agent.tend_flows() {
                     tracing::error!("{}", xvs::error_chain(&e));
@@ -210,25 +215,21 @@ fn start_ebpf(object: &ObjectSource, args: &RunArgs) -> anyhow::Result<Ebpf> {
     if args.ifaces.is_empty() {
         anyhow::bail!("the eBPF datapath needs at least one --iface to attach to (or run with --dataplane ipvs)");
     }
-    ensure_bpffs(&args.pin_dir)?;
+    let ingress = match args.attach {
+        Attach::Xdp => Ingress::Xdp(match args.xdp_mode {
+            Mode::Native => XdpMode::Driver,
+            Mode::Skb => XdpMode::Skb,
+            Mode::Auto => XdpMode::Default,
+        }),
+        Attach::Tc => Ingress::Tc,
+    };
+    let mut attachment = Attachment::claim(&args.pin_dir, ingress, &args.ifaces)?;
     tracing::info!(object = %object.describe(), pin_dir = %args.pin_dir.display(), "loading the datapath");
     let capacity = Capacity { services: args.max_services, backends: args.max_backends, slots: args.max_slots, flows: args.max_flows };
     let mut dataplane = object.load_with(Some(&args.pin_dir), capacity)?;
     if dataplane.maps.capacity != capacity {
         tracing::warn!(pinned = ?dataplane.maps.capacity, requested = ?capacity, "the pinned maps keep their size; `xvs cleanup` (drops flows) to resize");
     }
-    let mode = match args.xdp_mode {
-        Mode::Native => XdpMode::Driver,
-        Mode::Skb => XdpMode::Skb,
-        Mode::Auto => XdpMode::Default,
-    };
-    for iface in &args.ifaces {
-        match args.attach {
-            Attach::Xdp => dataplane.attach_xdp_pinned(iface, mode, &args.pin_dir)?,
-            Attach::Tc => dataplane.attach_tc_pinned(iface, PROG_TC_INGRESS, TcAttachType::Ingress, &args.pin_dir)?,
-        }
-        dataplane.attach_tc_pinned(iface, PROG_TC_EGRESS, TcAttachType::Egress, &args.pin_dir)?;
-        tracing::info!(iface, "datapath attached");
-    }
-    Ok(Ebpf::adopt(dataplane, args.drain_timeout)?)
+    attachment.attach_all(&mut dataplane)?;
+    Ok(Ebpf::adopt(dataplane, attachment, args.drain_timeout)?)
 }

@@ -29,6 +29,8 @@ pub enum DataplaneError {
     PinnedLayout { dir: PathBuf, map: &'static str, source: Box<MapError> },
     #[error("the {what} link on {iface} cannot be pinned: the kernel attached it without a BPF link")]
     Unpinnable { iface: String, what: &'static str },
+    #[error("another xvs agent{} runs on the pin directory {}: stop it first (two agents would overwrite each other's maps), or give this one another --pin-dir", holder.map(|p| format!(" (pid {p})")).unwrap_or_default(), dir.display())]
+    Locked { dir: PathBuf, holder: Option<u32> },
     #[error("service {service}: backend id {id} is out of range (1..{max})")]
     BackendId { service: String, id: u32, max: u32 },
 }

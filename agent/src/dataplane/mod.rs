@@ -1,17 +1,21 @@
 //! The eBPF dataplane: loading the object, attaching its programs, and typed access to its maps.
 mod addr;
+mod attachment;
 mod capacity;
 mod error;
 mod loader;
+mod lock;
 mod maps;
 mod pin;
 mod service;
 pub mod tables;
 
 pub use addr::{from_map_addr, to_map_addr};
+pub use attachment::{Attachment, Ingress};
 pub use capacity::Capacity;
 pub use error::{is_missing, DataplaneError};
 pub use loader::{Dataplane, ObjectSource, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP};
+pub use lock::{Holder, PinLock};
 pub use maps::Maps;
 pub use pin::{ensure_bpffs, map_pin, unpin_all, DEFAULT_PIN_DIR};
 pub use service::{BackendEntry, ServiceEntry};

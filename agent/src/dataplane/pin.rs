@@ -25,7 +25,7 @@ pub fn map_pin(dir: &Path, name: &str) -> PathBuf {
     dir.join(name)
 }
 
-fn link_pin(dir: &Path, iface: &str, what: &str) -> PathBuf {
+pub(super) fn link_pin(dir: &Path, iface: &str, what: &str) -> PathBuf {
     dir.join("links").join(format!("{iface}_{what}"))
 }
 
@@ -55,6 +55,33 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
 }
 
 impl Maps {
+    /// Pins again every map whose pin is gone (removed behind the agent's back); returns their
+    /// names. The maps themselves live on in this process and its programs.
+    pub fn pin_missing(&self, dir: &Path) -> Result<Vec<&'static str>, DataplaneError> {
+        use aya::maps::IterableMap as _;
+        let all: [(&'static str, &MapData); 9] = [
+            (xvs_common::MAP_SERVICES, self.services.map()),
+            (xvs_common::MAP_SLOTS, self.slots.map()),
+            (xvs_common::MAP_BACKENDS, self.backends.map()),
+            (xvs_common::MAP_CONNTRACK, self.conntrack.map()),
+            (xvs_common::MAP_AFFINITY, self.affinity.map()),
+            (xvs_common::MAP_SERVICE_STATS, self.service_stats.map()),
+            (xvs_common::MAP_BACKEND_STATS, self.backend_stats.map()),
+            (xvs_common::MAP_REASONS, self.reasons.map()),
+            (xvs_common::MAP_CLOCK, self.clock.map()),
+        ];
+        let mut pinned = Vec::new();
+        for (name, map) in all {
+            let path = map_pin(dir, name);
+            if path.exists() {
+                continue;
+            }
+            map.pin(&path).map_err(|e| DataplaneError::Pin { path: path.clone(), what: "pin the map again".into(), source: std::io::Error::other(e) })?;
+            pinned.push(name);
+        }
+        Ok(pinned)
+    }
+
     /// Opens the maps a running (or stopped) agent pinned under `dir`, without loading programs:
     /// what `xvs list` and `xvs verify` read.
     pub fn open_pinned(dir: &Path) -> Result<Self, DataplaneError> {
@@ -80,6 +107,21 @@ pub fn unpin_all(dir: &Path) -> Result<(), DataplaneError> {
     }
 }
 
+/// Whether updating a link failed because its interface is gone (ENOLINK: "Link has been
+/// severed").
+fn is_severed(error: &aya::programs::ProgramError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(libc::ENOLINK)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// An existing pinned link, or None (absent, or defunct: its interface is gone).
 fn pinned_link(path: &Path) -> Option<FdLink> {
     let link = PinnedLink::from_pin(path).ok()?;
@@ -103,8 +145,17 @@ impl Dataplane {
         if let Some(fd) = pinned_link(&path)
             && let Ok(link) = XdpLink::try_from(fd)
         {
-            xdp.attach_to_link(link).map_err(fail(format!("replace the program in the pinned link {}", path.display())))?;
-            return Ok(());
+            match xdp.attach_to_link(link) {
+                // The pin alone keeps the link: removing it detaches (and the agent's check
+                // then attaches anew), as for a link this agent created.
+                Ok(id) => {
+                    drop(xdp.take_link(id));
+                    return Ok(());
+                }
+                // The interface was deleted (and maybe re-created) under the link: replace it.
+                Err(e) if is_severed(&e) => tracing::warn!(iface, "the pinned XDP link was severed (interface re-created); attaching anew"),
+                Err(e) => return Err(fail(format!("replace the program in the pinned link {}", path.display()))(e)),
+            }
         }
         let _ = std::fs::remove_file(&path);
         let id = xdp.attach(iface, mode).map_err(fail(format!("attach to {iface} in {mode:?} mode (try another --xdp-mode, or --attach tc)")))?;
@@ -126,8 +177,14 @@ impl Dataplane {
         if let Some(fd) = pinned_link(&path)
             && let Ok(link) = SchedClassifierLink::try_from(fd)
         {
-            tc.attach_to_link(link).map_err(fail(format!("replace the program in the pinned link {}", path.display())))?;
-            return Ok(());
+            match tc.attach_to_link(link) {
+                Ok(id) => {
+                    drop(tc.take_link(id));
+                    return Ok(());
+                }
+                Err(e) if is_severed(&e) => tracing::warn!(iface, what, "the pinned TC link was severed (interface re-created); attaching anew"),
+                Err(e) => return Err(fail(format!("replace the program in the pinned link {}", path.display()))(e)),
+            }
         }
         let _ = std::fs::remove_file(&path);
         let id = tc.attach(iface, kind).map_err(fail(format!("attach to {iface} {kind:?}")))?;
