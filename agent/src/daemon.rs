@@ -9,7 +9,7 @@ use crate::{
     error_chain,
     ipvs::mirror::IpvsMirror,
     model::{Model, ServiceId},
-    sync::{datapath_secs, flows, monotonic_secs, verify, LiveState, Reconciler, Writer},
+    sync::{datapath_secs, fit, flows, monotonic_secs, verify, LiveState, Reconciler, Writer},
 };
 
 /// The eBPF side: the loaded (pinned) datapath, where it is attached (with the lock that makes
@@ -40,17 +40,28 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Applies `model` to whichever dataplanes are given.
-    pub fn start(ebpf: Option<Ebpf>, ipvs: Option<IpvsMirror>, model: Model) -> Self {
+    /// Applies `model` to whichever dataplanes are given; a model the eBPF maps cannot hold is
+    /// refused (the pinned state stays as it is).
+    pub fn start(ebpf: Option<Ebpf>, ipvs: Option<IpvsMirror>, model: Model) -> Result<Self, fit::OverCapacity> {
+        if let Some(ebpf) = &ebpf {
+            fit::check(&model, &ebpf.dataplane.maps.capacity)?;
+        }
         let mut agent = Self { ebpf, ipvs, model };
         agent.apply();
-        agent
+        Ok(agent)
     }
 
     /// Makes `model` the desired state and applies it, unless it is the one already applied
-    /// (or always, when `force`: SIGHUP re-asserts the state). Returns whether it applied.
+    /// (or always, when `force`: SIGHUP re-asserts the state). Returns whether it applied: a
+    /// model the eBPF maps cannot hold is refused whole, and the last good state stays.
     pub fn update(&mut self, model: Model, force: bool) -> bool {
         if model == self.model && !force {
+            return false;
+        }
+        if let Some(ebpf) = &self.ebpf
+            && let Err(e) = fit::check(&model, &ebpf.dataplane.maps.capacity)
+        {
+            tracing::error!("{e}");
             return false;
         }
         self.model = model;

@@ -94,3 +94,70 @@ fn a_re_created_interface_gets_the_datapath_back_running_or_restarted() {
     eventually(10, "traffic is served after the restart", || serves(&topo));
     assert_eq!(spread(&topo, 4).len(), 2);
 }
+
+/// `n` services 10.96.0.1..n on port 8080, each over the topology's first backend.
+fn services_text(n: usize) -> String {
+    (1..=n).map(|i| format!("[[service]]\nvip = \"10.96.0.{i}\"\nport = 8080\nbackends = [{{ endpoint = \"{}:8080\" }}]\n", Topology::backend_addr(1))).collect()
+}
+
+/// Writes `text` in place (no rename), as a non-atomic editor or `>` redirection does.
+fn write_in_place(path: &std::path::Path, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn an_empty_or_half_written_services_file_keeps_the_last_good_state() {
+    let mut topo = Topology::create("xvs-sr3", 2);
+    topo.start_http_backends();
+    let config = config("sr3", 2);
+    let pin = pin_dir("sr3");
+    let agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin, &["--watch-interval-ms", "100"]);
+    assert_eq!(spread(&topo, 2).len(), 2);
+
+    // Truncated to 0 bytes, as `> file` does before writing: refused, the service stays.
+    write_in_place(&config, "");
+    agent.wait_log("has no [[service]]", 10);
+    assert!(agent.log().contains("keeping the last good state"), "{}", agent.log());
+    assert_eq!(spread(&topo, 4).len(), 2, "still served by both backends");
+
+    // A write in two parts with a pause shorter than the watch interval: only the whole file
+    // is applied (never its first half, which does not parse).
+    let whole = services_text(2);
+    let (first, rest) = whole.split_at(whole.len() / 2 + 3);
+    write_in_place(&config, first);
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    let mut f = std::fs::OpenOptions::new().append(true).open(&config).unwrap_or_else(|e| panic!("{e}"));
+    std::io::Write::write_all(&mut f, rest.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    drop(f);
+    eventually(10, "the whole file is applied", || list(&pin, &[]).contains("TCP  10.96.0.2:8080 rr"));
+    assert!(!agent.log().contains("TOML parse error"), "a half-written file was read:\n{}", agent.log());
+
+    // Removing every service takes saying so.
+    write_in_place(&config, "service = []\n");
+    eventually(10, "every service removed", || !list(&pin, &[]).contains("TCP "));
+}
+
+#[test]
+fn a_desired_state_over_capacity_is_refused_whole_and_capacity_means_what_it_says() {
+    let mut topo = Topology::create("xvs-sr4", 1);
+    topo.start_http_backends();
+    let config = std::env::temp_dir().join("xvs-test-sr4.toml");
+    write_in_place(&config, &services_text(1));
+    let pin = pin_dir("sr4");
+    let agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin, &["--watch-interval-ms", "100", "--max-services", "2", "--max-backends", "2"]);
+    assert!(list(&pin, &[]).contains("TCP  10.96.0.1:8080 rr"));
+
+    // Three services into a map sized for two: one error naming the flag, nothing applied.
+    write_in_place(&config, &services_text(3));
+    agent.wait_log("the desired state needs 3 services, the eBPF maps hold 2: raise --max-services", 10);
+    let listed = list(&pin, &[]);
+    assert!(listed.contains("10.96.0.1:8080") && !listed.contains("10.96.0.2:8080"), "applied in part:\n{listed}");
+    assert_eq!(agent.log().matches("ERROR").count(), 1, "one error, not one per service:\n{}", agent.log());
+    assert!(topo.client_get("http://10.96.0.1:8080/").is_ok(), "the last good state still serves");
+
+    // --max-services 2 holds two services (and --max-backends 2 two backends): id 0 is
+    // reserved inside, not taken from what the flag says.
+    write_in_place(&config, &services_text(2));
+    eventually(10, "two services fit", || list(&pin, &[]).contains("TCP  10.96.0.2:8080 rr"));
+    assert!(!agent.log().contains("no free"), "{}", agent.log());
+}

@@ -145,7 +145,7 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
         },
     };
     tracing::info!(ebpf = ebpf.is_some(), ipvs = ipvs.is_some(), "dataplanes");
-    let mut agent = Agent::start(ebpf, ipvs, model);
+    let mut agent = Agent::start(ebpf, ipvs, model)?;
 
     let mut watch = tokio::time::interval(Duration::from_millis(args.watch_interval_ms.max(50)));
     let mut flows = tokio::time::interval(Duration::from_secs(args.flow_interval.max(1)));

@@ -31,7 +31,7 @@ pub enum DataplaneError {
     Unpinnable { iface: String, what: &'static str },
     #[error("another xvs agent{} runs on the pin directory {}: stop it first (two agents would overwrite each other's maps), or give this one another --pin-dir", holder.map(|p| format!(" (pid {p})")).unwrap_or_default(), dir.display())]
     Locked { dir: PathBuf, holder: Option<u32> },
-    #[error("service {service}: backend id {id} is out of range (1..{max})")]
+    #[error("service {service}: backend id {id} is out of range (1..={max})")]
     BackendId { service: String, id: u32, max: u32 },
 }
 

@@ -98,11 +98,15 @@ impl Dataplane {
 
     fn load_bytes_with(bytes: &[u8], path: &Path, pin_dir: Option<&Path>, capacity: Capacity) -> Result<Self, DataplaneError> {
         let mut loader = EbpfLoader::new();
-        capacity.apply(&mut loader);
         let pins: Vec<(&str, PathBuf)> = match pin_dir {
             Some(dir) => ALL_MAPS.iter().map(|&name| (name, map_pin(dir, name))).collect(),
             None => Vec::new(),
         };
+        let pinned_size = |name: &'static str| {
+            let (_, path) = pins.iter().find(|(n, _)| *n == name)?;
+            aya::maps::MapData::from_pin(path).ok()?.info().ok().map(|i| i.max_entries())
+        };
+        capacity.apply(&mut loader, &pinned_size);
         for (name, pin) in &pins {
             loader.map_pin_path(name, pin.as_path());
         }

@@ -95,7 +95,7 @@ impl Maps {
     pub fn update_service(&mut self, old: Option<&ServiceEntry>, new: &ServiceEntry) -> Result<(), DataplaneError> {
         let table = new.table()?;
         for b in &new.backends {
-            if b.id == 0 || b.id >= self.capacity.backends {
+            if b.id == 0 || b.id > self.capacity.backends {
                 return Err(DataplaneError::BackendId { service: new.name(), id: b.id, max: self.capacity.backends });
             }
         }

@@ -35,13 +35,16 @@ pub enum FileError {
     Syntax { path: PathBuf, message: String },
     #[error("services file {path} is invalid:\n{}", .problems.join("\n"))]
     Invalid { path: PathBuf, problems: Vec<String> },
+    /// A 0-byte file is what a watcher sees in the middle of a non-atomic write.
+    #[error("services file {path} has no [[service]] (empty, or caught in the middle of a write): not removing every service; to mean that, write `service = []`")]
+    NoServices { path: PathBuf },
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
-    #[serde(default)]
-    service: Vec<Spanned<RawService>>,
+    /// Absent (an empty file) is refused; `service = []` removes every service.
+    service: Option<Vec<Spanned<RawService>>>,
 }
 
 #[derive(Deserialize)]
@@ -115,8 +118,9 @@ pub fn load(path: &Path) -> Result<Model, FileError> {
 pub fn parse(text: &str, path: &Path) -> Result<Model, FileError> {
     let raw: RawFile =
         toml::from_str(text).map_err(|e| FileError::Syntax { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
-    let spans: Vec<Range<usize>> = raw.service.iter().map(Spanned::span).collect();
-    let services = raw.service.into_iter().map(|s| into_service(s.into_inner())).collect();
+    let raw = raw.service.ok_or_else(|| FileError::NoServices { path: path.to_owned() })?;
+    let spans: Vec<Range<usize>> = raw.iter().map(Spanned::span).collect();
+    let services = raw.into_iter().map(|s| into_service(s.into_inner())).collect();
     Model::new(services).map_err(|errors| FileError::Invalid {
         path: path.to_owned(),
         problems: errors
@@ -243,8 +247,11 @@ backends = [{ endpoint = "[fd00::2]:5353" }]
     }
 
     #[test]
-    fn empty_file_is_an_empty_model() {
-        assert_eq!(parse("", Path::new("x")).map(|m| m.len()).ok(), Some(0));
+    fn an_empty_file_is_refused_and_an_explicit_empty_list_is_an_empty_model() {
+        for text in ["", "\n  \n", "# services come later\n"] {
+            assert!(matches!(parse(text, Path::new("x")), Err(FileError::NoServices { .. })), "{text:?}");
+        }
+        assert_eq!(parse("service = []\n", Path::new("x")).map(|m| m.len()).ok(), Some(0));
     }
 }
 
@@ -263,10 +270,15 @@ fn stamp(path: &Path) -> Option<FileStamp> {
     Some(FileStamp { modified: m.modified().ok(), len: m.len(), inode: m.ino() })
 }
 
-/// Follows the services file: `poll` reloads it when it changed on disk.
+/// Follows the services file: `poll` reloads it when it changed on disk and then stayed the
+/// same for one more poll, so a file caught in the middle of a non-atomic write (its size or
+/// mtime still moving) is not applied half-written.
 pub struct FileWatch {
     path: std::path::PathBuf,
+    /// The version last loaded.
     stamp: Option<FileStamp>,
+    /// A new version seen once, waiting to be seen unchanged.
+    settling: Option<Option<FileStamp>>,
 }
 
 impl FileWatch {
@@ -274,20 +286,29 @@ impl FileWatch {
     pub fn open(path: &Path) -> Result<(Self, Model), FileError> {
         let stamp = stamp(path);
         let model = load(path)?;
-        Ok((Self { path: path.to_owned(), stamp }, model))
+        Ok((Self { path: path.to_owned(), stamp, settling: None }, model))
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The file's model if it changed since the last poll (always when `force`: SIGHUP). An
-    /// invalid file is an error; the caller keeps the last good state.
+    /// The file's model if it changed and has settled since the last poll (always when
+    /// `force`: SIGHUP, the operator saying the file is ready). An invalid file is an error;
+    /// the caller keeps the last good state.
     pub fn poll(&mut self, force: bool) -> Option<Result<Model, FileError>> {
         let now = stamp(&self.path);
-        if !force && now == self.stamp {
-            return None;
+        if !force {
+            if now == self.stamp {
+                self.settling = None;
+                return None;
+            }
+            if self.settling.as_ref() != Some(&now) {
+                self.settling = Some(now);
+                return None;
+            }
         }
+        self.settling = None;
         self.stamp = now;
         Some(load(&self.path))
     }

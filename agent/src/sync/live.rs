@@ -51,7 +51,7 @@ impl LiveState {
                 .collect();
             state.services.insert(id, LiveService { id, value, table });
         }
-        for id in 1..maps.capacity.backends {
+        for id in 1..=maps.capacity.backends {
             let backend = maps.backends.get(&id, 0).map_err(DataplaneError::map(MAP_BACKENDS, "read"))?;
             if backend.flags & BACKEND_F_PRESENT != 0 {
                 state.backends.insert((backend.svc_id, id), backend);

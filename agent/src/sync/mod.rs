@@ -1,6 +1,7 @@
 //! From desired state to dataplane state: the reconciler that writes the maps, the live view
 //! read back from them, flow accounting, and the diff `verify` reports.
 mod clock;
+pub mod fit;
 pub mod flows;
 mod ids;
 pub mod live;

@@ -195,7 +195,7 @@ impl Reconciler {
         now: u32,
         report: &mut SyncReport,
     ) -> Result<ServiceEntry, SyncError> {
-        let exhausted = |what, max| SyncError::IdsExhausted { service: svc.id, what, max: max - 1 };
+        let exhausted = |what, max| SyncError::IdsExhausted { service: svc.id, what, max };
         let svc_id = match old {
             Some(o) => o.svc_id,
             None => self.allocate(Counted::Service, w).ok_or_else(|| exhausted("service", self.capacity.services))?,
