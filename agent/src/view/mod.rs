@@ -1,5 +1,6 @@
 //! Views of the live dataplane for people: the listing `xvs list` prints, read from the maps.
 pub mod ipvsadm;
+mod order;
 
 use std::net::SocketAddr;
 
@@ -116,7 +117,17 @@ impl Listing {
                 backends,
             });
         }
-        Ok(Self { size: maps.capacity.flows, services })
+        Ok(Self { size: maps.capacity.flows, services }.in_ipvsadm_order())
+    }
+
+    /// Services, and servers within each, in ipvsadm's order (see order.rs), from the order
+    /// they were read in.
+    fn in_ipvsadm_order(mut self) -> Self {
+        for s in &mut self.services {
+            order::qsort(&mut s.backends, |a, b| order::cmp_dests(&a.endpoint, &b.endpoint));
+        }
+        order::qsort(&mut self.services, |a, b| order::cmp_services(&a.id, &b.id));
+        self
     }
 }
 
@@ -129,7 +140,7 @@ impl Listing {
         let mut services = Vec::new();
         for s in client.services()? {
             let Some(proto) = u8::try_from(s.protocol).ok().and_then(crate::model::Protocol::from_number) else { continue };
-            let mut backends: Vec<ListedBackend> = client
+            let backends: Vec<ListedBackend> = client
                 .dests(&s)?
                 .into_iter()
                 .map(|d| ListedBackend {
@@ -139,7 +150,6 @@ impl Listing {
                     stats: Counters::default(),
                 })
                 .collect();
-            backends.sort_by_key(|b| b.endpoint);
             services.push(ListedService {
                 id: ServiceId { vip: s.addr, port: s.port, proto },
                 sh_port: s.scheduler == "sh" && s.flags & SVC_F_SCHED2 != 0,
@@ -149,8 +159,8 @@ impl Listing {
                 backends,
             });
         }
-        services.sort_by_key(|s| s.id);
-        Ok(Self { size: info.conn_tab_size, services })
+        // Sorted from the kernel's dump order, as ipvsadm sorts it.
+        Ok(Self { size: info.conn_tab_size, services }.in_ipvsadm_order())
     }
 }
 
