@@ -206,6 +206,8 @@ fn the_agent_mirrors_the_model_into_ipvs_like_kube_proxy_and_leaves_foreign_serv
     let expected = "IP Virtual Server version 1.2.1 (size=4096)\n\
         Prot LocalAddress:Port Scheduler Flags\n  \
         -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n\
+        TCP  192.168.99.1:22 wrr\n  \
+        -> 192.168.99.2:22              Masq    1      0          0         \n\
         TCP  10.96.0.10:80 rr\n  \
         -> 10.244.1.2:8080              Masq    1      0          0         \n  \
         -> 10.244.1.3:8080              Masq    1      0          0         \n  \
@@ -213,8 +215,6 @@ fn the_agent_mirrors_the_model_into_ipvs_like_kube_proxy_and_leaves_foreign_serv
         TCP  10.96.0.11:443 sh (sh-port) persistent 10800\n  \
         -> 10.244.1.2:8443              Masq    0      0          0         \n  \
         -> 10.244.1.3:8443              Masq    1      0          0         \n\
-        TCP  192.168.99.1:22 wrr\n  \
-        -> 192.168.99.2:22              Masq    1      0          0         \n\
         UDP  [fd00::10]:53 wrr\n  \
         -> [fd00:1::2]:5353             Masq    3      0          0         \n";
     let ours = xvs(&["list", "-n", "--source", "ipvs"]);
@@ -450,7 +450,8 @@ fn kubernetes_service_lands_in_ipvs_as_kube_proxy_programs_it() {
     let header = "IP Virtual Server version 1.2.1 (size=4096)\n\
         Prot LocalAddress:Port Scheduler Flags\n  \
         -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n";
-    let expected = format!("{header}{}{}", block("10.96.0.20:80"), block("192.168.50.10:30080"));
+    // ipvsadm's order: 192.168.x before 10.x (see view/order.rs).
+    let expected = format!("{header}{}{}", block("192.168.50.10:30080"), block("10.96.0.20:80"));
     assert_same_table(&ipvsadm(&["-L", "-n"]), &expected);
     let ours = xvs(&["list", "-n", "--source", "ipvs"]);
     assert_eq!(String::from_utf8_lossy(&ours.stdout), expected);
