@@ -2,6 +2,7 @@
 //! into. The `xvs` binary and the root-only kernel tests both drive xvs through this crate.
 pub mod daemon;
 pub mod dataplane;
+pub mod health;
 pub mod ipvs;
 pub mod metrics;
 pub mod model;

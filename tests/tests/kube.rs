@@ -186,9 +186,10 @@ fn node_port_with_local_traffic_policy_serves_this_node_s_endpoints() {
     node["status"]["addresses"][0]["address"] = json!("10.96.1.1");
     server.apply(node).unwrap_or_else(|e| panic!("{e}"));
     let mut svc = fixture("service-nginx.json");
-    svc["spec"]["type"] = json!("NodePort");
+    svc["spec"]["type"] = json!("LoadBalancer");
     svc["spec"]["ports"][0]["nodePort"] = json!(30080);
     svc["spec"]["externalTrafficPolicy"] = json!("Local");
+    svc["spec"]["healthCheckNodePort"] = json!(32000);
     server.apply(svc).unwrap_or_else(|e| panic!("{e}"));
     server.apply(ready(&[1, 2, 3])).unwrap_or_else(|e| panic!("{e}"));
     let kubeconfig = std::env::temp_dir().join("xvs-test-kb2.kubeconfig");
@@ -220,6 +221,21 @@ fn node_port_with_local_traffic_policy_serves_this_node_s_endpoints() {
     eventually(10, "the unnamed-port Service has its three backends", || hello_backends() == 3);
     let served = spread_at(&topo, "http://10.96.0.20/", 30);
     assert_eq!(served.values().copied().collect::<Vec<_>>(), [10, 10, 10], "{served:?}");
+
+    // The load balancer's health check node port (on the node's own address): 200 with the
+    // number of node-a's ready endpoints, 503 once it has none (kube-proxy's answer).
+    let probe = || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &topo.ns("client"), "curl", "-sS", "-i", "--max-time", "5", "http://10.0.1.1:32000/healthz"])
+            .output()
+            .unwrap_or_else(|e| panic!("curl: {e}"));
+        String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n")
+    };
+    let answer = probe();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\n") && answer.contains("\t\"localEndpoints\": 2,") && answer.contains("\"name\": \"service-nginx\""), "{answer}");
+    server.apply(ready(&[3])).unwrap_or_else(|e| panic!("{e}"));
+    eventually(10, "the health check reports no local endpoint", || probe().starts_with("HTTP/1.1 503 Service Unavailable\n"));
+    assert!(probe().contains("\"localEndpoints\": 0,"));
 }
 
 /// The DaemonSet's own container as its pod runs it: its args (the interface and pin

@@ -11,6 +11,7 @@ use clap::Args;
 use xvs::{
     daemon::Agent,
     error_chain,
+    health::HealthServer,
     metrics::METRICS,
     model::Model,
     source::{
@@ -68,6 +69,8 @@ pub enum Source {
         debounce: Duration,
         /// Whether the missing Node object was reported (once, not on every sync).
         node_missing_told: bool,
+        /// The health check node ports of Local load balancers.
+        health: HealthServer,
     },
 }
 
@@ -82,7 +85,7 @@ impl Source {
         }
         let (source, client, node_name) = start_kube(args, node).await?;
         let events = EventPublisher::new(client, &node_name);
-        let mut source = Source::Kube { source: Box::new(source), events, debounce: Duration::from_millis(kube_args.debounce_ms), node_missing_told: false };
+        let mut source = Source::Kube { source: Box::new(source), events, debounce: Duration::from_millis(kube_args.debounce_ms), node_missing_told: false, health: HealthServer::default() };
         let (model, _) = source.kube_snapshot().unwrap_or_default();
         Ok((source, model))
     }
@@ -118,8 +121,9 @@ impl Source {
     /// Translates the stores, with the time of the oldest change in them; logs and publishes
     /// the problems not reported yet.
     fn kube_snapshot(&mut self) -> Option<(Model, Option<Instant>)> {
-        let Source::Kube { source, events, node_missing_told, .. } = self else { return None };
+        let Source::Kube { source, events, node_missing_told, health, .. } = self else { return None };
         let snapshot = source.snapshot();
+        health.update(snapshot.health);
         if snapshot.node_found {
             *node_missing_told = false;
         } else if !*node_missing_told {

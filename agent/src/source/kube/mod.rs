@@ -3,6 +3,7 @@
 //! reports skipped objects back to the cluster as Events.
 mod endpoints;
 pub mod events;
+pub mod health;
 pub mod incremental;
 #[cfg(test)]
 mod parity;

@@ -112,6 +112,8 @@ pub struct Snapshot {
     /// When the oldest change in this snapshot was received (None: nothing pending).
     pub pending_since: Option<Instant>,
     pub node_found: bool,
+    /// Health check node ports and what they report.
+    pub health: std::collections::BTreeMap<u16, super::health::HealthCheck>,
 }
 
 pub struct KubeSource {
@@ -181,7 +183,8 @@ impl KubeSource {
             Ok(mut t) => t.translate(&services, &slices, &node),
             Err(_) => translate(&services, &slices, &node),
         };
-        Snapshot { model, warnings, pending_since, node_found: own.is_some() }
+        let health = super::health::health_checks(&services, &slices, &node);
+        Snapshot { model, warnings, pending_since, node_found: own.is_some(), health }
     }
 }
 
