@@ -29,9 +29,12 @@ pub const MAP_AFFINITY: &str = "XVS_AFFINITY";
 /// Always 0 in service; tests move it forward to age flows and affinity (a machine that booted
 /// a minute ago has no "15 minutes ago"). Array of one.
 pub const MAP_CLOCK: &str = "XVS_CLOCK";
+/// backend id -> u32 datapath-clock second its drain started: kept in the pins so a drain
+/// ends on time however often the agent restarts. Written by the agent only. Hash map.
+pub const MAP_DRAINS: &str = "XVS_DRAINS";
 
 /// Every map, in the order the agent pins and reports them.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 10] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -41,6 +44,7 @@ pub const ALL_MAPS: [&str; 9] = [
     MAP_BACKEND_STATS,
     MAP_REASONS,
     MAP_CLOCK,
+    MAP_DRAINS,
 ];
 
 /// Default capacities. The agent may raise them at load time (aya `set_max_entries`).

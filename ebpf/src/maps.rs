@@ -43,5 +43,10 @@ pub static XVS_BACKEND_STATS: PerCpuArray<Counters> =
 #[map(name = "XVS_CLOCK")]
 pub static XVS_CLOCK: Array<u32> = Array::with_max_entries(1, 0);
 
+// The agent's record of when each drain started (the datapath never reads it); declared here
+// so it is created and pinned with the rest.
+#[map(name = "XVS_DRAINS")]
+pub static XVS_DRAINS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+
 #[map(name = "XVS_REASONS")]
 pub static XVS_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);

@@ -161,3 +161,36 @@ fn a_desired_state_over_capacity_is_refused_whole_and_capacity_means_what_it_say
     eventually(10, "two services fit", || list(&pin, &[]).contains("TCP  10.96.0.2:8080 rr"));
     assert!(!agent.log().contains("no free"), "{}", agent.log());
 }
+
+#[test]
+fn a_drain_ends_on_time_however_often_the_agent_restarts() {
+    use xvs_integration::agent::Conn;
+    const ECHO: u16 = 9000;
+    let mut topo = Topology::create("xvs-sr5", 2);
+    topo.start_echo_backends(ECHO);
+    let config = std::env::temp_dir().join("xvs-test-sr5.toml");
+    let (be1, be2) = (format!("{}:{ECHO}", Topology::backend_addr(1)), format!("{}:{ECHO}", Topology::backend_addr(2)));
+    write_services(&config, "10.96.0.10", ECHO, &[(&be1, ""), (&be2, "")]);
+    let pin = pin_dir("sr5");
+    let flags = ["--drain-timeout", "4", "--flow-interval", "1", "--watch-interval-ms", "100"];
+    let mut agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin, &flags);
+    // A long connection on backend-1 keeps its flow alive: only the timeout ends the drain.
+    let mut long = Conn::open(&topo.ns("client"), "10.96.0.10", ECHO);
+    assert_eq!(long.backend(), "backend-1");
+    write_services(&config, "10.96.0.10", ECHO, &[(&be2, "")]);
+    agent.wait_log("backend draining", 10);
+    let started = std::time::Instant::now();
+    // Restarts every 1.5 s, more often than the 4 s drain timeout: the drain still ends on
+    // time, counted from when it started (the pinned record), not from each restart.
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        agent.kill9();
+        agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin, &flags);
+        let listed = list(&pin, &[]);
+        if !listed.contains(&be1) {
+            break;
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "the drain never ended across restarts:\n{listed}\n{}", agent.log());
+    }
+    assert!(started.elapsed() >= std::time::Duration::from_secs(3), "drained before its timeout with a live connection");
+}

@@ -4,7 +4,7 @@
 //! handled too.
 use aya::{maps::IterableMap, EbpfLoader};
 use xvs_common::{
-    MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONNTRACK, MAP_SERVICES, MAP_SERVICE_STATS, MAP_SLOTS, MAX_BACKENDS, MAX_FLOWS,
+    MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CONNTRACK, MAP_DRAINS, MAP_SERVICES, MAP_SERVICE_STATS, MAP_SLOTS, MAX_BACKENDS, MAX_FLOWS,
     MAX_SERVICES, MAX_SLOTS,
 };
 
@@ -31,12 +31,13 @@ impl Default for Capacity {
 
 impl Capacity {
     /// The `max_entries` each sized map gets for this capacity.
-    fn entries(&self) -> [(&'static str, u32); 6] {
+    fn entries(&self) -> [(&'static str, u32); 7] {
         [
             (MAP_SERVICES, self.services),
             (MAP_SERVICE_STATS, self.services.saturating_add(1)),
             (MAP_BACKENDS, self.backends.saturating_add(1)),
             (MAP_BACKEND_STATS, self.backends.saturating_add(1)),
+            (MAP_DRAINS, self.backends),
             (MAP_SLOTS, self.slots),
             (MAP_CONNTRACK, self.flows),
         ]

@@ -5,7 +5,7 @@ use aya::{
 };
 use xvs_common::{
     reason::REASON_COUNT, AffinityEntry, AffinityKey, Backend, Counters, FlowEntry, FlowKey, Reason, ServiceKey,
-    ServiceValue, SlotKey, MAP_AFFINITY, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CLOCK, MAP_CONNTRACK, MAP_REASONS,
+    ServiceValue, SlotKey, MAP_AFFINITY, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CLOCK, MAP_CONNTRACK, MAP_DRAINS, MAP_REASONS,
     MAP_SERVICES, MAP_SERVICE_STATS, MAP_SLOTS,
 };
 
@@ -22,6 +22,8 @@ pub struct Maps {
     pub reasons: PerCpuArray<MapData, u64>,
     /// Seconds the datapath adds to CLOCK_MONOTONIC (see [`MAP_CLOCK`]).
     pub clock: Array<MapData, u32>,
+    /// When each drain started (see [`MAP_DRAINS`]).
+    pub drains: HashMap<MapData, u32, u32>,
     /// The maps' real sizes, read back from the kernel.
     pub capacity: Capacity,
 }
@@ -52,6 +54,7 @@ impl Maps {
             backend_stats: typed(source, MAP_BACKEND_STATS)?,
             reasons: typed(source, MAP_REASONS)?,
             clock: typed(source, MAP_CLOCK)?,
+            drains: typed(source, MAP_DRAINS)?,
             capacity: Capacity::default(),
         };
         maps.capacity = Capacity::of(&maps)?;

@@ -59,7 +59,7 @@ impl Maps {
     /// names. The maps themselves live on in this process and its programs.
     pub fn pin_missing(&self, dir: &Path) -> Result<Vec<&'static str>, DataplaneError> {
         use aya::maps::IterableMap as _;
-        let all: [(&'static str, &MapData); 9] = [
+        let all: [(&'static str, &MapData); 10] = [
             (xvs_common::MAP_SERVICES, self.services.map()),
             (xvs_common::MAP_SLOTS, self.slots.map()),
             (xvs_common::MAP_BACKENDS, self.backends.map()),
@@ -69,6 +69,7 @@ impl Maps {
             (xvs_common::MAP_BACKEND_STATS, self.backend_stats.map()),
             (xvs_common::MAP_REASONS, self.reasons.map()),
             (xvs_common::MAP_CLOCK, self.clock.map()),
+            (xvs_common::MAP_DRAINS, self.drains.map()),
         ];
         let mut pinned = Vec::new();
         for (name, map) in all {

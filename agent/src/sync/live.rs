@@ -1,7 +1,7 @@
 //! The live dataplane read back from the maps: what `list`, `verify` and a restarted agent see.
 use std::collections::BTreeMap;
 
-use xvs_common::{Backend, ServiceKey, ServiceValue, SlotKey, BACKEND_F_PRESENT, MAP_BACKENDS, MAP_SERVICES, SERVICE_F_SH_PORT};
+use xvs_common::{Backend, ServiceKey, ServiceValue, SlotKey, BACKEND_F_PRESENT, MAP_BACKENDS, MAP_DRAINS, MAP_SERVICES, SERVICE_F_SH_PORT};
 
 use crate::{
     dataplane::{from_map_addr, BackendEntry, DataplaneError, Maps, ServiceEntry},
@@ -26,6 +26,8 @@ pub struct LiveState {
     /// Service entries whose key cannot be decoded (unknown family or protocol): never written
     /// by xvs, so they are drift.
     pub unreadable: Vec<ServiceKey>,
+    /// When each draining backend's drain started (backend id -> datapath second).
+    pub drains: BTreeMap<u32, u32>,
 }
 
 /// The `ServiceId` a map key stands for.
@@ -55,6 +57,15 @@ impl LiveState {
             let backend = maps.backends.get(&id, 0).map_err(DataplaneError::map(MAP_BACKENDS, "read"))?;
             if backend.flags & BACKEND_F_PRESENT != 0 {
                 state.backends.insert((backend.svc_id, id), backend);
+            }
+        }
+        for item in maps.drains.iter() {
+            match item {
+                Ok((id, since)) => {
+                    state.drains.insert(id, since);
+                }
+                Err(e) if crate::dataplane::is_missing(&e) => {}
+                Err(e) => return Err(DataplaneError::map(MAP_DRAINS, "read")(e)),
             }
         }
         Ok(state)

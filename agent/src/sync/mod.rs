@@ -13,7 +13,7 @@ pub use live::LiveState;
 pub use reconcile::{Reconciler, SyncError, SyncReport};
 
 use aya::maps::PerCpuValues;
-use xvs_common::{Counters, MAP_BACKEND_STATS, MAP_SERVICE_STATS};
+use xvs_common::{Counters, MAP_BACKEND_STATS, MAP_DRAINS, MAP_SERVICE_STATS};
 
 use crate::dataplane::{DataplaneError, Maps, ServiceEntry};
 
@@ -30,6 +30,10 @@ pub trait Writer {
     fn update_service(&mut self, old: Option<&ServiceEntry>, new: &ServiceEntry) -> Result<(), DataplaneError>;
     fn remove_service(&mut self, entry: &ServiceEntry) -> Result<(), DataplaneError>;
     fn reset_counters(&mut self, kind: Counted, id: u32) -> Result<(), DataplaneError>;
+    /// Keeps when backend `id`'s drain started, where a restarted agent finds it.
+    fn record_drain(&mut self, id: u32, since: u32) -> Result<(), DataplaneError>;
+    /// Forgets backend `id`'s drain (ended, or the id was released).
+    fn forget_drain(&mut self, id: u32) -> Result<(), DataplaneError>;
 }
 
 impl Writer for Maps {
@@ -49,6 +53,17 @@ impl Writer for Maps {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::map(name, "count CPUs")(aya::maps::MapError::IoError(e)))?;
         let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|e| DataplaneError::map(name, "write")(aya::maps::MapError::IoError(e)))?;
         map.set(id, zeros, 0).map_err(DataplaneError::map(name, "write"))
+    }
+
+    fn record_drain(&mut self, id: u32, since: u32) -> Result<(), DataplaneError> {
+        self.drains.insert(id, since, 0).map_err(DataplaneError::map(MAP_DRAINS, "write"))
+    }
+
+    fn forget_drain(&mut self, id: u32) -> Result<(), DataplaneError> {
+        match self.drains.remove(&id) {
+            Err(e) if !crate::dataplane::is_missing(&e) => Err(DataplaneError::map(MAP_DRAINS, "delete")(e)),
+            _ => Ok(()),
+        }
     }
 }
 

@@ -65,14 +65,21 @@ impl Reconciler {
     }
 
     /// Takes over what a previous agent left in the maps, so established flows keep their
-    /// backends and nothing is rewritten that does not change. Weight-0 backends adopted here
-    /// are drained again if the model no longer has them.
+    /// backends and nothing is rewritten that does not change. Drains go on from when they
+    /// started (the pinned record), so a drain ends on time however often the agent restarts;
+    /// weight-0 backends without a record are drained again if the model no longer has them.
     pub fn adopt(live: &LiveState, drain_timeout: u32, capacity: Capacity) -> Self {
         let applied: BTreeMap<ServiceId, ServiceEntry> =
             live.services.values().map(|s| (s.id, live.entry(s))).collect();
         let svc_ids = IdPool::with_used(capacity.services, applied.values().map(|e| e.svc_id));
         let backend_ids = IdPool::with_used(capacity.backends, live.backends.keys().map(|&(_, id)| id));
-        Self { applied, draining: BTreeMap::new(), svc_ids, backend_ids, drain_timeout, dirty: BTreeSet::new(), capacity }
+        let draining = applied
+            .iter()
+            .flat_map(|(sid, e)| e.backends.iter().map(move |b| (sid, b)))
+            .filter(|(_, b)| b.weight == 0)
+            .filter_map(|(sid, b)| live.drains.get(&b.id).map(|&since| ((*sid, SocketAddr::new(b.addr, b.port)), since)))
+            .collect();
+        Self { applied, draining, svc_ids, backend_ids, drain_timeout, dirty: BTreeSet::new(), capacity }
     }
 
     /// Marks services whose maps were changed behind the reconciler's back: the next sync
@@ -124,9 +131,21 @@ impl Reconciler {
         }
         // Drains of backends that came back, or of services that went, are over.
         let applied = &self.applied;
+        let mut over = Vec::new();
         self.draining.retain(|(sid, ep), _| {
-            applied.get(sid).is_some_and(|e| e.backends.iter().any(|b| b.weight == 0 && SocketAddr::new(b.addr, b.port) == *ep))
+            let drained = applied.get(sid).and_then(|e| e.backends.iter().find(|b| SocketAddr::new(b.addr, b.port) == *ep));
+            match drained {
+                Some(b) if b.weight == 0 => true,
+                Some(b) => {
+                    over.push(b.id);
+                    false
+                }
+                None => false,
+            }
         });
+        for id in over {
+            forget_drain(w, id);
+        }
         (report, errors)
     }
 
@@ -157,6 +176,7 @@ impl Reconciler {
                 Ok(()) => {
                     for b in old.backends.iter().filter(|b| !new.backends.contains(b)) {
                         self.backend_ids.release(b.id);
+                        forget_drain(w, b.id);
                     }
                     for ep in eps {
                         self.draining.remove(&(sid, ep));
@@ -180,6 +200,9 @@ impl Reconciler {
         self.svc_ids.release(entry.svc_id);
         for b in &entry.backends {
             self.backend_ids.release(b.id);
+            if b.weight == 0 {
+                forget_drain(w, b.id);
+            }
         }
         self.applied.remove(&id);
         Ok(())
@@ -229,6 +252,10 @@ impl Reconciler {
             if let std::collections::btree_map::Entry::Vacant(v) = self.draining.entry((svc.id, ep)) {
                 v.insert(now);
                 report.draining.push((svc.id, ep));
+                if let Err(e) = w.record_drain(ob.id, now) {
+                    // Only a restart's timing suffers: the drain would start over.
+                    tracing::warn!(error = %crate::error_chain(&e), backend = %ep, "could not pin the drain's start");
+                }
             }
             backends.push(BackendEntry { weight: 0, ..ob.clone() });
         }
@@ -268,5 +295,13 @@ impl Reconciler {
         if old.is_none() {
             self.svc_ids.release(new.svc_id);
         }
+    }
+}
+
+/// Forgets a pinned drain record; failing that leaves a stale record, which only matters if the
+/// id is drained again after a restart (its drain would count from the old start).
+fn forget_drain(w: &mut impl Writer, id: u32) {
+    if let Err(e) = w.forget_drain(id) {
+        tracing::warn!(error = %crate::error_chain(&e), id, "could not remove a drain record");
     }
 }

@@ -13,6 +13,8 @@ struct Recorder {
     ops: Vec<String>,
     /// Services (by VIP text) whose writes fail.
     failing: Vec<String>,
+    /// Pinned drain starts: backend id -> second.
+    drains: std::collections::BTreeMap<u32, u32>,
 }
 
 fn show(e: &ServiceEntry) -> String {
@@ -34,6 +36,14 @@ impl Writer for Recorder {
     }
     fn reset_counters(&mut self, kind: Counted, id: u32) -> Result<(), DataplaneError> {
         self.ops.push(format!("zero {kind:?} {id}"));
+        Ok(())
+    }
+    fn record_drain(&mut self, id: u32, since: u32) -> Result<(), DataplaneError> {
+        self.drains.insert(id, since);
+        Ok(())
+    }
+    fn forget_drain(&mut self, id: u32) -> Result<(), DataplaneError> {
+        self.drains.remove(&id);
         Ok(())
     }
 }
@@ -162,4 +172,31 @@ fn a_failing_service_keeps_its_state_and_others_still_apply() {
     );
     let applied: Vec<String> = r.applied().map(show).collect();
     assert_eq!(applied, ["UDP 10.96.0.53:53 #1 WeightedRoundRobin aff=60 [1=10.244.2.2:53/w3]"]);
+}
+
+#[test]
+fn a_drain_s_start_is_pinned_and_forgotten_when_it_ends() {
+    let mut r = Reconciler::new(30, Capacity::default());
+    let mut w = Recorder::default();
+    let both = model(TWO);
+    r.sync(&both, &mut w, 100);
+    let ep: std::net::SocketAddr = "10.244.1.3:80".parse().unwrap_or_else(|e| panic!("{e}"));
+    let found = r.applied().flat_map(|e| e.backends.iter()).find(|b| std::net::SocketAddr::new(b.addr, b.port) == ep).map(|b| b.id);
+    let Some(id) = found else { panic!("no backend {ep}") };
+    let text = TWO.replacen("{ endpoint = \"10.244.1.3:80\" }, ", "", 1);
+    assert_ne!(text, TWO);
+    r.sync(&model(&text), &mut w, 200);
+    assert_eq!(w.drains.get(&id), Some(&200), "drain start pinned");
+    // A second sync does not restart the drain.
+    r.sync(&model(&text), &mut w, 250);
+    assert_eq!(w.drains.get(&id), Some(&200));
+    // The backend comes back: the drain is over and its record goes.
+    r.sync(&both, &mut w, 260);
+    assert!(w.drains.is_empty(), "{:?}", w.drains);
+    // Drained again, then removed once its flows are gone: the record goes with it.
+    r.sync(&model(&text), &mut w, 300);
+    assert_eq!(w.drains.get(&id), Some(&300));
+    let (done, errors) = r.finish_drains(&HashMap::new(), &mut w, 301);
+    assert!(errors.is_empty() && done == [(r.applied().next().map(|e| crate::model::ServiceId { vip: e.vip, port: e.port, proto: crate::model::Protocol::Tcp }).unwrap_or_else(|| panic!()), ep)], "{done:?}");
+    assert!(w.drains.is_empty(), "{:?}", w.drains);
 }
