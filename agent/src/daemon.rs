@@ -48,6 +48,14 @@ impl Agent {
         }
         let mut agent = Self { ebpf, ipvs, model };
         agent.apply();
+        // What was adopted is checked as `xvs verify` checks it, and repaired now rather than
+        // at the first periodic resync: a map whose pin was removed while no agent ran comes
+        // back empty, and its services would not serve until then.
+        match agent.repair_drift() {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(repaired = n, "the adopted dataplane differed from the desired state; repaired"),
+            Err(e) => tracing::error!("checking the adopted dataplane: {}", error_chain(&e)),
+        }
         Ok(agent)
     }
 

@@ -194,3 +194,27 @@ fn a_drain_ends_on_time_however_often_the_agent_restarts() {
     }
     assert!(started.elapsed() >= std::time::Duration::from_secs(3), "drained before its timeout with a live connection");
 }
+
+#[test]
+fn a_restart_over_removed_pins_says_so_and_repairs_before_serving() {
+    let mut topo = Topology::create("xvs-sr6", 3);
+    topo.start_http_backends();
+    let config = config("sr6", 3);
+    let pin = pin_dir("sr6");
+    // The periodic resync is an hour away: only the start-up check can repair.
+    let flags = ["--resync-interval", "3600"];
+    let mut agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin, &flags);
+    assert_eq!(spread(&topo, 3).len(), 3);
+    agent.kill9();
+    // While no agent runs, someone removes the selection-table and connection-table pins.
+    for map in [xvs_common::MAP_SLOTS, xvs_common::MAP_CONNTRACK] {
+        std::fs::remove_file(pin.join(map)).unwrap_or_else(|e| panic!("{map}: {e}"));
+    }
+    let agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin, &flags);
+    let log = agent.log();
+    for map in [xvs_common::MAP_SLOTS, xvs_common::MAP_CONNTRACK] {
+        assert!(log.contains(&format!("map not pinned (removed while no agent ran, or new in this version): created empty map=\"{map}\"")), "{map}:\n{log}");
+    }
+    assert!(log.contains("drift: TCP 10.96.0.10:8080: selection table slot 1 is missing") && log.contains("the adopted dataplane differed from the desired state; repaired"), "{log}");
+    assert_eq!(spread(&topo, 3).len(), 3, "served right after the restart");
+}

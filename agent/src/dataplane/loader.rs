@@ -112,6 +112,14 @@ impl Dataplane {
         }
         // Only maps that were pinned before this load can be from another build.
         let preexisting: Vec<&str> = pins.iter().filter(|(_, pin)| pin.exists()).map(|(name, _)| *name).collect();
+        if let Some(dir) = pin_dir
+            && !preexisting.is_empty()
+        {
+            // A datapath was pinned here, but not all of it: say what starts empty.
+            for (name, _) in pins.iter().filter(|(name, _)| !preexisting.contains(name)) {
+                tracing::warn!(map = name, dir = %dir.display(), "map not pinned (removed while no agent ran, or new in this version): created empty");
+            }
+        }
         let mut ebpf = loader
             .load(bytes)
             .map_err(|source| DataplaneError::Load { path: path.to_owned(), source: Box::new(source) })?;
