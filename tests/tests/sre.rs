@@ -218,3 +218,41 @@ fn a_restart_over_removed_pins_says_so_and_repairs_before_serving() {
     assert!(log.contains("drift: TCP 10.96.0.10:8080: selection table slot 1 is missing") && log.contains("the adopted dataplane differed from the desired state; repaired"), "{log}");
     assert_eq!(spread(&topo, 3).len(), 3, "served right after the restart");
 }
+
+#[test]
+fn foreign_or_damaged_pins_are_named_and_a_failed_start_detaches_nothing() {
+    use xvs_integration::pins::{pin_foreign_map, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_PERCPU_ARRAY};
+    let mut topo = Topology::create("xvs-sr7", 2);
+    topo.start_http_backends();
+    let config = config("sr7", 2);
+    let pin = pin_dir("sr7");
+    let pin_arg = pin.to_string_lossy().into_owned();
+    let mut agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin, &[]);
+    assert_eq!(spread(&topo, 2).len(), 2);
+    agent.kill9();
+    let args = ["--config", &*config.to_string_lossy(), "--iface", NODE_IFACE, "--pin-dir", &pin_arg, "--dataplane", "ebpf"].map(str::to_owned);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Each damage in turn, restored after: (map, its foreign shape, what the error must say).
+    for (map, shape, said) in [
+        (xvs_common::MAP_SERVICES, (BPF_MAP_TYPE_HASH, 40, 8, 16), "its keys are 40 bytes and values 8 bytes"),
+        (xvs_common::MAP_BACKENDS, (BPF_MAP_TYPE_HASH, 4, 28, 16), "it is a Some(Hash) map, this build needs Array"),
+        (xvs_common::MAP_REASONS, (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 3), "it has 3 entries"),
+    ] {
+        let path = pin.join(map);
+        // The real map stays alive through this handle (bpffs has no rename) and is pinned back.
+        let original = aya::maps::MapData::from_pin(&path).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        pin_foreign_map(&path, shape.0, shape.1, shape.2, shape.3);
+        let out = run_expecting_exit(&topo.ns("node"), &args, 20);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains(&format!("the pinned map {map} under {pin_arg} is not this build's: {said}")) && err.contains("nothing was loaded or attached"), "{map}:\n{err}");
+        let not_log: Vec<&str> = err.lines().filter(|l| !l.contains(" INFO ") && !l.contains(" WARN ") && !l.contains(" DEBUG ")).collect();
+        assert_eq!(not_log.len(), 1, "one error line, not a verifier dump:\n{err}");
+        assert_eq!(spread(&topo, 2).len(), 2, "{map}: the failed start took the datapath down");
+        std::fs::remove_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        original.pin(&path).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let _agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin, &[]);
+    assert_eq!(spread(&topo, 2).len(), 2);
+}

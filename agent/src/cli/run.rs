@@ -141,7 +141,8 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
                 tracing::warn!("eBPF datapath unavailable ({e:#}): serving with kernel IPVS only");
                 None
             }
-            Err(e) => return Err(e.context("neither the eBPF datapath nor IPVS is available")),
+            // IPVS was already reported unavailable: the eBPF error is the one to fix.
+            Err(e) => return Err(e.context("the eBPF datapath cannot start (and IPVS is not available to fall back to)")),
         },
     };
     tracing::info!(ebpf = ebpf.is_some(), ipvs = ipvs.is_some(), "dataplanes");

@@ -112,6 +112,12 @@ impl Dataplane {
         }
         // Only maps that were pinned before this load can be from another build.
         let preexisting: Vec<&str> = pins.iter().filter(|(_, pin)| pin.exists()).map(|(name, _)| *name).collect();
+        if let Some(dir) = pin_dir {
+            // Before anything is loaded: a foreign or older map is named here, not by the verifier.
+            for (name, path) in pins.iter().filter(|(_, p)| p.exists()) {
+                super::layout::check_pinned(name, path, dir)?;
+            }
+        }
         if let Some(dir) = pin_dir
             && !preexisting.is_empty()
         {

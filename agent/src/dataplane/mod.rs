@@ -3,6 +3,7 @@ mod addr;
 mod attachment;
 mod capacity;
 mod error;
+mod layout;
 mod loader;
 mod lock;
 mod maps;
