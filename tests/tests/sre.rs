@@ -111,7 +111,7 @@ fn an_empty_or_half_written_services_file_keeps_the_last_good_state() {
     topo.start_http_backends();
     let config = config("sr3", 2);
     let pin = pin_dir("sr3");
-    let agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin, &["--watch-interval-ms", "100"]);
+    let agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin, &["--watch-interval-ms", "300"]);
     assert_eq!(spread(&topo, 2).len(), 2);
 
     // Truncated to 0 bytes, as `> file` does before writing: refused, the service stays.
@@ -120,7 +120,7 @@ fn an_empty_or_half_written_services_file_keeps_the_last_good_state() {
     assert!(agent.log().contains("keeping the last good state"), "{}", agent.log());
     assert_eq!(spread(&topo, 4).len(), 2, "still served by both backends");
 
-    // A write in two parts with a pause shorter than the watch interval: only the whole file
+    // A write in two parts with a pause (30 ms) well under the watch interval (300 ms): only the whole file
     // is applied (never its first half, which does not parse).
     let whole = services_text(2);
     let (first, rest) = whole.split_at(whole.len() / 2 + 3);
