@@ -266,7 +266,6 @@ fn parse_ipv6(data: usize, data_end: usize, len: usize, l3_off: usize) -> Result
     })
 }
 
-
 /// The length an IP header states for what starts at `from`, checked against the frame's:
 /// it must fit (whatever follows is Ethernet padding). 0 is a length only for a GSO
 /// super-packet past 64 KiB (BIG TCP, TC only), which then runs to the frame's end; anywhere
