@@ -3,11 +3,14 @@
 //! endpoints are ready on this node (distinct addresses over all its slices, as kube-proxy's
 //! `LocalReadyEndpoints` counts them). Cloud load balancers probe that port and send traffic
 //! only to nodes that answer 200.
-use std::{borrow::Borrow, collections::BTreeMap, collections::BTreeSet};
+use std::{
+    borrow::Borrow,
+    collections::{BTreeMap, BTreeSet, HashMap},
+};
 
 use k8s_openapi::api::{core::v1::Service as KubeService, discovery::v1::EndpointSlice};
 
-use super::translate::{slices_by_service, slices_of, Node};
+use super::translate::{Node, SERVICE_NAME_LABEL};
 
 /// One health check port's subject.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,32 +21,45 @@ pub struct HealthCheck {
 }
 
 /// Health check ports and what they report. A port claimed by two Services goes to the first
-/// (the API server does not allocate one twice).
+/// (the API server does not allocate one twice). Runs on every snapshot: with no such Service
+/// it costs one pass over the Services; with some, one pass over the slices, looking only
+/// theirs up.
 pub fn health_checks(services: &[impl Borrow<KubeService>], slices: &[impl Borrow<EndpointSlice>], node: &Node) -> BTreeMap<u16, HealthCheck> {
-    let by_service = slices_by_service(slices);
-    let mut out = BTreeMap::new();
+    // (namespace, name) -> (port, this node's ready endpoint addresses)
+    let mut wanted: HashMap<(&str, &str), (u16, BTreeSet<&str>)> = HashMap::new();
+    let mut ports = BTreeMap::new();
     for svc in services.iter().map(Borrow::borrow) {
         let Some(spec) = &svc.spec else { continue };
-        let local = spec.external_traffic_policy.as_deref() == Some("Local");
         let Some(port) = spec.health_check_node_port.and_then(|p| u16::try_from(p).ok()).filter(|&p| p != 0) else { continue };
-        if !local || spec.type_.as_deref() != Some("LoadBalancer") {
+        if spec.external_traffic_policy.as_deref() != Some("Local") || spec.type_.as_deref() != Some("LoadBalancer") {
             continue;
         }
-        let ready_here: BTreeSet<&str> = slices_of(&by_service, svc)
+        let key = (svc.metadata.namespace.as_deref().unwrap_or(""), svc.metadata.name.as_deref().unwrap_or(""));
+        if ports.insert(port, key).is_none() {
+            wanted.insert(key, (port, BTreeSet::new()));
+        }
+    }
+    if wanted.is_empty() {
+        return BTreeMap::new();
+    }
+    for slice in slices.iter().map(Borrow::borrow).filter(|s| s.address_type == "IPv4" || s.address_type == "IPv6") {
+        let Some(name) = slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) else { continue };
+        let Some((_, ready_here)) = wanted.get_mut(&(slice.metadata.namespace.as_deref().unwrap_or(""), name.as_str())) else { continue };
+        let here = slice
+            .endpoints
             .iter()
-            .filter(|s| s.address_type == "IPv4" || s.address_type == "IPv6")
-            .flat_map(|s| s.endpoints.iter().flatten())
+            .flatten()
             .filter(|ep| !node.name.is_empty() && ep.node_name.as_deref() == Some(node.name.as_str()))
             .filter(|ep| ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
-            .filter_map(|ep| ep.addresses.first().map(String::as_str))
-            .collect();
-        out.entry(port).or_insert(HealthCheck {
-            namespace: svc.metadata.namespace.clone().unwrap_or_default(),
-            name: svc.metadata.name.clone().unwrap_or_default(),
-            local_endpoints: ready_here.len(),
-        });
+            .filter_map(|ep| ep.addresses.first().map(String::as_str));
+        ready_here.extend(here);
     }
-    out
+    wanted
+        .into_iter()
+        .map(|((namespace, name), (port, ready_here))| {
+            (port, HealthCheck { namespace: namespace.to_owned(), name: name.to_owned(), local_endpoints: ready_here.len() })
+        })
+        .collect()
 }
 
 #[cfg(test)]

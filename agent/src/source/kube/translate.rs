@@ -27,7 +27,7 @@ use crate::model::{Model, Protocol, Service, ServiceId};
 
 pub const SCHEDULER_ANNOTATION: &str = "xvs.io/scheduler";
 pub const WEIGHTS_ANNOTATION: &str = "xvs.io/weights";
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub(super) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 const DEFAULT_AFFINITY_TIMEOUT: i32 = 10_800;
 
 /// The node this agent programs.
