@@ -40,10 +40,6 @@ impl Attachment {
         Ok(Self { pin_dir: pin_dir.to_owned(), lock, ingress, ifaces: ifaces.iter().map(|i| (i.clone(), 0)).collect() })
     }
 
-    pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
-    }
-
     /// Attaches to every interface (start-up: any failure is the caller's to report).
     pub fn attach_all(&mut self, dataplane: &mut Dataplane) -> Result<(), DataplaneError> {
         for i in 0..self.ifaces.len() {
