@@ -113,16 +113,27 @@ impl Agent {
 
     fn sync_ipvs(&mut self) {
         let Some(mirror) = &self.ipvs else { return };
-        match mirror.sync(&self.model) {
-            Ok(result) => log_ipvs(result),
+        match mirror.drift_draining(&self.model, &self.ebpf_drains()) {
+            Ok(ops) => log_ipvs(mirror.apply(ops)),
             Err(e) => tracing::error!("ipvs: reading the kernel table failed: {}", error_chain(&e)),
         }
+    }
+
+    /// The backends the eBPF side drains: with both dataplanes, IPVS keeps them too, so both
+    /// delete them at the same moment and keep one destination order.
+    fn ebpf_drains(&self) -> Vec<(crate::model::ServiceId, std::net::SocketAddr)> {
+        self.ebpf.as_ref().map(|e| e.reconciler.draining().copied().collect()).unwrap_or_default()
     }
 
     /// Removes dead flows and finishes drains whose backends have no flow left (eBPF), and
     /// deletes IPVS dests whose connections are gone.
     pub fn tend_flows(&mut self) -> Result<(), DataplaneError> {
+        let tended = self.tend_ebpf_flows();
         self.sync_ipvs_quietly();
+        tended
+    }
+
+    fn tend_ebpf_flows(&mut self) -> Result<(), DataplaneError> {
         let Some(ebpf) = &mut self.ebpf else { return Ok(()) };
         let now = datapath_secs(&ebpf.dataplane.maps)?;
         let scan = flows::scan(&ebpf.dataplane.maps, now)?;
@@ -155,7 +166,7 @@ impl Agent {
     /// repairs IPVS drift), applying the plan it already read.
     fn sync_ipvs_quietly(&mut self) {
         let Some(mirror) = &self.ipvs else { return };
-        match mirror.drift(&self.model) {
+        match mirror.drift_draining(&self.model, &self.ebpf_drains()) {
             Ok(ops) if ops.is_empty() => {}
             Ok(ops) => log_ipvs(mirror.apply(ops)),
             Err(e) => tracing::error!("ipvs: {}", error_chain(&e)),

@@ -116,6 +116,13 @@ pub struct ServiceValue {
     pub _pad: [u8; 2],
     /// Session affinity (IPVS persistence) timeout in seconds; 0 = no affinity.
     pub affinity_timeout: u32,
+    /// `rr_cursor` as the agent wrote it with this table: equal means no flow was scheduled
+    /// since, so the kernel's scheduler still stands where `sched_state` says.
+    pub sched_mark: u32,
+    /// Where IPVS's scheduler stood when this table was written: rr, the list stamp
+    /// ([`Backend::seq`]) of the destination it continues after (0: the list head); wrr, its
+    /// current weight level `cw`. Read by the agent only, to resume as the kernel does.
+    pub sched_state: u32,
 }
 
 /// Include the client port in the source hash (IPVS `IP_VS_SVC_F_SCHED_SH_PORT`).
@@ -143,6 +150,10 @@ pub struct Backend {
     pub svc_id: u32,
     /// Configured weight (what `xvs list -n` shows); the datapath uses the selection table.
     pub weight: u32,
+    /// Position in the service's IPVS destination list: IPVS puts every added destination at
+    /// the head, so the list runs from the highest stamp to the lowest. Kept in the pins so a
+    /// restarted agent knows the order the kernel has.
+    pub seq: u32,
 }
 
 pub const BACKEND_F_PRESENT: u8 = 1;
@@ -263,9 +274,9 @@ impl Counters {
 // build on both sides.
 const _: () = {
     assert!(core::mem::size_of::<ServiceKey>() == 20);
-    assert!(core::mem::size_of::<ServiceValue>() == 24);
+    assert!(core::mem::size_of::<ServiceValue>() == 32);
     assert!(core::mem::size_of::<SlotKey>() == 8);
-    assert!(core::mem::size_of::<Backend>() == 28);
+    assert!(core::mem::size_of::<Backend>() == 32);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowEntry>() == 36);
     assert!(core::mem::size_of::<AffinityKey>() == 24);

@@ -4,10 +4,13 @@
 //! Every scheduler is a table of slots -> backend plus a per-packet way to pick a slot:
 //! - `rr`: one slot per active backend; slot = shared atomic cursor % len.
 //! - `wrr`: one full cycle of the kernel's `ip_vs_wrr_schedule` sequence; slot = cursor % len.
-//! - `sh`: the kernel's 256-bucket table from `ip_vs_sh_reassign`; slot = kernel's source hash.
+//! - `sh`: the kernel's 256-bucket table from `ip_vs_sh_reassign`, with each bucket whose
+//!   destination has weight 0 resolved by the kernel's `sh-fallback` walk; slot = source hash.
 //!
-//! Weight-0 backends are left out of every table: they take no new flows (graceful drain), while
-//! their established flows keep going through the connection table.
+//! Tables follow the kernel's destination list order (newest first; see the agent's
+//! `dataplane::ipvs_list`). Weight-0 backends never answer a new flow (graceful drain), while
+//! their established flows keep going through the connection table; sh still gives them their
+//! buckets, as the kernel does, so that a drain moves no other source.
 
 /// IPVS `IP_VS_SH_TAB_BITS` (default 8): the source-hash table has 256 buckets.
 pub const SH_TABLE_BITS: u32 = 8;
@@ -53,14 +56,7 @@ pub struct WrrCycle<'a> {
 
 impl<'a> WrrCycle<'a> {
     pub fn new(weights: &'a [u32]) -> Self {
-        let (mut di, mut max) = (0u32, 0u32);
-        for &w in weights {
-            if w > 0 {
-                di = gcd(di, w);
-                max = max.max(w);
-            }
-        }
-        let mw = if max == 0 { 0 } else { max - (di - 1) };
+        let (di, mw) = wrr_params(weights);
         Self { weights, di, cw: mw, next: 0 }
     }
 
@@ -73,6 +69,63 @@ impl<'a> WrrCycle<'a> {
         }
         weights.iter().map(|&w| u64::from(w / di)).sum()
     }
+}
+
+/// The kernel's `ip_vs_wrr_gcd_weight` and `mw` (max weight - (di - 1)): the cycle's step and
+/// its top level. `(1, 0)` when no weight is positive.
+pub fn wrr_params(weights: &[u32]) -> (u32, u32) {
+    let (mut di, mut max) = (0u32, 0u32);
+    for &w in weights {
+        if w > 0 {
+            di = gcd(di, w);
+            max = max.max(w);
+        }
+    }
+    let di = di.max(1);
+    (di, max.saturating_sub(di - 1))
+}
+
+/// `ip_vs_wrr_dest_changed`: the level `cw` the kernel continues at after any destination is
+/// added, edited or removed (it also restarts at the list head).
+pub fn wrr_changed_level(cw: u32, weights: &[u32]) -> u32 {
+    let (di, mw) = wrr_params(weights);
+    if cw > mw || cw == 0 {
+        mw
+    } else if di > 1 {
+        (cw / di) * di + 1
+    } else {
+        cw
+    }
+}
+
+/// The cycle position where the kernel's pass at level `cw` from the list head begins: the
+/// cycle is one block per level (mw, mw - di, ... > 0), each block every backend of weight
+/// >= level in list order. A level between two block levels starts at the next lower block.
+pub fn wrr_level_offset(weights: &[u32], cw: u32) -> usize {
+    let (di, mw) = wrr_params(weights);
+    let mut offset = 0;
+    let mut level = mw;
+    while level > 0 && level > cw {
+        offset += weights.iter().filter(|&&w| w >= level).count();
+        level = level.saturating_sub(di);
+    }
+    offset
+}
+
+/// The level of the block the cycle position `slot` lies in (the kernel's `cw` after it
+/// picked that slot); 0 when the cycle is empty.
+pub fn wrr_slot_level(weights: &[u32], slot: usize) -> u32 {
+    let (di, mw) = wrr_params(weights);
+    let mut start = 0;
+    let mut level = mw;
+    while level > 0 {
+        start += weights.iter().filter(|&&w| w >= level).count();
+        if slot < start {
+            return level;
+        }
+        level = level.saturating_sub(di);
+    }
+    0
 }
 
 impl Iterator for WrrCycle<'_> {
@@ -95,19 +148,16 @@ impl Iterator for WrrCycle<'_> {
 }
 
 /// The kernel's `ip_vs_sh_reassign()`: walks the destinations in list order and gives each
-/// `weight` consecutive buckets, wrapping around until all 256 are assigned. Returns the backend
-/// index per bucket, or `None` when no weight is positive. Weight-0 backends are skipped.
+/// `weight` consecutive buckets (a weight-0 destination one: `++d_count >= weight`), wrapping
+/// around until all 256 are assigned. `None` when there is no destination.
 pub fn sh_table(weights: &[u32]) -> Option<[usize; SH_TABLE_SIZE]> {
-    if !weights.iter().any(|&w| w > 0) {
+    if weights.is_empty() {
         return None;
     }
     let mut table = [0usize; SH_TABLE_SIZE];
     let mut p = 0usize;
     let mut given = 0u32;
     for bucket in &mut table {
-        while weights[p] == 0 {
-            p = (p + 1) % weights.len();
-        }
         *bucket = p;
         given += 1;
         if given >= weights[p] {
@@ -116,6 +166,30 @@ pub fn sh_table(weights: &[u32]) -> Option<[usize; SH_TABLE_SIZE]> {
         }
     }
     Some(table)
+}
+
+/// `ip_vs_sh_get_fallback()` for every bucket of `table`: a bucket whose destination has
+/// weight 0 takes the first available one the kernel's walk finds. The walk adds its offset
+/// to the bucket twice (`(offset + ihash) % 256` fed back into the hash with offset), so it
+/// visits buckets `2 * ihash + k` for k = 0..255. `None` when no destination is available.
+pub fn sh_fallback(table: &[usize; SH_TABLE_SIZE], weights: &[u32]) -> Option<[usize; SH_TABLE_SIZE]> {
+    if !table.iter().any(|&d| weights[d] > 0) {
+        return None;
+    }
+    let mut out = *table;
+    for (ihash, slot) in out.iter_mut().enumerate() {
+        if weights[*slot] > 0 {
+            continue;
+        }
+        for k in 0..SH_TABLE_SIZE {
+            let d = table[(2 * ihash + k) % SH_TABLE_SIZE];
+            if weights[d] > 0 {
+                *slot = d;
+                break;
+            }
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -161,9 +235,47 @@ mod tests {
     fn sh_table_gives_weight_consecutive_buckets() {
         let t = sh_table(&[1, 1, 1]).unwrap_or([9; SH_TABLE_SIZE]);
         assert_eq!(&t[..6], &[0, 1, 2, 0, 1, 2]);
+        // A weight-0 destination keeps one bucket per round, as in the kernel.
         let t = sh_table(&[2, 0, 1]).unwrap_or([9; SH_TABLE_SIZE]);
-        assert_eq!(&t[..6], &[0, 0, 2, 0, 0, 2]);
-        assert!(sh_table(&[0, 0]).is_none());
+        assert_eq!(&t[..8], &[0, 0, 1, 2, 0, 0, 1, 2]);
+        assert!(sh_table(&[0, 0]).is_some());
+        assert!(sh_table(&[]).is_none());
+    }
+
+    #[test]
+    fn sh_fallback_walks_from_twice_the_bucket() {
+        // Buckets: 0 1 2 0 1 2 ...; backend 1 drains. Bucket 1 (ihash 1) walks 2, 3, ...: 2.
+        // Bucket 4 (ihash 4) walks 8 (backend 2). Bucket 130 walks 260 % 256 = 4 (backend 1,
+        // drained), then 5 (backend 2).
+        let weights = [1, 0, 1];
+        let t = sh_table(&weights).unwrap_or([9; SH_TABLE_SIZE]);
+        let f = sh_fallback(&t, &weights).unwrap_or([9; SH_TABLE_SIZE]);
+        assert_eq!((f[0], f[1], f[2], f[3]), (0, 2, 2, 0));
+        assert_eq!(t[4], 1);
+        assert_eq!(f[4], t[8]);
+        assert_eq!((t[130], t[4], t[5], f[130]), (1, 1, 2, 2));
+        assert!(f.iter().all(|&d| weights[d] > 0));
+        assert!(sh_fallback(&t, &[0, 0, 0]).is_none());
+    }
+
+    #[test]
+    fn wrr_levels_and_offsets_follow_the_blocks() {
+        // Weights 1/2/3 (list order): blocks cw=3 [2], cw=2 [1,2], cw=1 [0,1,2].
+        let w = [1, 2, 3];
+        assert_eq!(wrr_params(&w), (1, 3));
+        assert_eq!([0, 1, 2, 3].map(|cw| wrr_level_offset(&w, cw)), [6, 3, 1, 0]);
+        assert_eq!((0..6).map(|s| wrr_slot_level(&w, s)).collect::<Vec<_>>(), [3, 2, 2, 1, 1, 1]);
+        // di = 2: mw = 6 - 1 = 5, levels 5, 3, 1.
+        let w = [2, 4, 6];
+        assert_eq!(wrr_params(&w), (2, 5));
+        assert_eq!(wrr_changed_level(4, &w), 5);
+        assert_eq!(wrr_changed_level(2, &w), 3);
+        assert_eq!(wrr_changed_level(0, &w), 5);
+        assert_eq!(wrr_changed_level(9, &w), 5);
+        assert_eq!(wrr_level_offset(&w, 3), 1);
+        // Nothing positive: no levels.
+        assert_eq!(wrr_params(&[0, 0]), (1, 0));
+        assert_eq!(wrr_changed_level(3, &[0]), 0);
     }
 
     #[test]

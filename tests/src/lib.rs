@@ -38,7 +38,7 @@ pub fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap_or_else(|e| panic!("bad socket address {s}: {e}"))
 }
 
-/// Shorthand for a service entry.
+/// Shorthand for a service entry; `backends` in the kernel's list order (head first).
 pub fn service(svc_id: u32, vip: &str, proto: u8, scheduler: Scheduler, backends: &[(u32, &str, u32)]) -> ServiceEntry {
     let vip = sa(vip);
     ServiceEntry {
@@ -51,9 +51,10 @@ pub fn service(svc_id: u32, vip: &str, proto: u8, scheduler: Scheduler, backends
         affinity_timeout: 0,
         backends: backends
             .iter()
-            .map(|&(id, addr, weight)| {
+            .enumerate()
+            .map(|(i, &(id, addr, weight))| {
                 let addr = sa(addr);
-                BackendEntry { id, addr: addr.ip(), port: addr.port(), weight }
+                BackendEntry { id, addr: addr.ip(), port: addr.port(), weight, seq: (backends.len() - i) as u32 }
             })
             .collect(),
     }

@@ -114,9 +114,10 @@ fn established_connection_survives_kill_9_and_restart_on_the_same_backend() {
     let mut agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin, &[]);
 
     // Two connections first, so the long-lived one lands on the second backend (rr), not on
-    // the one a fresh agent would also pick first.
+    // the one a fresh agent would also pick first. IPVS's list has the last added (in address
+    // order) destination at its head: backend-3, then backend-2, backend-1.
     let mut first = Conn::open(&topo.ns("client"), "10.96.0.10", ECHO_PORT);
-    assert_eq!(first.backend(), "backend-1");
+    assert_eq!(first.backend(), "backend-3");
     let mut conn = Conn::open(&topo.ns("client"), "10.96.0.10", ECHO_PORT);
     assert_eq!(conn.send("before"), "backend-2:before");
 
@@ -128,10 +129,10 @@ fn established_connection_survives_kill_9_and_restart_on_the_same_backend() {
     assert!(agent.log().contains("adopted the pinned dataplane of a previous agent"), "{}", agent.log());
     assert!(agent.log().contains("unchanged=1"), "the restart rewrote the service:\n{}", agent.log());
     assert_eq!(conn.send("after"), "backend-2:after");
-    assert_eq!(first.send("after"), "backend-1:after");
+    assert_eq!(first.send("after"), "backend-3:after");
     // New flows continue the rotation where it was.
     let mut third = Conn::open(&topo.ns("client"), "10.96.0.10", ECHO_PORT);
-    assert_eq!(third.backend(), "backend-3");
+    assert_eq!(third.backend(), "backend-1");
 
     // SIGTERM without --cleanup: the agent exits, the pinned datapath stays and keeps serving.
     let mut agent = agent;
@@ -149,8 +150,10 @@ fn graceful_termination_and_reloads_move_new_flows_only() {
     let mut topo = Topology::create("xvs-ag3", 2);
     topo.start_echo_backends(ECHO_PORT);
     let config = config_path("ag3");
-    let be1 = format!("{}:{ECHO_PORT}", Topology::backend_addr(1));
-    let be2 = format!("{}:{ECHO_PORT}", Topology::backend_addr(2));
+    // IPVS's rr starts at the head of its list, where the last added destination is: be1
+    // (backend-2, added after backend-1 in address order) takes the first connection.
+    let be1 = format!("{}:{ECHO_PORT}", Topology::backend_addr(2));
+    let be2 = format!("{}:{ECHO_PORT}", Topology::backend_addr(1));
     write_services(&config, "10.96.0.10", ECHO_PORT, &[(&be1, ""), (&be2, "")]);
     let pin = pin_dir("ag3");
     // File watching is slowed right down in this test: SIGHUP alone must trigger the reloads,
@@ -159,36 +162,36 @@ fn graceful_termination_and_reloads_move_new_flows_only() {
     let client = topo.ns("client");
 
     let mut long = Conn::open(&client, "10.96.0.10", ECHO_PORT);
-    assert_eq!(long.backend(), "backend-1");
+    assert_eq!(long.backend(), "backend-2");
 
-    // backend-1 terminating: new flows all go to backend-2, the old one stays on backend-1.
+    // be1 terminating: new flows all go to be2, the old one stays on be1.
     write_services(&config, "10.96.0.10", ECHO_PORT, &[(&be1, "state = \"terminating\""), (&be2, "")]);
     agent.hup();
     agent.wait_log_count("services file loaded", 2, 10);
     for _ in 0..4 {
-        assert_eq!(Conn::open(&client, "10.96.0.10", ECHO_PORT).backend(), "backend-2");
+        assert_eq!(Conn::open(&client, "10.96.0.10", ECHO_PORT).backend(), "backend-1");
     }
-    assert_eq!(long.backend(), "backend-1");
+    assert_eq!(long.backend(), "backend-2");
 
     // An invalid file is refused with its line; nothing changes.
     std::fs::write(&config, "[[service]]\nvip = \"10.96.0.10\"\nport = 9000\nbackends = [{ endpoint = \"10.0.11.2\" }]\n").unwrap_or_else(|e| panic!("{e}"));
     agent.hup();
     agent.wait_log("keeping the last good state", 10);
     assert!(agent.log().contains("line 4"), "{}", agent.log());
-    assert_eq!(long.backend(), "backend-1");
-    assert_eq!(Conn::open(&client, "10.96.0.10", ECHO_PORT).backend(), "backend-2");
+    assert_eq!(long.backend(), "backend-2");
+    assert_eq!(Conn::open(&client, "10.96.0.10", ECHO_PORT).backend(), "backend-1");
 
-    // backend-1 removed: it drains (weight 0, its established flow continues) while the flow lives.
+    // be1 removed: it drains (weight 0, its established flow continues) while the flow lives.
     write_services(&config, "10.96.0.10", ECHO_PORT, &[(&be2, "")]);
     agent.hup();
     agent.wait_log("backend draining", 10);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let listed = list(&pin, &[]);
     assert!(listed.contains(&format!("  -> {be1:<28} Masq    0      1          0")), "{listed}");
-    assert_eq!(long.backend(), "backend-1");
+    assert_eq!(long.backend(), "backend-2");
 
     // The flow ends (RST: closed flows die after 10 s, like IPVS's CLOSE state): the drain
-    // completes and backend-1 leaves the dataplane.
+    // completes and be1 leaves the dataplane.
     long.reset();
     agent.wait_log("backend drained and removed", 20);
     let listed = list(&pin, &[]);
@@ -199,7 +202,7 @@ fn graceful_termination_and_reloads_move_new_flows_only() {
     let agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin, &["--watch-interval-ms", "100"]);
     write_services(&config, "10.96.0.10", ECHO_PORT, &[(&be1, "weight = 3"), (&be2, "")]);
     agent.wait_log_count("services file loaded", 1, 10);
-    eventually(5, "backend-1 back with weight 3", || list(&pin, &[]).contains(&format!("  -> {be1:<28} Masq    3 ")));
+    eventually(5, "backend-2 back with weight 3", || list(&pin, &[]).contains(&format!("  -> {be1:<28} Masq    3 ")));
 }
 
 #[test]

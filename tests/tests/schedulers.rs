@@ -50,10 +50,11 @@ fn rr_30_new_flows_are_exactly_10_each_in_order() {
 #[test]
 fn wrr_1_2_3_over_600_flows_is_100_200_300_in_ipvs_order() {
     let mut dp = setup(Scheduler::WeightedRoundRobin, [1, 2, 3]);
-    let picks: Vec<usize> = (0..600).map(|i| pick(&mut dp, &client(i))).collect();
-    assert_eq!(tally(&picks), [100, 200, 300]);
-    // ip_vs_wrr_schedule from a fresh service: c, b, c, a, b, c, ...
-    assert_eq!(&picks[..12], &[2, 1, 2, 0, 1, 2, 2, 1, 2, 0, 1, 2]);
+    let picks: Vec<usize> = (0..603).map(|i| pick(&mut dp, &client(i))).collect();
+    // A service whose destinations were just added starts where ip_vs_wrr_dest_changed left
+    // it: one pass over every destination (cw = 1), then the weighted cycle c, b, c, a, b, c.
+    assert_eq!(&picks[..12], &[0, 1, 2, 2, 1, 2, 0, 1, 2, 2, 1, 2]);
+    assert_eq!(tally(&picks[3..]), [100, 200, 300]);
 }
 
 #[test]

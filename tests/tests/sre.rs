@@ -169,14 +169,15 @@ fn a_drain_ends_on_time_however_often_the_agent_restarts() {
     let mut topo = Topology::create("xvs-sr5", 2);
     topo.start_echo_backends(ECHO);
     let config = std::env::temp_dir().join("xvs-test-sr5.toml");
-    let (be1, be2) = (format!("{}:{ECHO}", Topology::backend_addr(1)), format!("{}:{ECHO}", Topology::backend_addr(2)));
+    // rr starts at the head of IPVS's list: the last added (backend-2, after backend-1).
+    let (be1, be2) = (format!("{}:{ECHO}", Topology::backend_addr(2)), format!("{}:{ECHO}", Topology::backend_addr(1)));
     write_services(&config, "10.96.0.10", ECHO, &[(&be1, ""), (&be2, "")]);
     let pin = pin_dir("sr5");
     let flags = ["--drain-timeout", "4", "--flow-interval", "1", "--watch-interval-ms", "100"];
     let mut agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin, &flags);
-    // A long connection on backend-1 keeps its flow alive: only the timeout ends the drain.
+    // A long connection on be1 keeps its flow alive: only the timeout ends the drain.
     let mut long = Conn::open(&topo.ns("client"), "10.96.0.10", ECHO);
-    assert_eq!(long.backend(), "backend-1");
+    assert_eq!(long.backend(), "backend-2");
     write_services(&config, "10.96.0.10", ECHO, &[(&be2, "")]);
     agent.wait_log("backend draining", 10);
     let started = std::time::Instant::now();

@@ -3,6 +3,7 @@ mod addr;
 mod attachment;
 mod capacity;
 mod error;
+pub mod ipvs_list;
 mod layout;
 mod loader;
 mod lock;

@@ -9,7 +9,13 @@ use xvs_common::{
     IPPROTO_UDP, MAP_BACKENDS, MAP_SERVICES, MAP_SLOTS,
 };
 
-use super::{addr::to_map_addr, error::{is_missing, DataplaneError}, maps::Maps, tables};
+use super::{
+    addr::to_map_addr,
+    error::{is_missing, DataplaneError},
+    ipvs_list::scheduler_fields,
+    maps::Maps,
+    tables,
+};
 
 /// Selection tables alternate between two halves of the slot space, so the live table is never
 /// overwritten while packets read it.
@@ -24,9 +30,12 @@ pub struct BackendEntry {
     pub port: u16,
     /// 0 = drain: no new flows, established flows continue.
     pub weight: u32,
+    /// Position in the kernel's destination list (see [`xvs_common::Backend::seq`]).
+    pub seq: u32,
 }
 
-/// One virtual service (VIP, port, proto) with its scheduler and backends in order.
+/// One virtual service (VIP, port, proto) with its scheduler and backends in the kernel's
+/// destination list order (head first).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceEntry {
     /// Non-zero, unique among services.
@@ -67,18 +76,21 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
 }
 
 impl ServiceEntry {
+    /// The selection table as indexes into `backends`, slot by slot.
+    pub fn table_indexes(&self) -> Result<Vec<usize>, DataplaneError> {
+        let weights: Vec<u32> = self.backends.iter().map(|b| b.weight).collect();
+        tables::render(self.scheduler, &weights).map_err(|source| DataplaneError::Table { service: self.name(), source })
+    }
+
     /// The selection table as backend ids, slot by slot.
     fn table(&self) -> Result<Vec<u32>, DataplaneError> {
-        let weights: Vec<u32> = self.backends.iter().map(|b| b.weight).collect();
-        let table = tables::render(self.scheduler, &weights)
-            .map_err(|source| DataplaneError::Table { service: self.name(), source })?;
-        Ok(table.into_iter().map(|i| self.backends[i].id).collect())
+        Ok(self.table_indexes()?.into_iter().map(|i| self.backends[i].id).collect())
     }
 
     fn backend_value(&self, b: &BackendEntry) -> Backend {
         let (addr, family) = to_map_addr(b.addr);
         let flags = if b.weight == 0 { BACKEND_F_PRESENT | BACKEND_F_DRAINING } else { BACKEND_F_PRESENT };
-        Backend { addr, port: b.port.to_be(), family, flags, svc_id: self.svc_id, weight: b.weight }
+        Backend { addr, port: b.port.to_be(), family, flags, svc_id: self.svc_id, weight: b.weight, seq: b.seq }
     }
 }
 
@@ -93,7 +105,8 @@ impl Maps {
     /// (in the half the live service does not use) and the service entry that switches to it,
     /// then the old table; backends `new` no longer has go last.
     pub fn update_service(&mut self, old: Option<&ServiceEntry>, new: &ServiceEntry) -> Result<(), DataplaneError> {
-        let table = new.table()?;
+        let indexes = new.table_indexes()?;
+        let table: Vec<u32> = indexes.iter().map(|&i| new.backends[i].id).collect();
         for b in &new.backends {
             if b.id == 0 || b.id > self.capacity.backends {
                 return Err(DataplaneError::BackendId { service: new.name(), id: b.id, max: self.capacity.backends });
@@ -112,16 +125,20 @@ impl Maps {
             (Some(o), Some(v)) => v.svc_id == new.svc_id && v.slot_count as usize == table.len() && o.table()? == table,
             _ => false,
         };
+        // rr and wrr go on where the kernel's would after the same changes; with none (or
+        // only settings changed) the rotation stays exactly where it is.
+        let (rr_cursor, sched_mark, sched_state) = scheduler_fields(old, live.as_ref(), new, &indexes)?;
         let mut value = ServiceValue {
             svc_id: new.svc_id,
             slot_base: 0,
             slot_count: table.len() as u32,
-            // Keep the rotation where it was: an update must not restart rr at the first backend.
-            rr_cursor: live.map_or(0, |v| v.rr_cursor),
+            rr_cursor,
             scheduler: new.scheduler as u8,
             flags: new.flags,
             _pad: [0; 2],
             affinity_timeout: new.affinity_timeout,
+            sched_mark,
+            sched_state,
         };
         match live {
             Some(v) if table_is_live => {

@@ -1,6 +1,6 @@
 //! Pure rendering of a service's selection table (slot -> backend index) for each scheduler.
 use xvs_common::{
-    sched::{sh_table, WrrCycle},
+    sched::{sh_fallback, sh_table, WrrCycle},
     Scheduler,
 };
 
@@ -14,11 +14,13 @@ pub enum TableError {
     WrrTooLong { weights: Vec<u32>, len: u64 },
 }
 
-/// Slot table for a service: each entry indexes `weights` (the service's backends in order).
-/// Backends of weight 0 never appear (they take no new flows). An empty table means no backend.
+/// Slot table for a service: each entry indexes `weights` (the service's backends in the
+/// kernel's list order). Backends of weight 0 never appear (they take no new flows). An empty
+/// table means no backend.
 ///
 /// rr ignores weights other than 0 (like IPVS's rr); wrr is one kernel wrr cycle; sh is the
-/// kernel's 256-bucket table.
+/// kernel's 256-bucket table, where weight-0 backends keep their buckets and those buckets
+/// answer with the kernel's `sh-fallback` walk (the mirror sets that flag on every sh service).
 pub fn render(scheduler: Scheduler, weights: &[u32]) -> Result<Vec<usize>, TableError> {
     Ok(match scheduler {
         Scheduler::RoundRobin => (0..weights.len()).filter(|&i| weights[i] > 0).collect(),
@@ -29,7 +31,7 @@ pub fn render(scheduler: Scheduler, weights: &[u32]) -> Result<Vec<usize>, Table
             }
             WrrCycle::new(weights).collect()
         }
-        Scheduler::SourceHash => sh_table(weights).map(|t| t.to_vec()).unwrap_or_default(),
+        Scheduler::SourceHash => sh_table(weights).and_then(|t| sh_fallback(&t, weights)).map(|t| t.to_vec()).unwrap_or_default(),
     })
 }
 
@@ -60,5 +62,9 @@ mod tests {
         assert_eq!(t.len(), 256);
         assert_eq!(&t[..4], &[0, 1, 2, 0]);
         assert_eq!(render(Scheduler::SourceHash, &[0]), Ok(vec![]));
+        // A draining backend's buckets fall back to live ones; the others do not move.
+        let drained = render(Scheduler::SourceHash, &[1, 0, 1]).unwrap_or_default();
+        assert_eq!(&drained[..4], &[0, 2, 2, 0]);
+        assert!(!drained.contains(&1));
     }
 }

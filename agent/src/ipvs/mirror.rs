@@ -14,7 +14,10 @@ use super::{
     wire::SVC_F_PERSISTENT,
     IpvsClient, IpvsDest, IpvsError, IpvsService,
 };
-use crate::model::Model;
+use crate::{
+    dataplane::ipvs_list::{dest_ops, DestOp},
+    model::{Model, Protocol, ServiceId},
+};
 
 /// One change to the kernel, shown as the ipvsadm command that would make it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,8 +46,13 @@ fn svc_opts(s: &IpvsService) -> String {
     if s.flags & SVC_F_PERSISTENT != 0 {
         out.push_str(&format!(" -p {}", s.timeout));
     }
-    if s.flags & super::wire::SVC_F_SCHED2 != 0 {
-        out.push_str(" -b sh-port");
+    let sched_flags: Vec<&str> = [(super::wire::SVC_F_SCHED1, "sh-fallback"), (super::wire::SVC_F_SCHED2, "sh-port")]
+        .into_iter()
+        .filter(|&(bit, _)| s.flags & bit != 0)
+        .map(|(_, name)| name)
+        .collect();
+    if !sched_flags.is_empty() {
+        out.push_str(&format!(" -b {}", sched_flags.join(",")));
     }
     out
 }
@@ -91,28 +99,40 @@ pub fn plan(desired: &[DesiredIpvs], current: &Current) -> Vec<Op> {
         let have = current.services.iter().find(|(s, _)| same_id(s, &want.service));
         let Some((svc, dests)) = have else {
             ops.push(Op::AddService(want.service.clone()));
-            ops.extend(want.dests.iter().map(|d| Op::AddDest(want.service.clone(), d.clone())));
+            let endpoints: Vec<(SocketAddr, u32)> = want.dests.iter().map(|d| (SocketAddr::new(d.addr, d.port), d.weight)).collect();
+            for op in dest_ops(&[], &endpoints) {
+                if let DestOp::Add(j) = op {
+                    ops.push(Op::AddDest(want.service.clone(), want.dests[j].clone()));
+                }
+            }
             continue;
         };
         if (svc.scheduler.as_str(), svc.flags, svc.timeout) != (want.service.scheduler.as_str(), want.service.flags, want.service.timeout) {
             ops.push(Op::EditService(want.service.clone()));
         }
-        for d in &want.dests {
-            match dests.iter().find(|x| (x.addr, x.port) == (d.addr, d.port)) {
-                None => ops.push(Op::AddDest(want.service.clone(), d.clone())),
-                Some(x) if (x.weight, x.fwd_method) != (d.weight, d.fwd_method) => ops.push(Op::EditDest(want.service.clone(), d.clone())),
-                Some(_) => {}
+        // Dests that leave stay at weight 0 while the kernel still counts connections to them
+        // (TCP; UDP ones go at once, as in kube-proxy), or while the eBPF side drains them.
+        let mut keep = want.dests.clone();
+        for x in dests {
+            let wanted = want.dests.iter().any(|d| (d.addr, d.port) == (x.addr, x.port));
+            let busy = x.active_conns + x.inactive_conns > 0 && want.service.protocol != 17;
+            if !wanted && (busy || want.draining.contains(&SocketAddr::new(x.addr, x.port))) {
+                keep.push(IpvsDest { weight: 0, ..x.clone() });
             }
         }
-        for x in dests {
-            if want.dests.iter().any(|d| (d.addr, d.port) == (x.addr, x.port)) {
-                continue;
-            }
-            let busy = x.active_conns + x.inactive_conns > 0 && want.service.protocol != 17;
-            if !busy {
-                ops.push(Op::DelDest(want.service.clone(), x.clone()));
-            } else if x.weight != 0 {
-                ops.push(Op::EditDest(want.service.clone(), IpvsDest { weight: 0, ..x.clone() }));
+        let endpoints = |list: &[IpvsDest]| list.iter().map(|d| (SocketAddr::new(d.addr, d.port), d.weight)).collect::<Vec<_>>();
+        // In the order the eBPF side replays them (ipvs_list), so both keep one list order.
+        for op in dest_ops(&endpoints(dests), &endpoints(&keep)) {
+            ops.push(match op {
+                DestOp::Del(i) => Op::DelDest(want.service.clone(), dests[i].clone()),
+                DestOp::Edit(_, j) => Op::EditDest(want.service.clone(), keep[j].clone()),
+                DestOp::Add(j) => Op::AddDest(want.service.clone(), keep[j].clone()),
+            });
+        }
+        // A forwarding method changed behind our back (same weight): put it back.
+        for d in &keep {
+            if dests.iter().any(|x| (x.addr, x.port, x.weight) == (d.addr, d.port, d.weight) && x.fwd_method != d.fwd_method) {
+                ops.push(Op::EditDest(want.service.clone(), d.clone()));
             }
         }
     }
@@ -184,7 +204,16 @@ impl IpvsMirror {
     /// Every difference between the kernel table and `model`, as the operation that would fix it
     /// (`xvs verify --source ipvs`). Dests draining at weight 0 are not differences.
     pub fn drift(&self, model: &Model) -> Result<Vec<Op>, IpvsError> {
-        let desired = render(model);
+        self.drift_draining(model, &[])
+    }
+
+    /// As [`Self::drift`], with the real servers the eBPF side drains kept at weight 0.
+    pub fn drift_draining(&self, model: &Model, draining: &[(ServiceId, SocketAddr)]) -> Result<Vec<Op>, IpvsError> {
+        let mut desired = render(model);
+        for d in &mut desired {
+            let id = ServiceId { vip: d.service.addr, port: d.service.port, proto: Protocol::from_number(d.service.protocol as u8).unwrap_or(Protocol::Tcp) };
+            d.draining = draining.iter().filter(|(s, _)| *s == id).map(|&(_, ep)| ep).collect();
+        }
         Ok(plan(&desired, &self.current(&desired)?))
     }
 

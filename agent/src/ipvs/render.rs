@@ -1,11 +1,14 @@
 //! The desired state as kube-proxy's IPVS mode writes it: one virtual service per
 //! VIP:port:proto with the service's scheduler, PERSISTENT plus timeout for ClientIP affinity
-//! (`sh-port` as SCHED2 for sh), and Masq real servers with their weights (terminating ones at
-//! weight 0).
+//! (for sh: `sh-fallback` always, as SCHED1, so that a draining destination's sources move on
+//! instead of being refused, which is what the eBPF datapath does; `sh-port` as SCHED2), and
+//! Masq real servers with their weights (terminating ones at weight 0).
 use super::{
-    wire::{FWD_MASQ, SVC_F_PERSISTENT, SVC_F_SCHED2},
+    wire::{FWD_MASQ, SVC_F_PERSISTENT, SVC_F_SCHED1, SVC_F_SCHED2},
     IpvsDest, IpvsService,
 };
+use xvs_common::Scheduler;
+
 use crate::model::{Model, Service};
 
 /// One virtual service and its real servers, in (address, port) order.
@@ -13,12 +16,19 @@ use crate::model::{Model, Service};
 pub struct DesiredIpvs {
     pub service: IpvsService,
     pub dests: Vec<IpvsDest>,
+    /// Real servers the eBPF side still drains (`--dataplane both`): kept at weight 0 while
+    /// the kernel has them, so both dataplanes delete them at the same moment and keep one
+    /// destination order.
+    pub draining: Vec<std::net::SocketAddr>,
 }
 
 pub fn service(s: &Service) -> DesiredIpvs {
     let mut flags = 0;
     if s.affinity_timeout.is_some() {
         flags |= SVC_F_PERSISTENT;
+    }
+    if s.scheduler == Scheduler::SourceHash {
+        flags |= SVC_F_SCHED1;
     }
     if s.sh_port {
         flags |= SVC_F_SCHED2;
@@ -44,6 +54,7 @@ pub fn service(s: &Service) -> DesiredIpvs {
                 inactive_conns: 0,
             })
             .collect(),
+        draining: Vec::new(),
     }
 }
 
@@ -89,7 +100,7 @@ backends = [{ endpoint = "[fd00:1::2]:5353", weight = 4 }]
             text,
             [
                 "TCP 10.96.0.10:80 rr flags=0x1 timeout=10800 [10.244.1.2:8080/fwd0/w0 10.244.1.3:8080/fwd0/w1]",
-                "UDP [fd00::10]:53 sh flags=0x10 timeout=0 [fd00:1::2:5353/fwd0/w4]",
+                "UDP [fd00::10]:53 sh flags=0x18 timeout=0 [fd00:1::2:5353/fwd0/w4]",
             ]
         );
     }

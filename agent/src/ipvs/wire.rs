@@ -19,6 +19,8 @@ pub const AF_INET6: u16 = 10;
 pub const SVC_F_PERSISTENT: u32 = 0x1;
 /// IP_VS_SVC_F_HASHED: set by the kernel on every listed service; ignored on input.
 pub const SVC_F_HASHED: u32 = 0x2;
+/// IP_VS_SVC_F_SCHED1: `sh-fallback` for sh.
+pub const SVC_F_SCHED1: u32 = 0x08;
 /// IP_VS_SVC_F_SCHED2: `sh-port` for sh.
 pub const SVC_F_SCHED2: u32 = 0x10;
 /// IP_VS_CONN_F_MASQ.

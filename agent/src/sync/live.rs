@@ -77,16 +77,16 @@ impl LiveState {
     }
 
     /// The service as the agent would have written it (for adoption after a restart): its
-    /// backends in canonical order, with the weights the maps hold.
+    /// backends in the kernel's list order (newest stamp first), with the weights the maps hold.
     pub fn entry(&self, svc: &LiveService) -> ServiceEntry {
         let mut backends: Vec<BackendEntry> = self
             .backends_of(svc.value.svc_id)
             .filter_map(|(id, b)| {
                 let addr = from_map_addr(&b.addr, b.family)?;
-                Some(BackendEntry { id, addr, port: u16::from_be(b.port), weight: b.weight })
+                Some(BackendEntry { id, addr, port: u16::from_be(b.port), weight: b.weight, seq: b.seq })
             })
             .collect();
-        backends.sort_by_key(|b| (b.addr, b.port));
+        backends.sort_by_key(|b| std::cmp::Reverse(b.seq));
         ServiceEntry {
             svc_id: svc.value.svc_id,
             vip: svc.id.vip,

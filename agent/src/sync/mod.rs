@@ -34,6 +34,8 @@ pub trait Writer {
     fn record_drain(&mut self, id: u32, since: u32) -> Result<(), DataplaneError>;
     /// Forgets backend `id`'s drain (ended, or the id was released).
     fn forget_drain(&mut self, id: u32) -> Result<(), DataplaneError>;
+    /// Live flows per backend id, from the connection table (`now`: datapath seconds).
+    fn flow_counts(&mut self, now: u32) -> Result<std::collections::HashMap<u32, flows::ConnCounts>, DataplaneError>;
 }
 
 impl Writer for Maps {
@@ -64,6 +66,10 @@ impl Writer for Maps {
             Err(e) if !crate::dataplane::is_missing(&e) => Err(DataplaneError::map(MAP_DRAINS, "delete")(e)),
             _ => Ok(()),
         }
+    }
+
+    fn flow_counts(&mut self, now: u32) -> Result<std::collections::HashMap<u32, flows::ConnCounts>, DataplaneError> {
+        Ok(flows::scan(self, now)?.per_backend)
     }
 }
 

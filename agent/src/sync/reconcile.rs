@@ -15,9 +15,34 @@ use xvs_common::SERVICE_F_SH_PORT;
 
 use super::{flows::ConnCounts, ids::IdPool, live::LiveState, Counted, Writer};
 use crate::{
-    dataplane::{BackendEntry, Capacity, DataplaneError, ServiceEntry},
-    model::{Model, Service, ServiceId},
+    dataplane::{
+        ipvs_list::{dest_ops, endpoints, replay, Position},
+        BackendEntry, Capacity, DataplaneError, ServiceEntry,
+    },
+    model::{Model, Protocol, Service, ServiceId},
 };
+
+/// Live flows per backend, read from the connection table once per sync and only if a TCP
+/// backend leaves (the scan walks the whole table).
+#[derive(Default)]
+struct FlowCounts(Option<HashMap<u32, ConnCounts>>);
+
+impl FlowCounts {
+    /// Whether backend `id` still has flows. A failed read counts as busy: draining a backend
+    /// that had none costs a few seconds, removing one that had some breaks connections.
+    fn busy(&mut self, w: &mut impl Writer, id: u32, now: u32) -> bool {
+        if self.0.is_none() {
+            match w.flow_counts(now) {
+                Ok(counts) => self.0 = Some(counts),
+                Err(e) => {
+                    tracing::warn!(error = %crate::error_chain(&e), "could not count flows; leaving TCP backends drain");
+                    return true;
+                }
+            }
+        }
+        self.0.as_ref().is_none_or(|c| c.get(&id).is_some_and(|n| n.total() > 0))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -102,6 +127,7 @@ impl Reconciler {
     pub fn sync(&mut self, model: &Model, w: &mut impl Writer, now: u32) -> (SyncReport, Vec<SyncError>) {
         let mut report = SyncReport::default();
         let mut errors = Vec::new();
+        let mut flows = FlowCounts::default();
 
         let gone: Vec<ServiceId> = self.applied.keys().filter(|id| model.get(id).is_none()).copied().collect();
         for id in gone {
@@ -113,7 +139,7 @@ impl Reconciler {
         for svc in model.services() {
             let old = self.applied.get(&svc.id).cloned();
             let dirty = self.dirty.remove(&svc.id);
-            match self.desired(svc, old.as_ref(), w, now, &mut report) {
+            match self.desired(svc, old.as_ref(), w, now, &mut report, &mut flows) {
                 Ok(new) if old.as_ref() == Some(&new) && !dirty => report.unchanged += 1,
                 // A dirty service is written as if nothing were known about its maps.
                 Ok(new) => match w.update_service(old.as_ref().filter(|_| !dirty), &new) {
@@ -209,7 +235,12 @@ impl Reconciler {
     }
 
     /// The entry `svc` should have, reusing ids of `old` and allocating (with zeroed counters)
-    /// what is new; backends that left go on with weight 0 while they drain.
+    /// what is new. The backends are in the kernel's destination list order: IPVS puts each
+    /// added destination at the head, so an added backend gets a newer stamp than any before
+    /// it (in (address, port) order, the order the mirror adds them in). A backend that leaves
+    /// goes as kube-proxy's graceful termination has it: a TCP one with live flows stays at
+    /// weight 0 while they drain, any other goes at once (kube-proxy deletes UDP real servers
+    /// at once; their flows move on their next packet, like IPVS's expire_nodest_conn).
     fn desired(
         &mut self,
         svc: &Service,
@@ -217,22 +248,28 @@ impl Reconciler {
         w: &mut impl Writer,
         now: u32,
         report: &mut SyncReport,
+        flows: &mut FlowCounts,
     ) -> Result<ServiceEntry, SyncError> {
         let exhausted = |what, max| SyncError::IdsExhausted { service: svc.id, what, max };
         let svc_id = match old {
             Some(o) => o.svc_id,
             None => self.allocate(Counted::Service, w).ok_or_else(|| exhausted("service", self.capacity.services))?,
         };
-        let mut backends = Vec::with_capacity(svc.backends.len());
+        let old_list = old.map(|o| o.backends.as_slice()).unwrap_or_default();
+        let mut next_seq = old_list.iter().map(|b| b.seq).max().unwrap_or(0) + 1;
+        let mut want = Vec::with_capacity(svc.backends.len());
         for b in &svc.backends {
-            let reuse = old.and_then(|o| o.backends.iter().find(|ob| ob.addr == b.addr && ob.port == b.port));
-            let id = match reuse {
-                Some(ob) => ob.id,
+            let reuse = old_list.iter().find(|ob| ob.addr == b.addr && ob.port == b.port);
+            let (id, seq) = match reuse {
+                Some(ob) => (ob.id, ob.seq),
                 None => match self.allocate(Counted::Backend, w) {
-                    Some(id) => id,
+                    Some(id) => {
+                        next_seq += 1;
+                        (id, next_seq - 1)
+                    }
                     None => {
                         // Give back what this attempt took.
-                        for fresh in backends.iter().filter(|n: &&BackendEntry| !old.is_some_and(|o| o.backends.iter().any(|ob| ob.id == n.id))) {
+                        for fresh in want.iter().filter(|n: &&BackendEntry| !old_list.iter().any(|ob| ob.id == n.id)) {
                             self.backend_ids.release(fresh.id);
                         }
                         if old.is_none() {
@@ -242,24 +279,29 @@ impl Reconciler {
                     }
                 },
             };
-            backends.push(BackendEntry { id, addr: b.addr, port: b.port, weight: b.effective_weight() });
+            want.push(BackendEntry { id, addr: b.addr, port: b.port, weight: b.effective_weight(), seq });
         }
-        for ob in old.map(|o| o.backends.as_slice()).unwrap_or_default() {
+        for ob in old_list {
             if svc.backends.iter().any(|b| b.addr == ob.addr && b.port == ob.port) {
                 continue;
             }
             let ep = SocketAddr::new(ob.addr, ob.port);
-            if let std::collections::btree_map::Entry::Vacant(v) = self.draining.entry((svc.id, ep)) {
-                v.insert(now);
+            let draining = self.draining.contains_key(&(svc.id, ep));
+            if !draining && (svc.id.proto != Protocol::Tcp || !flows.busy(w, ob.id, now)) {
+                continue;
+            }
+            if !draining {
+                self.draining.insert((svc.id, ep), now);
                 report.draining.push((svc.id, ep));
                 if let Err(e) = w.record_drain(ob.id, now) {
                     // Only a restart's timing suffers: the drain would start over.
                     tracing::warn!(error = %crate::error_chain(&e), backend = %ep, "could not pin the drain's start");
                 }
             }
-            backends.push(BackendEntry { weight: 0, ..ob.clone() });
+            want.push(BackendEntry { weight: 0, ..ob.clone() });
         }
-        backends.sort_by_key(|b| (b.addr, b.port));
+        let ops = dest_ops(&endpoints(old_list), &endpoints(&want));
+        let (backends, _) = replay(old_list, &want, &ops, Position::Stateless);
         Ok(ServiceEntry {
             svc_id,
             vip: svc.id.vip,

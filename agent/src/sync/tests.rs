@@ -15,6 +15,8 @@ struct Recorder {
     failing: Vec<String>,
     /// Pinned drain starts: backend id -> second.
     drains: std::collections::BTreeMap<u32, u32>,
+    /// Backends without live flows; every other has one.
+    idle: Vec<u32>,
 }
 
 fn show(e: &ServiceEntry) -> String {
@@ -45,6 +47,10 @@ impl Writer for Recorder {
     fn forget_drain(&mut self, id: u32) -> Result<(), DataplaneError> {
         self.drains.remove(&id);
         Ok(())
+    }
+    fn flow_counts(&mut self, _now: u32) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
+        self.ops.push("count flows".into());
+        Ok((1..100).filter(|id| !self.idle.contains(id)).map(|id| (id, ConnCounts { active: 1, inactive: 0 })).collect())
     }
 }
 
@@ -80,7 +86,7 @@ fn first_sync_creates_everything_then_nothing() {
             "zero Service 1",
             "zero Backend 1",
             "zero Backend 2",
-            "create TCP 10.96.0.10:80 #1 RoundRobin aff=0 [1=10.244.1.2:80/w1 2=10.244.1.3:80/w1]",
+            "create TCP 10.96.0.10:80 #1 RoundRobin aff=0 [2=10.244.1.3:80/w1 1=10.244.1.2:80/w1]",
             "zero Service 2",
             "zero Backend 3",
             "create UDP 10.96.0.53:53 #2 WeightedRoundRobin aff=60 [3=10.244.2.2:53/w3]",
@@ -101,7 +107,8 @@ fn removed_backend_drains_until_its_flows_end() {
     let one_left = TWO.replace(r#"{ endpoint = "10.244.1.3:80" }, "#, "");
     let (report, _) = r.sync(&model(&one_left), &mut w, 110);
     assert_eq!(report.draining.len(), 1);
-    assert_eq!(w.ops, ["update TCP 10.96.0.10:80 #1 RoundRobin aff=0 [1=10.244.1.2:80/w1 2=10.244.1.3:80/w0]"]);
+    // The leaving backend has a flow (counted once per sync) and keeps its list place.
+    assert_eq!(w.ops, ["count flows", "update TCP 10.96.0.10:80 #1 RoundRobin aff=0 [2=10.244.1.3:80/w0 1=10.244.1.2:80/w1]"]);
     w.ops.clear();
 
     // Still one established flow on backend 2, timeout not reached: it stays.
@@ -117,7 +124,7 @@ fn removed_backend_drains_until_its_flows_end() {
     // Its id is free again for the next new backend.
     let added = TWO.replace("10.244.1.3:80", "10.244.1.9:80");
     r.sync(&model(&added), &mut w, 130);
-    assert_eq!(w.ops, ["zero Backend 2", "update TCP 10.96.0.10:80 #1 RoundRobin aff=0 [1=10.244.1.2:80/w1 2=10.244.1.9:80/w1]"]);
+    assert_eq!(w.ops, ["zero Backend 2", "update TCP 10.96.0.10:80 #1 RoundRobin aff=0 [2=10.244.1.9:80/w1 1=10.244.1.2:80/w1]"]);
 }
 
 #[test]
@@ -136,7 +143,7 @@ fn drain_timeout_ends_a_busy_drain_and_a_returning_backend_is_active_again() {
     r.sync(&model(&one_left), &mut w, 100);
     w.ops.clear();
     r.sync(&model(TWO), &mut w, 105);
-    assert_eq!(w.ops, ["update TCP 10.96.0.10:80 #1 RoundRobin aff=0 [1=10.244.1.2:80/w1 2=10.244.1.3:80/w1]"]);
+    assert_eq!(w.ops, ["update TCP 10.96.0.10:80 #1 RoundRobin aff=0 [2=10.244.1.3:80/w1 1=10.244.1.2:80/w1]"]);
     assert_eq!(r.draining().count(), 0);
 }
 
@@ -154,7 +161,7 @@ fn terminating_backends_get_weight_zero_and_services_go() {
         w.ops,
         [
             "remove UDP 10.96.0.53:53 #2 WeightedRoundRobin aff=60 [3=10.244.2.2:53/w3]",
-            "update TCP 10.96.0.10:80 #1 RoundRobin aff=0 [1=10.244.1.2:80/w1 2=10.244.1.3:80/w0]",
+            "update TCP 10.96.0.10:80 #1 RoundRobin aff=0 [2=10.244.1.3:80/w0 1=10.244.1.2:80/w1]",
         ]
     );
 }
@@ -199,4 +206,39 @@ fn a_drain_s_start_is_pinned_and_forgotten_when_it_ends() {
     let (done, errors) = r.finish_drains(&HashMap::new(), &mut w, 301);
     assert!(errors.is_empty() && done == [(r.applied().next().map(|e| crate::model::ServiceId { vip: e.vip, port: e.port, proto: crate::model::Protocol::Tcp }).unwrap_or_else(|| panic!()), ep)], "{done:?}");
     assert!(w.drains.is_empty(), "{:?}", w.drains);
+}
+
+#[test]
+fn leaving_backends_go_at_once_when_udp_or_idle_and_come_back_at_the_head() {
+    const MIXED: &str = "[[service]]\nvip = \"10.96.0.10\"\nport = 80\nbackends = [{ endpoint = \"10.244.1.2:80\" }, { endpoint = \"10.244.1.3:80\" }, { endpoint = \"10.244.1.4:80\" }]\n\n[[service]]\nvip = \"10.96.0.53\"\nport = 53\nprotocol = \"udp\"\nbackends = [{ endpoint = \"10.244.2.2:53\" }, { endpoint = \"10.244.2.3:53\" }]\n";
+    let mut w = Recorder { idle: vec![3], ..Recorder::default() };
+    let mut r = Reconciler::new(30, Capacity::default());
+    r.sync(&model(MIXED), &mut w, 100);
+    w.ops.clear();
+    // TCP: 10.244.1.3 (id 2) has a flow and drains, 10.244.1.4 (id 3) has none and goes; the
+    // flows are counted once. UDP: 10.244.2.2 goes at once, as kube-proxy deletes UDP reals.
+    let fewer = MIXED.replace(", { endpoint = \"10.244.1.3:80\" }, { endpoint = \"10.244.1.4:80\" }", "").replace("{ endpoint = \"10.244.2.2:53\" }, ", "");
+    let (report, _) = r.sync(&model(&fewer), &mut w, 110);
+    assert_eq!(report.draining.len(), 1);
+    assert_eq!(
+        w.ops,
+        [
+            "count flows",
+            "update TCP 10.96.0.10:80 #1 RoundRobin aff=0 [2=10.244.1.3:80/w0 1=10.244.1.2:80/w1]",
+            "update UDP 10.96.0.53:53 #2 RoundRobin aff=0 [5=10.244.2.3:53/w1]",
+        ]
+    );
+    w.ops.clear();
+    // Both come back: the draining one keeps its place (an edit), the removed one is added at
+    // the head, as the kernel does.
+    r.sync(&model(MIXED), &mut w, 120);
+    assert_eq!(
+        w.ops,
+        [
+            "zero Backend 6",
+            "update TCP 10.96.0.10:80 #1 RoundRobin aff=0 [6=10.244.1.4:80/w1 2=10.244.1.3:80/w1 1=10.244.1.2:80/w1]",
+            "zero Backend 7",
+            "update UDP 10.96.0.53:53 #2 RoundRobin aff=0 [7=10.244.2.2:53/w1 5=10.244.2.3:53/w1]",
+        ]
+    );
 }

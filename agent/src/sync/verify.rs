@@ -93,9 +93,11 @@ fn diff_service(svc: &Service, l: &LiveService, live: &LiveState, out: &mut Vec<
         }
     }
 
-    let weights: Vec<u32> = svc.backends.iter().map(|b| b.effective_weight()).collect();
+    // The table the live destination list (the kernel's order, draining backends included:
+    // sh gives them buckets) should have.
+    let weights: Vec<u32> = entry.backends.iter().map(|b| b.weight).collect();
     let Ok(want) = tables::render(svc.scheduler, &weights) else { return };
-    let want: Vec<SocketAddr> = want.into_iter().map(|i| svc.backends[i].endpoint()).collect();
+    let want: Vec<SocketAddr> = want.into_iter().map(|i| SocketAddr::new(entry.backends[i].addr, entry.backends[i].port)).collect();
     if want.len() != l.table.len() {
         out.push(Drift::Table { service: id, detail: format!("has {} slots, want {}", l.table.len(), want.len()) });
         return;
@@ -127,7 +129,7 @@ mod tests {
     fn backend(ep: &str, svc_id: u32, weight: u32) -> Backend {
         let ep: SocketAddr = ep.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let (addr, family) = to_map_addr(ep.ip());
-        Backend { addr, port: ep.port().to_be(), family, flags: BACKEND_F_PRESENT, svc_id, weight }
+        Backend { addr, port: ep.port().to_be(), family, flags: BACKEND_F_PRESENT, svc_id, weight, seq: 0 }
     }
 
     /// The maps as the agent writes `TCP 10.96.0.10:80 rr` over .1 and .2 (ids 1, 2), plus a
@@ -163,6 +165,13 @@ mod tests {
         let mut l = live();
         if let Some(s) = l.services.values_mut().next() {
             s.table[1] = None;
+        }
+        let missing = diff_text(&model(WANT), &l);
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert!(missing[0].starts_with("TCP 10.96.0.10:80: selection table slot 1 is missing (want 10.0.0."), "{missing:?}");
+        let mut l = live();
+        if let Some(s) = l.services.values_mut().next() {
+            s.table[1] = None;
             s.value.affinity_timeout = 30;
         }
         l.backends.insert((7, 2), backend("10.0.0.2:80", 7, 5));
@@ -174,7 +183,7 @@ mod tests {
                 "TCP 10.96.0.10:80: session affinity timeout is 30, want 0",
                 "TCP 10.96.0.10:80: backend 10.0.0.2:80 has weight 5, want 1",
                 "TCP 10.96.0.10:80: backend 10.0.0.4:80 (weight 1) is not desired",
-                "TCP 10.96.0.10:80: selection table slot 1 is missing (want 10.0.0.2:80)",
+                "TCP 10.96.0.10:80: selection table has 2 slots, want 3",
                 "TCP 10.96.0.11:80: missing from the dataplane",
             ]
         );

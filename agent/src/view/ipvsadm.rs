@@ -48,8 +48,10 @@ pub fn list(l: &Listing) -> String {
     out.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n");
     for s in &l.services {
         let _ = write!(out, "{} {}", service_name(s.id.proto.name(), s.id.vip, s.id.port), s.scheduler);
-        if s.sh_port {
-            out.push_str(" (sh-port)");
+        // ipvsadm's print_sched_flags.
+        let flags: Vec<&str> = [(s.sh_fallback, "sh-fallback"), (s.sh_port, "sh-port")].into_iter().filter(|f| f.0).map(|f| f.1).collect();
+        if !flags.is_empty() {
+            let _ = write!(out, " ({})", flags.join(","));
         }
         if let Some(t) = s.persistent {
             let _ = write!(out, " persistent {t}");
@@ -142,6 +144,7 @@ mod tests {
                     id: ServiceId { vip: ep("10.96.0.10:80").ip(), port: 80, proto: Protocol::Tcp },
                     scheduler: "rr".into(),
                     sh_port: false,
+                    sh_fallback: false,
                     persistent: None,
                     stats: c(30, 180, 123_456),
                     backends: vec![
@@ -153,6 +156,7 @@ mod tests {
                     id: ServiceId { vip: ep("[fd00::10]:53").ip(), port: 53, proto: Protocol::Udp },
                     scheduler: "sh".into(),
                     sh_port: true,
+                    sh_fallback: true,
                     persistent: Some(10800),
                     stats: c(1, 2, 3),
                     backends: vec![ListedBackend { endpoint: ep("[fd00:1::2]:5353"), weight: 3, conns: ConnCounts { active: 0, inactive: 1 }, stats: c(1, 2, 3) }],
@@ -171,7 +175,7 @@ mod tests {
              TCP  10.96.0.10:80 rr\n  \
              -> 10.244.1.2:8080              Masq    1      2          8         \n  \
              -> 10.244.1.3:8080              Masq    0      0          0         \n\
-             UDP  [fd00::10]:53 sh (sh-port) persistent 10800\n  \
+             UDP  [fd00::10]:53 sh (sh-fallback,sh-port) persistent 10800\n  \
              -> [fd00:1::2]:5353             Masq    3      0          1         \n"
         );
     }

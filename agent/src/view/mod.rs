@@ -25,6 +25,8 @@ pub struct ListedService {
     pub id: ServiceId,
     pub scheduler: String,
     pub sh_port: bool,
+    /// sh moves sources off draining destinations (always so in xvs; IPVS's SCHED1 flag).
+    pub sh_fallback: bool,
     pub persistent: Option<u32>,
     pub stats: Counters,
     pub backends: Vec<ListedBackend>,
@@ -112,6 +114,7 @@ impl Listing {
                 id: l.id,
                 scheduler: Scheduler::from_u8(l.value.scheduler).map_or("?", Scheduler::ipvs_name).to_owned(),
                 sh_port: l.value.flags & SERVICE_F_SH_PORT != 0,
+                sh_fallback: l.value.scheduler == Scheduler::SourceHash as u8,
                 persistent: (l.value.affinity_timeout != 0).then_some(l.value.affinity_timeout),
                 stats: maps.service_counters(l.value.svc_id)?,
                 backends,
@@ -135,7 +138,7 @@ impl Listing {
     /// The kernel IPVS table as `ipvsadm -L -n` shows it (address-based TCP/UDP services; the
     /// connection counters are the kernel's).
     pub fn read_ipvs(client: &crate::ipvs::IpvsClient) -> Result<Self, crate::ipvs::IpvsError> {
-        use crate::ipvs::wire::{SVC_F_PERSISTENT, SVC_F_SCHED2};
+        use crate::ipvs::wire::{SVC_F_PERSISTENT, SVC_F_SCHED1, SVC_F_SCHED2};
         let info = client.info()?;
         let mut services = Vec::new();
         for s in client.services()? {
@@ -153,6 +156,7 @@ impl Listing {
             services.push(ListedService {
                 id: ServiceId { vip: s.addr, port: s.port, proto },
                 sh_port: s.scheduler == "sh" && s.flags & SVC_F_SCHED2 != 0,
+                sh_fallback: s.scheduler == "sh" && s.flags & SVC_F_SCHED1 != 0,
                 persistent: (s.flags & SVC_F_PERSISTENT != 0).then_some(s.timeout),
                 scheduler: s.scheduler,
                 stats: Counters::default(),
@@ -166,7 +170,7 @@ impl Listing {
 
 /// One service's rules (not its counters) as comparable lines.
 fn rules(s: &ListedService) -> Vec<String> {
-    let head = format!("{} {} persistent={:?} sh-port={}", s.id, s.scheduler, s.persistent, s.sh_port);
+    let head = format!("{} {} persistent={:?} sh-port={} sh-fallback={}", s.id, s.scheduler, s.persistent, s.sh_port, s.sh_fallback);
     std::iter::once(head).chain(s.backends.iter().map(|b| format!("{} -> {} weight {}", s.id, b.endpoint, b.weight))).collect()
 }
 
@@ -191,6 +195,7 @@ mod tests {
             id: ServiceId { vip: vip.into(), port: 80, proto: Protocol::Tcp },
             scheduler: scheduler.into(),
             sh_port: false,
+            sh_fallback: false,
             persistent: None,
             stats: Counters { conns: 7, ..Counters::default() },
             backends: backends
@@ -211,9 +216,9 @@ mod tests {
         assert_eq!(
             cross_check(&ebpf, &ipvs),
             [
-                "TCP 10.96.0.10:80 rr persistent=None sh-port=false: only in ebpf",
+                "TCP 10.96.0.10:80 rr persistent=None sh-port=false sh-fallback=false: only in ebpf",
                 "TCP 10.96.0.10:80 -> 10.0.0.2:8080 weight 1: only in ebpf",
-                "TCP 10.96.0.10:80 wrr persistent=None sh-port=false: only in ipvs",
+                "TCP 10.96.0.10:80 wrr persistent=None sh-port=false sh-fallback=false: only in ipvs",
                 "TCP 10.96.0.10:80 -> 10.0.0.2:8080 weight 0: only in ipvs",
             ]
         );
