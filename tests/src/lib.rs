@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod differential;
 pub mod kube;
 pub mod pins;
 pub mod topology;

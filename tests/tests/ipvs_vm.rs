@@ -1,7 +1,10 @@
 //! Tests against a real IPVS kernel. This machine's kernel has none, so they are ignored here
 //! and run inside a VM booting Debian's kernel by `cargo xtask vm-test` (part of
 //! `cargo xtask test`), with Debian's ipvsadm as the independent reader.
-use std::{net::IpAddr, process::Command};
+use std::{
+    net::{IpAddr, SocketAddr},
+    process::Command,
+};
 
 use xvs::{
     ipvs::{IpvsClient, IpvsDest, IpvsError, IpvsService},
@@ -212,7 +215,7 @@ fn the_agent_mirrors_the_model_into_ipvs_like_kube_proxy_and_leaves_foreign_serv
         -> 10.244.1.2:8080              Masq    1      0          0         \n  \
         -> 10.244.1.3:8080              Masq    1      0          0         \n  \
         -> 10.244.2.7:8080              Masq    2      0          0         \n\
-        TCP  10.96.0.11:443 sh (sh-port) persistent 10800\n  \
+        TCP  10.96.0.11:443 sh (sh-fallback,sh-port) persistent 10800\n  \
         -> 10.244.1.2:8443              Masq    0      0          0         \n  \
         -> 10.244.1.3:8443              Masq    1      0          0         \n\
         UDP  [fd00::10]:53 wrr\n  \
@@ -469,4 +472,134 @@ fn kubernetes_service_lands_in_ipvs_as_kube_proxy_programs_it() {
     let cleanup = xvs(&["cleanup"]);
     assert!(cleanup.status.success());
     assert_eq!(c.services().map(|s| s.len()).unwrap_or(99), 0);
+}
+
+/// One round of the differential test: the services, as a services file, after the changes.
+fn differential_round(round: usize) -> String {
+    // Backends by round (weight; None: not in the service): adds, removals, re-adds,
+    // reweights and a terminating one between rounds.
+    const PLAN: [[Option<&str>; 4]; 6] = [
+        [Some("weight = 1"), Some("weight = 1"), Some("state = \"terminating\""), Some("weight = 2")],
+        [Some("weight = 2"), None, Some("weight = 2"), Some("weight = 2")],
+        [Some("weight = 3"), Some("weight = 1"), Some("weight = 3"), None],
+        [Some("weight = 1"), Some("weight = 4"), None, Some("weight = 1")],
+        [None, Some("weight = 2"), Some("weight = 2"), Some("weight = 6")],
+        [None, None, Some("weight = 1"), Some("weight = 3")],
+    ];
+    let v4 = ["10.244.1.2", "172.16.5.9", "192.168.7.3", "10.244.2.2", "172.20.0.4", "192.168.9.9"];
+    let v6 = ["fd00:1::2", "2001:db8:1::5", "fd00:1::9", "2001:db8:2::3", "fd00:2::4", "fd00:1::3"];
+    // (vip, port, protocol, scheduler this round, sh-port)
+    let switching = ["rr", "wrr", "sh", "rr"][round];
+    let services = [
+        ("10.96.0.1", 80, "tcp", "rr", false),
+        ("10.96.0.2", 53, "udp", "wrr", false),
+        ("10.96.0.3", 80, "tcp", "sh", false),
+        ("10.96.0.4", 80, "tcp", "sh", true),
+        ("10.96.0.5", 80, "tcp", "wrr", false),
+        ("fd00::1", 80, "tcp", "wrr", false),
+        ("fd00::2", 53, "udp", "sh", false),
+        ("2001:db8::7", 443, "tcp", "rr", false),
+        ("10.96.0.7", 80, "tcp", switching, false),
+        ("fd00::8", 53, "udp", switching, false),
+    ];
+    let mut text = String::new();
+    for (vip, port, protocol, scheduler, sh_port) in services {
+        let pool = if vip.contains(':') { v6 } else { v4 };
+        let backends: Vec<String> = PLAN
+            .iter()
+            .zip(pool)
+            .filter_map(|(rounds, addr)| rounds[round].map(|opts| (addr, opts)))
+            .map(|(addr, opts)| {
+                let ep = if addr.contains(':') { format!("[{addr}]:8080") } else { format!("{addr}:8080") };
+                format!("{{ endpoint = \"{ep}\", {opts} }}")
+            })
+            .collect();
+        let flags = if sh_port { "flags = [\"sh-port\"]\n" } else { "" };
+        text.push_str(&format!(
+            "[[service]]\nvip = \"{vip}\"\nport = {port}\nprotocol = \"{protocol}\"\nscheduler = \"{scheduler}\"\n{flags}backends = [{}]\n\n",
+            backends.join(", ")
+        ));
+    }
+    text
+}
+
+#[test]
+#[ignore = "needs a kernel with IPVS: run by `cargo xtask vm-test`"]
+fn ebpf_schedulers_choose_exactly_what_ipvs_chooses_flow_by_flow() {
+    use xvs_integration::{differential::*, L4, Pkt};
+    let _ = client();
+    // Frames written on dinj-in arrive on dinj; the VIPs are local (the mirror's dummy link),
+    // the real servers are routed into a sink. Spoofed sources pass: no reverse-path filter.
+    for cmd in [
+        "ip link add dinj type veth peer name dinj-in",
+        "ip link set dinj address 02:00:00:00:00:02 up",
+        "ip link set dinj-in up",
+        "ip link add dsink type dummy",
+        "ip link set dsink up",
+        "ip route add 10.244.0.0/16 dev dsink",
+        "ip route add 172.16.0.0/12 dev dsink",
+        "ip route add 192.168.0.0/16 dev dsink",
+        "ip -6 route add fd00:1::/32 dev dsink",
+        "ip -6 route add 2001:db8:1::/47 dev dsink",
+    ] {
+        sh(&cmd.split(' ').collect::<Vec<_>>());
+    }
+    for f in ["all", "default", "dinj"] {
+        std::fs::write(format!("/proc/sys/net/ipv4/conf/{f}/rp_filter"), "0").unwrap_or_else(|e| panic!("rp_filter {f}: {e}"));
+    }
+    let injector = Injector::open("dinj-in");
+    let mirror = xvs::ipvs::mirror::IpvsMirror::open("xvs-diff0").unwrap_or_else(|e| panic!("{e}"));
+    let mut dp = xvs_integration::load();
+    let mut reconciler = xvs::sync::Reconciler::new(900, dp.maps.capacity);
+
+    let (mut decisions, mut differing) = (0usize, Vec::new());
+    let mut per_scheduler: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for round in 0..4 {
+        let text = differential_round(round);
+        let model = xvs::source::file::parse(&text, std::path::Path::new("round.toml")).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let (_, errors) = mirror.sync(&model).unwrap_or_else(|e| panic!("{e}"));
+        assert!(errors.is_empty(), "round {round}: {errors:?}");
+        let now = xvs::sync::datapath_secs(&dp.maps).unwrap_or_else(|e| panic!("{e}"));
+        let (_, errors) = reconciler.sync(&model, &mut dp.maps, now);
+        assert!(errors.is_empty(), "round {round}: {errors:?}");
+
+        // The same new flows, in the same order, to both.
+        let mut flows = Vec::new();
+        for (s, svc) in model.services().enumerate() {
+            let vip = SocketAddr::new(svc.id.vip, svc.id.port);
+            let n = if svc.scheduler == xvs_common::Scheduler::SourceHash { 120 } else { 40 };
+            for k in 0..n {
+                let client = match svc.id.vip {
+                    IpAddr::V4(_) => SocketAddr::new(IpAddr::from([198, 18 + round as u8, s as u8, k as u8]), 20000 + k as u16),
+                    IpAddr::V6(_) => SocketAddr::new(IpAddr::from([0xfd99, 0, round as u16, s as u16, 0, 0, 0x10, k as u16]), 20000 + k as u16),
+                };
+                let l4 = if svc.id.proto == xvs::model::Protocol::Udp { L4::Udp } else { L4::TcpSyn };
+                let frame = Pkt::new(l4, &client.to_string(), &vip.to_string()).bytes();
+                injector.send(&frame);
+                let ours = ebpf_choice(&mut dp, &frame);
+                flows.push((client, vip, svc.scheduler.ipvs_name().to_owned() + if svc.sh_port { "+port" } else { "" }, ours));
+            }
+        }
+        let mut kernel = kernel_choices();
+        for _ in 0..50 {
+            if flows.iter().all(|(c, v, _, _)| kernel.contains_key(&(*c, *v))) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            kernel = kernel_choices();
+        }
+        for (client, vip, scheduler, ours) in flows {
+            let theirs = kernel.get(&(client, vip)).copied();
+            assert!(theirs.is_some() || ours.is_some(), "round {round}: neither dataplane scheduled {client} -> {vip}");
+            decisions += 1;
+            *per_scheduler.entry(scheduler.clone()).or_default() += 1;
+            if theirs != ours {
+                differing.push(format!("round {round} {scheduler} {vip} from {client}: ipvs {theirs:?}, ebpf {ours:?}"));
+            }
+        }
+    }
+    println!("differential: {decisions} decisions, {} differing, per scheduler {per_scheduler:?}", differing.len());
+    assert!(differing.is_empty(), "{} of {decisions} decisions differ:\n{}", differing.len(), differing.join("\n"));
+    assert!(decisions > 2000, "{decisions}");
+    let _ = mirror.sync(&xvs::model::Model::default());
 }
