@@ -45,6 +45,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<bool> {
     let mut differences = 0;
     let mut checked = Vec::new();
     let mut ebpf_listing = None;
+    let mut ebpf_drains = Vec::new();
     let maps = match (args.source, Maps::open_pinned(&args.pin_dir)) {
         (Which::Ipvs, _) => None,
         (_, Ok(maps)) => Some(maps),
@@ -53,6 +54,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<bool> {
     };
     if let Some(maps) = &maps {
         let live = LiveState::read(maps)?;
+        ebpf_drains = verify::draining(&model, &live);
         for d in verify::diff(&model, &live) {
             println!("drift: ebpf: {d}");
             differences += 1;
@@ -68,7 +70,8 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<bool> {
         (Which::All, Err(e)) => return Err(e.into()),
     };
     if let Some(mirror) = &mirror {
-        for op in mirror.drift(&model)? {
+        // What the eBPF side drains, IPVS keeps at weight 0 too (`--dataplane both`).
+        for op in mirror.drift_draining(&model, &ebpf_drains)? {
             println!("drift: ipvs: needs `ipvsadm {op}`");
             differences += 1;
         }

@@ -145,6 +145,10 @@ impl Reconciler {
                 Ok(new) => match w.update_service(old.as_ref().filter(|_| !dirty), &new) {
                     Ok(()) => {
                         if old.is_some() { report.updated += 1 } else { report.created += 1 }
+                        // Backends removed at once (UDP, or no flows) give their ids back.
+                        for gone in old.iter().flat_map(|o| &o.backends).filter(|b| !new.backends.iter().any(|n| n.id == b.id)) {
+                            self.backend_ids.release(gone.id);
+                        }
                         self.applied.insert(svc.id, new);
                     }
                     Err(source) => {

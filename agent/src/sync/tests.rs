@@ -230,15 +230,15 @@ fn leaving_backends_go_at_once_when_udp_or_idle_and_come_back_at_the_head() {
     );
     w.ops.clear();
     // Both come back: the draining one keeps its place (an edit), the removed one is added at
-    // the head, as the kernel does.
+    // the head, as the kernel does; the removed ones' ids were given back and are reused.
     r.sync(&model(MIXED), &mut w, 120);
     assert_eq!(
         w.ops,
         [
-            "zero Backend 6",
-            "update TCP 10.96.0.10:80 #1 RoundRobin aff=0 [6=10.244.1.4:80/w1 2=10.244.1.3:80/w1 1=10.244.1.2:80/w1]",
-            "zero Backend 7",
-            "update UDP 10.96.0.53:53 #2 RoundRobin aff=0 [7=10.244.2.2:53/w1 5=10.244.2.3:53/w1]",
+            "zero Backend 3",
+            "update TCP 10.96.0.10:80 #1 RoundRobin aff=0 [3=10.244.1.4:80/w1 2=10.244.1.3:80/w1 1=10.244.1.2:80/w1]",
+            "zero Backend 4",
+            "update UDP 10.96.0.53:53 #2 RoundRobin aff=0 [4=10.244.2.2:53/w1 5=10.244.2.3:53/w1]",
         ]
     );
 }

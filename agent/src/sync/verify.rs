@@ -63,6 +63,21 @@ pub fn diff(model: &Model, live: &LiveState) -> Vec<Drift> {
     out
 }
 
+/// The backends the maps keep draining: weight 0 and no longer in the model's service.
+pub fn draining(model: &Model, live: &LiveState) -> Vec<(ServiceId, SocketAddr)> {
+    let mut out = Vec::new();
+    for (id, l) in &live.services {
+        let wanted = |ep: SocketAddr| model.get(id).is_some_and(|s| s.backends.iter().any(|b| b.endpoint() == ep));
+        for b in live.entry(l).backends {
+            let ep = SocketAddr::new(b.addr, b.port);
+            if b.weight == 0 && !wanted(ep) {
+                out.push((*id, ep));
+            }
+        }
+    }
+    out
+}
+
 fn diff_service(svc: &Service, l: &LiveService, live: &LiveState, out: &mut Vec<Drift>) {
     let id = svc.id;
     let mut setting = |what, want: String, have: String| {
@@ -158,6 +173,8 @@ mod tests {
     #[test]
     fn matching_maps_have_no_drift_and_draining_backends_are_not_drift() {
         assert_eq!(diff_text(&model(WANT), &live()), Vec::<String>::new());
+        let drains: Vec<String> = draining(&model(WANT), &live()).iter().map(|(s, ep)| format!("{s} {ep}")).collect();
+        assert_eq!(drains, ["TCP 10.96.0.10:80 10.0.0.9:80"]);
     }
 
     #[test]
