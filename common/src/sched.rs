@@ -98,34 +98,28 @@ pub fn wrr_changed_level(cw: u32, weights: &[u32]) -> u32 {
     }
 }
 
-/// The cycle position where the kernel's pass at level `cw` from the list head begins: the
-/// cycle is one block per level (mw, mw - di, ... > 0), each block every backend of weight
-/// >= level in list order. A level between two block levels starts at the next lower block.
-pub fn wrr_level_offset(weights: &[u32], cw: u32) -> usize {
+/// The wrr cycle's blocks, top level first, as (level, first position, length): one block per
+/// level (mw, mw - di, ... > 0), each every backend of weight >= level in list order.
+fn wrr_blocks(weights: &[u32]) -> impl Iterator<Item = (u32, usize, usize)> + '_ {
     let (di, mw) = wrr_params(weights);
-    let mut offset = 0;
-    let mut level = mw;
-    while level > 0 && level > cw {
-        offset += weights.iter().filter(|&&w| w >= level).count();
-        level = level.saturating_sub(di);
-    }
-    offset
+    let mut start = 0;
+    core::iter::successors((mw > 0).then_some(mw), move |&level| level.checked_sub(di).filter(|&l| l > 0)).map(move |level| {
+        let len = weights.iter().filter(|&&w| w >= level).count();
+        start += len;
+        (level, start - len, len)
+    })
+}
+
+/// The cycle position where the kernel's pass at level `cw` from the list head begins. A level
+/// between two block levels starts at the next lower block.
+pub fn wrr_level_offset(weights: &[u32], cw: u32) -> usize {
+    wrr_blocks(weights).take_while(|&(level, _, _)| level > cw).map(|(_, _, len)| len).sum()
 }
 
 /// The level of the block the cycle position `slot` lies in (the kernel's `cw` after it
 /// picked that slot); 0 when the cycle is empty.
 pub fn wrr_slot_level(weights: &[u32], slot: usize) -> u32 {
-    let (di, mw) = wrr_params(weights);
-    let mut start = 0;
-    let mut level = mw;
-    while level > 0 {
-        start += weights.iter().filter(|&&w| w >= level).count();
-        if slot < start {
-            return level;
-        }
-        level = level.saturating_sub(di);
-    }
-    0
+    wrr_blocks(weights).find(|&(_, start, len)| slot < start + len).map_or(0, |(level, _, _)| level)
 }
 
 impl Iterator for WrrCycle<'_> {

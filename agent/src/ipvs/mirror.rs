@@ -85,6 +85,11 @@ fn same_id(a: &IpvsService, b: &IpvsService) -> bool {
     (a.protocol, a.addr, a.port) == (b.protocol, b.addr, b.port)
 }
 
+/// Each dest's endpoint and weight, as `dest_ops` takes them.
+fn endpoints(dests: &[IpvsDest]) -> Vec<(SocketAddr, u32)> {
+    dests.iter().map(|d| (SocketAddr::new(d.addr, d.port), d.weight)).collect()
+}
+
 /// The operations that turn `current` into `desired`, make-before-break: VIPs are bound
 /// before their services exist, services are edited in place (never deleted and re-added),
 /// dests that leave drain at weight 0 while the kernel still counts connections to them (TCP;
@@ -99,8 +104,7 @@ pub fn plan(desired: &[DesiredIpvs], current: &Current) -> Vec<Op> {
         let have = current.services.iter().find(|(s, _)| same_id(s, &want.service));
         let Some((svc, dests)) = have else {
             ops.push(Op::AddService(want.service.clone()));
-            let endpoints: Vec<(SocketAddr, u32)> = want.dests.iter().map(|d| (SocketAddr::new(d.addr, d.port), d.weight)).collect();
-            for op in dest_ops(&[], &endpoints) {
+            for op in dest_ops(&[], &endpoints(&want.dests)) {
                 if let DestOp::Add(j) = op {
                     ops.push(Op::AddDest(want.service.clone(), want.dests[j].clone()));
                 }
@@ -120,7 +124,6 @@ pub fn plan(desired: &[DesiredIpvs], current: &Current) -> Vec<Op> {
                 keep.push(IpvsDest { weight: 0, ..x.clone() });
             }
         }
-        let endpoints = |list: &[IpvsDest]| list.iter().map(|d| (SocketAddr::new(d.addr, d.port), d.weight)).collect::<Vec<_>>();
         // In the order the eBPF side replays them (ipvs_list), so both keep one list order.
         for op in dest_ops(&endpoints(dests), &endpoints(&keep)) {
             ops.push(match op {
