@@ -112,8 +112,9 @@ impl Agent {
     }
 
     fn sync_ipvs(&mut self) {
-        let Some(mirror) = &self.ipvs else { return };
-        match mirror.drift_draining(&self.model, &self.ebpf_drains()) {
+        let drains = self.ebpf_drains();
+        let Some(mirror) = &mut self.ipvs else { return };
+        match mirror.drift_draining(&self.model, &drains) {
             Ok(ops) => log_ipvs(mirror.apply(ops)),
             Err(e) => tracing::error!("ipvs: reading the kernel table failed: {}", error_chain(&e)),
         }
@@ -165,9 +166,11 @@ impl Agent {
     /// IPVS drains end when the kernel's counters reach 0: a periodic check finishes them (and
     /// repairs IPVS drift), applying the plan it already read.
     fn sync_ipvs_quietly(&mut self) {
-        let Some(mirror) = &self.ipvs else { return };
-        match mirror.drift_draining(&self.model, &self.ebpf_drains()) {
-            Ok(ops) if ops.is_empty() => {}
+        let drains = self.ebpf_drains();
+        let Some(mirror) = &mut self.ipvs else { return };
+        match mirror.drift_draining(&self.model, &drains) {
+            // Still applied: the record of xvs's services may have news (adopted or forgotten).
+            Ok(ops) if ops.is_empty() => log_ipvs_errors(&mirror.apply(ops).1),
             Ok(ops) => log_ipvs(mirror.apply(ops)),
             Err(e) => tracing::error!("ipvs: {}", error_chain(&e)),
         }
@@ -206,10 +209,14 @@ fn log_ipvs((done, errors): (Vec<crate::ipvs::mirror::Op>, Vec<crate::ipvs::Ipvs
     for op in &done {
         tracing::info!(op = %op, "ipvs");
     }
-    for e in &errors {
+    log_ipvs_errors(&errors);
+    tracing::info!(changes = done.len(), failed = errors.len(), "ipvs synced");
+}
+
+fn log_ipvs_errors(errors: &[crate::ipvs::IpvsError]) {
+    for e in errors {
         tracing::error!("ipvs: {}", error_chain(e));
     }
-    tracing::info!(changes = done.len(), failed = errors.len(), "ipvs synced");
 }
 
 /// Parsing a large services file peaks at tens of bytes per byte of TOML, and glibc keeps freed

@@ -399,7 +399,7 @@ async fn malformed_objects_are_named_skipped_and_reported_as_events() -> Result 
             "Service default/broken: clusterIP \"10.96.0.300\" is not an IP address; skipped",
             "Service default/no-spec: no spec",
             "EndpointSlice default/service-nginx-bad01: endpoint address \"10.244.1.999\" is not an IP address; skipped",
-            "Service default/sticky: annotation xvs.io/scheduler=\"lc\" is not rr, wrr or sh; using rr",
+            "Service default/sticky: annotation xvs.io/scheduler=\"lc\" is not rr, wrr, sh or mh; using rr",
         ]
     );
 
@@ -427,7 +427,7 @@ async fn malformed_objects_are_named_skipped_and_reported_as_events() -> Result 
             "Warning SkippedByXvs EndpointSlice/service-nginx-bad01 xvs: endpoint address \"10.244.1.999\" is not an IP address; skipped",
             "Warning SkippedByXvs Service/broken xvs: clusterIP \"10.96.0.300\" is not an IP address; skipped",
             "Warning SkippedByXvs Service/no-spec xvs: no spec",
-            "Warning SkippedByXvs Service/sticky xvs: annotation xvs.io/scheduler=\"lc\" is not rr, wrr or sh; using rr",
+            "Warning SkippedByXvs Service/sticky xvs: annotation xvs.io/scheduler=\"lc\" is not rr, wrr, sh or mh; using rr",
         ]
     );
     Ok(())

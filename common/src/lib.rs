@@ -8,6 +8,7 @@
 
 pub mod csum;
 pub mod flow;
+pub mod maglev;
 pub mod maps;
 pub mod reason;
 pub mod sched;

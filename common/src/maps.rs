@@ -64,6 +64,9 @@ pub enum Scheduler {
     WeightedRoundRobin = 2,
     /// IPVS source hashing: a 256-bucket table indexed by a hash of the client address.
     SourceHash = 3,
+    /// IPVS Maglev hashing: a 4093-bucket consistent-hash table indexed by the kernel's
+    /// siphash of the client address (see [`crate::maglev`]).
+    MaglevHash = 4,
 }
 
 impl Scheduler {
@@ -72,6 +75,7 @@ impl Scheduler {
             1 => Some(Self::RoundRobin),
             2 => Some(Self::WeightedRoundRobin),
             3 => Some(Self::SourceHash),
+            4 => Some(Self::MaglevHash),
             _ => None,
         }
     }
@@ -82,6 +86,7 @@ impl Scheduler {
             Self::RoundRobin => "rr",
             Self::WeightedRoundRobin => "wrr",
             Self::SourceHash => "sh",
+            Self::MaglevHash => "mh",
         }
     }
 }
@@ -125,7 +130,8 @@ pub struct ServiceValue {
     pub sched_state: u32,
 }
 
-/// Include the client port in the source hash (IPVS `IP_VS_SVC_F_SCHED_SH_PORT`).
+/// Include the client port in the source hash (IPVS `IP_VS_SVC_F_SCHED_SH_PORT`, or
+/// `IP_VS_SVC_F_SCHED_MH_PORT` for mh: the same bit).
 pub const SERVICE_F_SH_PORT: u8 = 1;
 
 /// Key of [`MAP_SLOTS`].
@@ -154,6 +160,9 @@ pub struct Backend {
     /// the head, so the list runs from the highest stamp to the lowest. Kept in the pins so a
     /// restarted agent knows the order the kernel has.
     pub seq: u32,
+    /// IPVS's `last_weight`: the latest non-zero weight (or the weight it was added with),
+    /// which mh builds its table from, so a destination drained to weight 0 keeps its buckets.
+    pub last_weight: u32,
 }
 
 pub const BACKEND_F_PRESENT: u8 = 1;
@@ -276,7 +285,7 @@ const _: () = {
     assert!(core::mem::size_of::<ServiceKey>() == 20);
     assert!(core::mem::size_of::<ServiceValue>() == 32);
     assert!(core::mem::size_of::<SlotKey>() == 8);
-    assert!(core::mem::size_of::<Backend>() == 32);
+    assert!(core::mem::size_of::<Backend>() == 36);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowEntry>() == 36);
     assert!(core::mem::size_of::<AffinityKey>() == 24);

@@ -34,9 +34,13 @@ pub enum Reason {
     BackendMissing = 12,
     /// Dropped: a packet rewrite helper failed (TC only).
     RewriteFailed = 13,
+    /// Counted beside the packet's verdict: mh's fallback walk met only backends that take no
+    /// new flows for `maglev::MH_WALK_HOPS` hops (the kernel's walk goes on), and the flow went
+    /// to the next live bucket's backend instead.
+    MhWalkExhausted = 14,
 }
 
-pub const REASON_COUNT: u32 = 14;
+pub const REASON_COUNT: u32 = 15;
 
 impl Reason {
     pub const ALL: [Self; REASON_COUNT as usize] = [
@@ -54,6 +58,7 @@ impl Reason {
         Self::ConntrackFull,
         Self::BackendMissing,
         Self::RewriteFailed,
+        Self::MhWalkExhausted,
     ];
 
     /// Stable snake_case name used in metrics and CLI output.
@@ -73,6 +78,7 @@ impl Reason {
             Self::ConntrackFull => "conntrack_full",
             Self::BackendMissing => "backend_missing",
             Self::RewriteFailed => "rewrite_failed",
+            Self::MhWalkExhausted => "mh_walk_exhausted",
         }
     }
 

@@ -5,6 +5,7 @@ use xvs_common::{Reason, FLOW_FORWARD};
 
 use crate::{
     affinity, clock, conntrack,
+    maglev::Jump,
     nat::{End, Packet},
     parse, select, service,
     stats::{self, Direction},
@@ -13,7 +14,7 @@ use crate::{
 /// Runs the pipeline. `Ok(reason)`: the packet was rewritten towards a backend and is to be
 /// passed on; `Err(reason)`: untouched, to be passed or dropped as `reason.is_drop()` says.
 #[inline(always)]
-pub fn forward<P: Packet>(packet: &P) -> Result<Reason, Reason> {
+pub fn forward<P: Packet + Jump>(packet: &P) -> Result<Reason, Reason> {
     let meta = parse::parse(packet.frame())?;
     let svc = service::lookup(&meta).ok_or(Reason::NotService)?;
     // SAFETY: `svc` points at a live map value; copied so the cursor update stays in select.
@@ -41,7 +42,7 @@ pub fn forward<P: Packet>(packet: &P) -> Result<Reason, Reason> {
             let (id, backend) = match affinity::find(&value, &meta, now) {
                 Some(bound) => bound,
                 None => {
-                    let id = select::select(svc, &meta)?;
+                    let id = select::select(packet, svc, &meta)?;
                     (id, service::backend(id).ok_or(Reason::BackendMissing)?)
                 }
             };

@@ -11,6 +11,7 @@ mod clock;
 mod conntrack;
 mod csum;
 mod forward;
+mod maglev;
 mod maps;
 mod nat;
 mod parse;
@@ -48,6 +49,21 @@ pub fn xvs_xdp_ingress(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn xvs_tc_ingress(ctx: TcContext) -> i32 {
     if settle(forward::forward(&ctx)) { TC_ACT_SHOT } else { TC_ACT_OK }
+}
+
+/// mh's walker for XDP: a long fallback walk, then back into `xvs_xdp_ingress` (maglev.rs).
+/// Reached only by tail call; passing is the answer only if jumping back fails.
+#[xdp]
+pub fn xvs_xdp_mh_walk(ctx: XdpContext) -> u32 {
+    maglev::walk(&ctx);
+    xdp_action::XDP_PASS
+}
+
+/// mh's walker for TC ingress, as `xvs_xdp_mh_walk`.
+#[classifier]
+pub fn xvs_tc_mh_walk(ctx: TcContext) -> i32 {
+    maglev::walk(&ctx);
+    TC_ACT_OK
 }
 
 /// TC egress: reverse NAT on replies (backend -> client becomes VIP -> client).

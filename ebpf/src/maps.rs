@@ -2,9 +2,10 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use xvs_common::{
+    maglev::MhWalk,
     reason::REASON_COUNT, AffinityEntry, AffinityKey, Backend, Counters, FlowEntry, FlowKey, ServiceKey, ServiceValue,
     SlotKey, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, MAX_SLOTS,
 };
@@ -50,3 +51,16 @@ pub static XVS_DRAINS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_BACKEND
 
 #[map(name = "XVS_REASONS")]
 pub static XVS_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+// mh's long walks (maglev.rs): the walker and the ingress program of each program type (a jump
+// table serves one type), and each CPU's walk in progress (XDP, TC). Not pinned: set by the
+// agent that loaded the programs, they are cleared when it exits, and the datapath then takes
+// the precomputed fallback until the next agent loads its own.
+#[map(name = "XVS_XDP_JUMP")]
+pub static XVS_XDP_JUMP: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+#[map(name = "XVS_TC_JUMP")]
+pub static XVS_TC_JUMP: ProgramArray = ProgramArray::with_max_entries(2, 0);
+
+#[map(name = "XVS_MH_WALK")]
+pub static XVS_MH_WALK: PerCpuArray<MhWalk> = PerCpuArray::with_max_entries(2, 0);

@@ -1,4 +1,4 @@
-//! Picks a backend for a new flow with the service's scheduler (rr, wrr, sh).
+//! Picks a backend for a new flow with the service's scheduler (rr, wrr, sh, mh).
 //!
 //! rr and wrr share one cursor per service, advanced with an atomic fetch-add on the map value:
 //! all CPUs see one global order (like IPVS's per-service lock), and no update is lost when two
@@ -11,11 +11,11 @@ use xvs_common::{
     Reason, Scheduler, ServiceValue, SlotKey, SERVICE_F_SH_PORT,
 };
 
-use crate::{maps::XVS_SLOTS, parse::PacketMeta};
+use crate::{maglev::Jump, maps::XVS_SLOTS, parse::PacketMeta};
 
 /// Returns the backend id chosen for a new flow of `meta` to the service at `svc`.
 #[inline(always)]
-pub fn select(svc: *mut ServiceValue, meta: &PacketMeta) -> Result<u32, Reason> {
+pub fn select<C: Jump>(ctx: &C, svc: *mut ServiceValue, meta: &PacketMeta) -> Result<u32, Reason> {
     // SAFETY: `svc` points at a live map value (the verifier guarantees it for the lookup).
     let value = unsafe { *svc };
     if value.slot_count == 0 {
@@ -40,6 +40,10 @@ pub fn select(svc: *mut ServiceValue, meta: &PacketMeta) -> Result<u32, Reason> 
             // The agent always writes full 256-bucket tables for sh; the modulo only keeps a
             // malformed table from sending us outside it.
             sh_bucket(&meta.saddr, meta.is_v6(), port) % (SH_TABLE_SIZE as u32).min(value.slot_count)
+        }
+        Some(Scheduler::MaglevHash) => {
+            let port = if value.flags & SERVICE_F_SH_PORT != 0 { meta.sport } else { 0 };
+            return crate::maglev::select(ctx, &value, meta, port);
         }
         None => return Err(Reason::NoBackend),
     };

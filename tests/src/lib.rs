@@ -55,7 +55,7 @@ pub fn service(svc_id: u32, vip: &str, proto: u8, scheduler: Scheduler, backends
             .enumerate()
             .map(|(i, &(id, addr, weight))| {
                 let addr = sa(addr);
-                BackendEntry { id, addr: addr.ip(), port: addr.port(), weight, seq: (backends.len() - i) as u32 }
+                BackendEntry { id, addr: addr.ip(), port: addr.port(), weight, seq: (backends.len() - i) as u32, last_weight: weight }
             })
             .collect(),
     }
@@ -235,7 +235,7 @@ impl<T: TestRun<Result = aya::programs::TestRunResult> + for<'a> TestRun<Opts<'a
 
 /// Runs the XDP program once.
 pub fn try_xdp(dp: &mut Dataplane, input: &[u8]) -> Result<Run, aya::programs::ProgramError> {
-    let prog = dp.xdp().unwrap_or_else(|e| panic!("{e}"));
+    let prog = dp.xdp().unwrap_or_else(|e| panic!("{}", xvs::error_chain(&e)));
     run(prog, input)
 }
 

@@ -29,11 +29,16 @@ fn dest(addr: &str, port: u16, weight: u32) -> IpvsDest {
     IpvsDest { addr: ip(addr), port, fwd_method: 0, weight, active_conns: 0, inactive_conns: 0 }
 }
 
+/// A client on an empty IPVS table, as after a reboot: xvs's record of its services goes too.
 fn client() -> IpvsClient {
     let c = IpvsClient::connect().unwrap_or_else(|e| panic!("{e}"));
     c.flush().unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_file(RECORD);
     c
 }
+
+/// Where the agent records the IPVS services it made (default dummy link).
+const RECORD: &str = "/run/xvs/ipvs-services-xvs-ipvs0";
 
 #[test]
 #[ignore = "needs a kernel with IPVS: run by `cargo xtask vm-test`"]
@@ -226,7 +231,8 @@ fn the_agent_mirrors_the_model_into_ipvs_like_kube_proxy_and_leaves_foreign_serv
     // Every VIP is bound to the dummy link, so the node accepts the traffic for IPVS.
     let addrs = Command::new("ip").args(["addr", "show", "xvs-ipvs0"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     for vip in ["10.96.0.10/32", "10.96.0.11/32", "fd00::10/128"] {
-        assert!(addrs.contains(vip), "{vip} not on xvs-ipvs0:\n{addrs}");
+        let all = Command::new("ip").args(["-br", "addr"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        assert!(addrs.contains(vip), "{vip} not on xvs-ipvs0:\n{addrs}\nall addresses:\n{all}");
     }
 
     // Edit: scheduler change in place, a backend leaves (no connections: deleted at once), the
@@ -279,6 +285,108 @@ fn the_agent_mirrors_the_model_into_ipvs_like_kube_proxy_and_leaves_foreign_serv
     assert!(text.contains("TCP  192.168.99.1:22 wrr"), "foreign service removed:\n{text}");
     let addrs = Command::new("ip").args(["addr", "show", "xvs-ipvs0"]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     assert!(!addrs.contains("10.96.0."), "VIPs left on xvs-ipvs0:\n{addrs}");
+}
+
+const OWNED: &str = r#"
+[[service]]
+vip = "10.96.0.10"
+port = 80
+backends = [{ endpoint = "10.244.1.2:8080" }, { endpoint = "10.244.1.3:8080" }]
+
+[[service]]
+vip = "192.168.50.10"
+port = 30080
+backends = [{ endpoint = "10.244.1.2:8080" }]
+"#;
+
+fn addrs_of(link: &str) -> String {
+    Command::new("ip").args(["-br", "addr", "show", link]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+}
+
+#[test]
+#[ignore = "needs a kernel with IPVS: run by `cargo xtask vm-test`"]
+fn foreign_services_on_a_node_address_and_on_a_vip_survive_churn_restarts_and_cleanup() {
+    let c = client();
+    // The node's own address (where NodePorts are served), on a link of its own.
+    let _ = Command::new("ip").args(["link", "del", "node0"]).output();
+    sh(&["ip", "link", "add", "node0", "type", "dummy"]);
+    sh(&["ip", "addr", "add", "192.168.50.10/24", "dev", "node0"]);
+    sh(&["ip", "link", "set", "node0", "up"]);
+    // An older xvs bound the node address to its dummy link and kept no record (the state the
+    // issue found: the next sync deleted the operator's service on the node address).
+    let _ = Command::new("ip").args(["link", "add", "xvs-ipvs0", "type", "dummy"]).output();
+    let _ = Command::new("ip").args(["addr", "add", "192.168.50.10/32", "dev", "xvs-ipvs0"]).output();
+    assert!(addrs_of("xvs-ipvs0").contains("192.168.50.10/32"), "{}", addrs_of("xvs-ipvs0"));
+    // The operator's services: ssh on the node address, and another port of xvs's VIP.
+    ipvsadm(&["-A", "-t", "192.168.50.10:22", "-s", "wrr"]);
+    ipvsadm(&["-a", "-t", "192.168.50.10:22", "-r", "10.0.0.9:22", "-m"]);
+    ipvsadm(&["-A", "-t", "10.96.0.10:8443", "-s", "rr"]);
+    ipvsadm(&["-a", "-t", "10.96.0.10:8443", "-r", "10.0.0.9:8443", "-m", "-w", "3"]);
+    let foreign = || (ipvsadm(&["-L", "-n", "-t", "192.168.50.10:22"]), ipvsadm(&["-L", "-n", "-t", "10.96.0.10:8443"]));
+    let before = foreign();
+
+    let config = "/tmp/owned.toml";
+    write(config, OWNED);
+    let mut agent = Agent::start(config);
+    eventually("the agent programs IPVS", || c.services().map(|s| s.len()).unwrap_or(0) == 4);
+    // The node address is not xvs's to bind (and an older xvs's binding goes); the VIP is.
+    eventually("the node address leaves the dummy link", || !addrs_of("xvs-ipvs0").contains("192.168.50.10"));
+    assert!(addrs_of("xvs-ipvs0").contains("10.96.0.10/32"), "{}", addrs_of("xvs-ipvs0"));
+    assert!(addrs_of("node0").contains("192.168.50.10/24"), "{}", addrs_of("node0"));
+    assert_eq!(
+        std::fs::read_to_string(RECORD).unwrap_or_default().lines().filter(|l| !l.starts_with('#')).collect::<Vec<_>>(),
+        ["-t 10.96.0.10:80", "-t 192.168.50.10:30080"]
+    );
+
+    // Churn, with restarts in between: the VIP's service goes (its address with it), comes
+    // back with another scheduler, the NodePort's backends change; the foreign services stay.
+    let node_port_at = OWNED.find("[[service]]\nvip = \"192.168.50.10\"").unwrap_or(0);
+    let steps: [(String, &[&str], usize); 4] = [
+        (OWNED[..node_port_at].to_owned(), &["TCP  10.96.0.10:80 rr"], 1),
+        (OWNED[node_port_at..].to_owned(), &["TCP  192.168.50.10:30080 rr"], 1),
+        (OWNED.replace("port = 80\n", "port = 80\nscheduler = \"sh\"\n"), &["TCP  10.96.0.10:80 sh", "TCP  192.168.50.10:30080 rr"], 2),
+        (OWNED.replace("[{ endpoint = \"10.244.1.2:8080\" }]", "[{ endpoint = \"10.244.3.3:8080\" }]"), &["TCP  10.96.0.10:80 rr", "-> 10.244.3.3:8080"], 2),
+    ];
+    for (i, (text, expected, services)) in steps.iter().enumerate() {
+        write(config, text);
+        eventually(&format!("step {i} lands"), || {
+            let table = ipvsadm(&["-L", "-n"]);
+            expected.iter().all(|e| table.contains(e)) && table.matches("TCP  ").count() == 2 + services
+        });
+        assert_eq!(foreign(), before, "step {i}: a foreign service was touched");
+        if i % 2 == 1 {
+            agent.stop();
+            agent = Agent::start(config);
+        }
+    }
+    let ok = xvs(&["verify", "--config", config, "--source", "ipvs"]);
+    assert!(ok.status.success(), "{}{}", String::from_utf8_lossy(&ok.stdout), String::from_utf8_lossy(&ok.stderr));
+
+    // A service somebody else made where xvs wants one is reported and left alone: xvs lets
+    // 10.96.0.10:80 go, an operator makes their own there, then xvs wants it back.
+    write(config, &steps[1].0);
+    eventually("xvs's 10.96.0.10:80 goes", || !ipvsadm(&["-L", "-n"]).contains("TCP  10.96.0.10:80 "));
+    agent.stop();
+    ipvsadm(&["-A", "-t", "10.96.0.10:80", "-s", "sh"]);
+    write(config, OWNED);
+    let said = xvs(&["verify", "--config", config, "--source", "ipvs"]);
+    let out = String::from_utf8_lossy(&said.stdout);
+    assert!(out.contains("TCP 10.96.0.10:80 exists but xvs did not make it"), "{out}");
+    let log = std::fs::File::create("/tmp/foreign.log").unwrap_or_else(|e| panic!("{e}"));
+    let agent = Agent::start_with(&["--dataplane", "ipvs", "--config", config], log.into());
+    eventually("the agent reports the foreign service", || std::fs::read_to_string("/tmp/foreign.log").is_ok_and(|l| l.contains("TCP 10.96.0.10:80: an IPVS service that xvs did not make is in the way")));
+    assert!(ipvsadm(&["-L", "-n", "-t", "10.96.0.10:80"]).contains(" sh"), "taken over");
+    agent.stop();
+
+    // `xvs cleanup` removes xvs's services only.
+    let cleanup = xvs(&["cleanup"]);
+    assert!(cleanup.status.success(), "{}", String::from_utf8_lossy(&cleanup.stderr));
+    let text = ipvsadm(&["-L", "-n"]);
+    assert!(!text.contains("30080"), "{text}");
+    assert!(text.contains("TCP  10.96.0.10:80 sh"), "{text}");
+    assert_eq!(foreign(), before);
+    let _ = Command::new("ip").args(["link", "del", "node0"]).output();
+    c.flush().unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn sh(args: &[&str]) {
@@ -399,7 +507,7 @@ fn bench_full_sync_ipvs_mirror_against_bpf_maps() {
     let _c = client();
     let (bpf_secs, ..) = control::full_sync(N);
     let model = control::model(N);
-    let mirror = xvs::ipvs::mirror::IpvsMirror::open("xvs-ipvs0").unwrap_or_else(|e| panic!("{e}"));
+    let mut mirror = xvs::ipvs::mirror::IpvsMirror::open("xvs-ipvs0").unwrap_or_else(|e| panic!("{e}"));
     let start = std::time::Instant::now();
     let (ops, errors) = mirror.sync(&model).unwrap_or_else(|e| panic!("{e}"));
     let ipvs_secs = start.elapsed().as_secs_f64();
@@ -477,10 +585,11 @@ fn kubernetes_service_lands_in_ipvs_as_kube_proxy_programs_it() {
 /// One round of the differential test: the services, as a services file, after the changes.
 fn differential_round(round: usize) -> String {
     // Backends by round (weight; None: not in the service): adds, removals, re-adds,
-    // reweights and a terminating one between rounds.
+    // reweights, one added terminating (weight 0 from the start: mh gives it no bucket) and one
+    // that terminates (drained to weight 0: mh keeps its buckets, and walks on from them).
     const PLAN: [[Option<&str>; 4]; 6] = [
         [Some("weight = 1"), Some("weight = 1"), Some("state = \"terminating\""), Some("weight = 2")],
-        [Some("weight = 2"), None, Some("weight = 2"), Some("weight = 2")],
+        [Some("weight = 2"), None, Some("weight = 2"), Some("state = \"terminating\"")],
         [Some("weight = 3"), Some("weight = 1"), Some("weight = 3"), None],
         [Some("weight = 1"), Some("weight = 4"), None, Some("weight = 1")],
         [None, Some("weight = 2"), Some("weight = 2"), Some("weight = 6")],
@@ -489,7 +598,7 @@ fn differential_round(round: usize) -> String {
     let v4 = ["10.244.1.2", "172.16.5.9", "192.168.7.3", "10.244.2.2", "172.20.0.4", "192.168.9.9"];
     let v6 = ["fd00:1::2", "2001:db8:1::5", "fd00:1::9", "2001:db8:2::3", "fd00:2::4", "fd00:1::3"];
     // (vip, port, protocol, scheduler this round, sh-port)
-    let switching = ["rr", "wrr", "sh", "rr"][round];
+    let switching = ["rr", "mh", "sh", "wrr"][round];
     let services = [
         ("10.96.0.1", 80, "tcp", "rr", false),
         ("10.96.0.2", 53, "udp", "wrr", false),
@@ -499,6 +608,9 @@ fn differential_round(round: usize) -> String {
         ("fd00::1", 80, "tcp", "wrr", false),
         ("fd00::2", 53, "udp", "sh", false),
         ("2001:db8::7", 443, "tcp", "rr", false),
+        ("10.96.0.9", 80, "tcp", "mh", false),
+        ("10.96.0.10", 53, "udp", "mh", true),
+        ("fd00::9", 80, "tcp", "mh", false),
         ("10.96.0.7", 80, "tcp", switching, false),
         ("fd00::8", 53, "udp", switching, false),
     ];
@@ -514,12 +626,22 @@ fn differential_round(round: usize) -> String {
                 format!("{{ endpoint = \"{ep}\", {opts} }}")
             })
             .collect();
-        let flags = if sh_port { "flags = [\"sh-port\"]\n" } else { "" };
+        let flags = match (sh_port, scheduler) {
+            (true, "mh") => "flags = [\"mh-port\"]\n",
+            (true, _) => "flags = [\"sh-port\"]\n",
+            _ => "",
+        };
         text.push_str(&format!(
             "[[service]]\nvip = \"{vip}\"\nport = {port}\nprotocol = \"{protocol}\"\nscheduler = \"{scheduler}\"\n{flags}backends = [{}]\n\n",
             backends.join(", ")
         ));
     }
+    // mh with most backends drained after the first round: long fallback walks, beyond the
+    // datapath's inline hops (its walker program goes on as far as the kernel's walk).
+    let many: Vec<String> = (1..=24)
+        .map(|i| format!("{{ endpoint = \"10.244.3.{i}:8080\"{} }}", if round > 0 && i > 2 { ", state = \"terminating\"" } else { "" }))
+        .collect();
+    text.push_str(&format!("[[service]]\nvip = \"10.96.0.12\"\nport = 80\nscheduler = \"mh\"\nbackends = [{}]\n", many.join(", ")));
     text
 }
 
@@ -527,7 +649,7 @@ fn differential_round(round: usize) -> String {
 #[ignore = "needs a kernel with IPVS: run by `cargo xtask vm-test`"]
 fn ebpf_schedulers_choose_exactly_what_ipvs_chooses_flow_by_flow() {
     use xvs_integration::{differential::*, L4, Pkt};
-    let _ = client();
+    let c = client();
     // Frames written on dinj-in arrive on dinj; the VIPs are local (the mirror's dummy link),
     // the real servers are routed into a sink. Spoofed sources pass: no reverse-path filter.
     for cmd in [
@@ -548,7 +670,7 @@ fn ebpf_schedulers_choose_exactly_what_ipvs_chooses_flow_by_flow() {
         std::fs::write(format!("/proc/sys/net/ipv4/conf/{f}/rp_filter"), "0").unwrap_or_else(|e| panic!("rp_filter {f}: {e}"));
     }
     let injector = Injector::open("dinj-in");
-    let mirror = xvs::ipvs::mirror::IpvsMirror::open("xvs-diff0").unwrap_or_else(|e| panic!("{e}"));
+    let mut mirror = xvs::ipvs::mirror::IpvsMirror::open("xvs-diff0").unwrap_or_else(|e| panic!("{e}"));
     let mut dp = xvs_integration::load();
     let mut reconciler = xvs::sync::Reconciler::new(900, dp.maps.capacity);
 
@@ -562,12 +684,16 @@ fn ebpf_schedulers_choose_exactly_what_ipvs_chooses_flow_by_flow() {
         let now = xvs::sync::datapath_secs(&dp.maps).unwrap_or_else(|e| panic!("{e}"));
         let (_, errors) = reconciler.sync(&model, &mut dp.maps, now);
         assert!(errors.is_empty(), "round {round}: {errors:?}");
+        // mh's flags print under their own names, as ipvsadm prints them.
+        let listing = Listing::read_ipvs(&c).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ipvsadm::list(&listing), ipvsadm(&["-L", "-n"]), "round {round}");
 
         // The same new flows, in the same order, to both.
         let mut flows = Vec::new();
         for (s, svc) in model.services().enumerate() {
             let vip = SocketAddr::new(svc.id.vip, svc.id.port);
-            let n = if svc.scheduler == xvs_common::Scheduler::SourceHash { 120 } else { 40 };
+            let hashed = matches!(svc.scheduler, xvs_common::Scheduler::SourceHash | xvs_common::Scheduler::MaglevHash);
+            let n = if hashed { 120 } else { 40 };
             for k in 0..n {
                 let client = match svc.id.vip {
                     IpAddr::V4(_) => SocketAddr::new(IpAddr::from([198, 18 + round as u8, s as u8, k as u8]), 20000 + k as u16),

@@ -37,8 +37,10 @@ const TEST_NAME: &str = "ipvs_vm";
 
 /// Boots the VM with `xvs` and the IPVS test binary and fails unless every test passed (the
 /// `bench_` ones are skipped: `cargo xtask bench` runs those).
+/// `XVS_VM_TESTS` (a libtest filter, e.g. a test's name) narrows the run while working on one.
 pub fn run(xvs: &Path, object: &Path) -> anyhow::Result<()> {
-    in_vm(xvs, object, "--skip bench_").map(drop)
+    let only = std::env::var("XVS_VM_TESTS").unwrap_or_default();
+    in_vm(xvs, object, &format!("--skip bench_ {only}")).map(drop)
 }
 
 /// Runs the IPVS benchmarks in the VM; returns their `XVS-BENCH` lines.

@@ -110,7 +110,8 @@ fn daemonset_runs_xvs_run_from_kubernetes_with_host_network_mounts_and_least_cap
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
     assert_eq!(caps.add.as_deref(), Some(&["BPF", "NET_ADMIN", "PERFMON", "SYS_MODULE"].map(String::from)[..]));
 
-    // Mounts: the pin directory is inside the host's bpffs; modules are read-only.
+    // Mounts: the pin directory is inside the host's bpffs; modules are read-only; IPVS
+    // ownership is recorded on the host.
     let mount = |path: &str| xvs.volume_mounts.iter().flatten().find(|m| m.mount_path == path).cloned().unwrap_or_else(|| panic!("no mount at {path}"));
     let host_path = |volume: &str| {
         spec.volumes.iter().flatten().find(|v| v.name == volume).and_then(|v| v.host_path.as_ref()).map(|h| h.path.clone()).unwrap_or_else(|| panic!("volume {volume} is not a hostPath"))
@@ -121,6 +122,9 @@ fn daemonset_runs_xvs_run_from_kubernetes_with_host_network_mounts_and_least_cap
     assert_eq!(bpffs.mount_propagation.as_deref(), Some("HostToContainer"));
     let modules = mount("/lib/modules");
     assert_eq!((modules.read_only, host_path(&modules.name).as_str()), (Some(true), "/lib/modules"));
+    // The record of xvs's IPVS services outlives the pod (in the host's /run, as the table).
+    let state = mount(xvs::ipvs::owned::STATE_DIR);
+    assert_eq!((state.read_only, host_path(&state.name).as_str()), (None, xvs::ipvs::owned::STATE_DIR));
 
     // The init container mounts a bpffs on the host where none is.
     let init = spec.init_containers.iter().flatten().find(|c| c.name == "mount-bpffs").unwrap_or_else(|| panic!("no mount-bpffs init container"));

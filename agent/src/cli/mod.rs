@@ -94,7 +94,7 @@ impl Cli {
 /// has no IPVS.
 fn cleanup_ipvs(dummy: &str) -> anyhow::Result<()> {
     use xvs::ipvs::{mirror::IpvsMirror, IpvsError};
-    let mirror = match IpvsMirror::inspect(dummy) {
+    let mut mirror = match IpvsMirror::inspect(dummy) {
         Ok(m) => m,
         Err(IpvsError::Unavailable) => return Ok(()),
         Err(e) => return Err(e.into()),

@@ -195,7 +195,7 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    if let Some(mirror) = &agent.ipvs {
+    if let Some(mirror) = &mut agent.ipvs {
         // An empty desired state: every service xvs owns goes, with its VIP; foreign ones stay.
         let (_, errors) = mirror.sync(&xvs::model::Model::default())?;
         for e in &errors {

@@ -7,7 +7,10 @@ use clap::{Args, ValueEnum};
 use super::source::{load_once, NodeArgs, SourceArgs};
 use xvs::{
     dataplane::Maps,
-    ipvs::{mirror::IpvsMirror, IpvsError},
+    ipvs::{
+        mirror::{IpvsMirror, Op},
+        IpvsError,
+    },
     sync::{verify, LiveState},
     view::Listing,
 };
@@ -62,17 +65,20 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<bool> {
         ebpf_listing = Some(Listing::read(maps)?);
         checked.push("ebpf");
     }
-    let mirror = match (args.source, IpvsMirror::inspect(&args.ipvs_dummy)) {
+    let mut mirror = match (args.source, IpvsMirror::inspect(&args.ipvs_dummy)) {
         (Which::Ebpf, _) => None,
         (_, Ok(m)) => Some(m),
         (Which::Ipvs, Err(e)) => return Err(e.into()),
         (Which::All, Err(IpvsError::Unavailable)) => None,
         (Which::All, Err(e)) => return Err(e.into()),
     };
-    if let Some(mirror) = &mirror {
+    if let Some(mirror) = &mut mirror {
         // What the eBPF side drains, IPVS keeps at weight 0 too (`--dataplane both`).
         for op in mirror.drift_draining(&model, &ebpf_drains)? {
-            println!("drift: ipvs: needs `ipvsadm {op}`");
+            match op {
+                Op::Foreign(s) => println!("drift: ipvs: {} exists but xvs did not make it (left alone)", s.name()),
+                op => println!("drift: ipvs: needs `ipvsadm {op}`"),
+            }
             differences += 1;
         }
         checked.push("ipvs");

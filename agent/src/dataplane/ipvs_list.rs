@@ -74,7 +74,7 @@ impl Position {
         match scheduler {
             Scheduler::RoundRobin => Self::After(0),
             Scheduler::WeightedRoundRobin => Self::Level(wrr_params(&weights(list)).1),
-            Scheduler::SourceHash => Self::Stateless,
+            Scheduler::SourceHash | Scheduler::MaglevHash => Self::Stateless,
         }
     }
 
@@ -88,7 +88,7 @@ impl Position {
         match scheduler {
             Scheduler::RoundRobin => Self::After(last.map_or(value.sched_state, |slot| list[table[slot]].seq)),
             Scheduler::WeightedRoundRobin => Self::Level(last.map_or(value.sched_state, |slot| wrr_slot_level(&weights(list), slot))),
-            Scheduler::SourceHash => Self::Stateless,
+            Scheduler::SourceHash | Scheduler::MaglevHash => Self::Stateless,
         }
     }
 
@@ -143,6 +143,10 @@ pub fn replay(old: &[BackendEntry], want: &[BackendEntry], ops: &[DestOp], mut p
             DestOp::Edit(i, j) => {
                 if let Some(k) = at(&list, &old[i]) {
                     list[k].weight = want[j].weight;
+                    // __ip_vs_update_dest: "keep the last_weight with latest non-0 weight".
+                    if want[j].weight != 0 {
+                        list[k].last_weight = want[j].weight;
+                    }
                 }
             }
             DestOp::Add(j) => list.insert(0, want[j].clone()),

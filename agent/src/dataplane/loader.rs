@@ -3,17 +3,27 @@
 use std::path::{Path, PathBuf};
 
 use aya::{
+    maps::ProgramArray,
     programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 
-use xvs_common::ALL_MAPS;
+use xvs_common::{
+    maglev::{JUMP_INGRESS, JUMP_MH_WALK},
+    ALL_MAPS,
+};
 
 use super::{capacity::Capacity, error::DataplaneError, maps::Maps, pin::map_pin};
 
 pub const PROG_XDP: &str = "xvs_xdp_ingress";
 pub const PROG_TC_INGRESS: &str = "xvs_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "xvs_tc_egress";
+/// mh's walkers (ebpf/src/maglev.rs), reached from the ingress programs through their jump
+/// tables, which `xdp()` and `tc()` fill when they load an ingress program.
+const PROG_XDP_MH_WALK: &str = "xvs_xdp_mh_walk";
+const PROG_TC_MH_WALK: &str = "xvs_tc_mh_walk";
+const MAP_XDP_JUMP: &str = "XVS_XDP_JUMP";
+const MAP_TC_JUMP: &str = "XVS_TC_JUMP";
 
 /// Installed location of the object (container image, packages).
 const INSTALLED_OBJECT: &str = "/usr/lib/xvs/xvs-ebpf.o";
@@ -84,6 +94,8 @@ fn embedded_object() -> Option<&'static [u8]> {
 pub struct Dataplane {
     ebpf: Ebpf,
     pub maps: Maps,
+    /// Whether the XDP and the TC jump tables point at this load's programs.
+    jumps_filled: (bool, bool),
 }
 
 impl Dataplane {
@@ -138,17 +150,45 @@ impl Dataplane {
             }
             (e, _) => e,
         })?;
-        Ok(Self { ebpf, maps })
+        Ok(Self { ebpf, maps, jumps_filled: (false, false) })
     }
 
-    /// The XDP program, loaded into the kernel.
+    /// The XDP program, loaded into the kernel with its mh walker.
     pub fn xdp(&mut self) -> Result<&mut Xdp, DataplaneError> {
+        if !self.jumps_filled.0 {
+            self.program::<Xdp>(PROG_XDP_MH_WALK)?;
+            self.program::<Xdp>(PROG_XDP)?;
+            self.fill_jumps(MAP_XDP_JUMP, PROG_XDP_MH_WALK, PROG_XDP)?;
+            self.jumps_filled.0 = true;
+        }
         self.program::<Xdp>(PROG_XDP)
     }
 
-    /// A TC program (`PROG_TC_INGRESS` or `PROG_TC_EGRESS`), loaded into the kernel.
+    /// A TC program (`PROG_TC_INGRESS` or `PROG_TC_EGRESS`), loaded into the kernel (the
+    /// ingress one with its mh walker).
     pub fn tc(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DataplaneError> {
+        if name == PROG_TC_INGRESS && !self.jumps_filled.1 {
+            self.program::<SchedClassifier>(PROG_TC_MH_WALK)?;
+            self.program::<SchedClassifier>(PROG_TC_INGRESS)?;
+            self.fill_jumps(MAP_TC_JUMP, PROG_TC_MH_WALK, PROG_TC_INGRESS)?;
+            self.jumps_filled.1 = true;
+        }
         self.program::<SchedClassifier>(name)
+    }
+
+    /// Points jump table `map` at the walker and back at the ingress program (both loaded).
+    fn fill_jumps(&mut self, map: &'static str, walker: &'static str, ingress: &'static str) -> Result<(), DataplaneError> {
+        let fd_of = |ebpf: &Ebpf, name: &'static str| -> Result<aya::programs::ProgramFd, DataplaneError> {
+            let fd = ebpf.program(name).ok_or(DataplaneError::MissingProgram(name))?.fd();
+            let fd = fd.and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::from));
+            fd.map_err(|source| DataplaneError::Program { program: name, op: "take its fd for the jump table".into(), source: Box::new(source) })
+        };
+        let (walker_fd, ingress_fd) = (fd_of(&self.ebpf, walker)?, fd_of(&self.ebpf, ingress)?);
+        let failed = |source| DataplaneError::Map { map, op: "fill the jump table", source: Box::new(source) };
+        let table = self.ebpf.map_mut(map).ok_or(DataplaneError::MissingMap(map))?;
+        let mut table = ProgramArray::try_from(table).map_err(failed)?;
+        table.set(JUMP_MH_WALK, &walker_fd, 0).map_err(failed)?;
+        table.set(JUMP_INGRESS, &ingress_fd, 0).map_err(failed)
     }
 
     fn program<T>(&mut self, name: &'static str) -> Result<&mut T, DataplaneError>

@@ -32,6 +32,8 @@ pub struct BackendEntry {
     pub weight: u32,
     /// Position in the kernel's destination list (see [`xvs_common::Backend::seq`]).
     pub seq: u32,
+    /// IPVS's `last_weight` (see [`xvs_common::Backend::last_weight`]).
+    pub last_weight: u32,
 }
 
 /// One virtual service (VIP, port, proto) with its scheduler and backends in the kernel's
@@ -78,19 +80,23 @@ fn ignore_missing(result: Result<(), MapError>) -> Result<(), MapError> {
 impl ServiceEntry {
     /// The selection table as indexes into `backends`, slot by slot.
     pub fn table_indexes(&self) -> Result<Vec<usize>, DataplaneError> {
-        let weights: Vec<u32> = self.backends.iter().map(|b| b.weight).collect();
-        tables::render(self.scheduler, &weights).map_err(|source| DataplaneError::Table { service: self.name(), source })
+        tables::render(self.scheduler, &self.backends).map_err(|source| DataplaneError::Table { service: self.name(), source })
     }
 
-    /// The selection table as backend ids, slot by slot.
-    fn table(&self) -> Result<Vec<u32>, DataplaneError> {
-        Ok(self.table_indexes()?.into_iter().map(|i| self.backends[i].id).collect())
+    /// The selection table as the slot values the datapath reads: backend ids (mh's with its
+    /// fallbacks, see `tables::mh_slots`).
+    pub fn table(&self) -> Result<Vec<u32>, DataplaneError> {
+        let indexes = self.table_indexes()?;
+        if self.scheduler == xvs_common::Scheduler::MaglevHash {
+            return tables::mh_slots(&indexes, &self.backends).map_err(|source| DataplaneError::Table { service: self.name(), source });
+        }
+        Ok(indexes.into_iter().map(|i| self.backends[i].id).collect())
     }
 
     fn backend_value(&self, b: &BackendEntry) -> Backend {
         let (addr, family) = to_map_addr(b.addr);
         let flags = if b.weight == 0 { BACKEND_F_PRESENT | BACKEND_F_DRAINING } else { BACKEND_F_PRESENT };
-        Backend { addr, port: b.port.to_be(), family, flags, svc_id: self.svc_id, weight: b.weight, seq: b.seq }
+        Backend { addr, port: b.port.to_be(), family, flags, svc_id: self.svc_id, weight: b.weight, seq: b.seq, last_weight: b.last_weight }
     }
 }
 
@@ -106,7 +112,7 @@ impl Maps {
     /// then the old table; backends `new` no longer has go last.
     pub fn update_service(&mut self, old: Option<&ServiceEntry>, new: &ServiceEntry) -> Result<(), DataplaneError> {
         let indexes = new.table_indexes()?;
-        let table: Vec<u32> = indexes.iter().map(|&i| new.backends[i].id).collect();
+        let table = new.table()?;
         for b in &new.backends {
             if b.id == 0 || b.id > self.capacity.backends {
                 return Err(DataplaneError::BackendId { service: new.name(), id: b.id, max: self.capacity.backends });

@@ -2,7 +2,10 @@
 //! node accepts as local, so every VIP xvs mirrors into IPVS is a /32 (/128) address there. The
 //! addresses also mark ownership: a virtual service whose address is on this link is xvs's;
 //! anything else in the IPVS table is foreign and never touched. Like kube-proxy, the link stays
-//! down (the local routes exist all the same) so it never answers ARP for the VIPs.
+//! down (the local routes exist all the same) so it never answers ARP for the VIPs. Addresses the
+//! node has on other links (its node IPs, where NodePorts are served) are never bound here, as
+//! kube-proxy never binds them: they are local already. Which services are xvs's is recorded
+//! apart (`owned`), never inferred from these addresses.
 use std::{collections::BTreeSet, net::IpAddr};
 
 use neli::{
@@ -20,6 +23,15 @@ use neli::{
 };
 
 use super::IpvsError;
+
+/// The node's addresses, split by where they are.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Addresses {
+    /// On the dummy link: xvs's VIPs.
+    pub bound: BTreeSet<IpAddr>,
+    /// On any other link: node addresses, never bound to the dummy link.
+    pub elsewhere: BTreeSet<IpAddr>,
+}
 
 pub struct DummyLink {
     router: NlRouter,
@@ -117,8 +129,8 @@ impl DummyLink {
         Ok(())
     }
 
-    /// The addresses bound to the link.
-    pub fn addresses(&self) -> Result<BTreeSet<IpAddr>, IpvsError> {
+    /// The node's addresses: those bound to this link, and those on every other link.
+    pub fn addresses(&self) -> Result<Addresses, IpvsError> {
         let what = format!("list addresses of {}", self.name);
         let msg = IfaddrmsgBuilder::default()
             .ifa_family(RtAddrFamily::Unspecified)
@@ -131,17 +143,15 @@ impl DummyLink {
             .router
             .send::<Rtm, Ifaddrmsg, Rtm, Ifaddrmsg>(Rtm::Getaddr, NlmF::DUMP, NlPayload::Payload(msg))
             .map_err(|e| failed(what.clone())(e.to_string()))?;
-        let mut out = BTreeSet::new();
+        let mut out = Addresses::default();
         for reply in recv {
             let reply: Nlmsghdr<Rtm, Ifaddrmsg> = reply.map_err(|e| failed(what.clone())(e.to_string()))?;
             let NlPayload::Payload(a) = reply.nl_payload() else { continue };
-            if *a.ifa_index() as i32 != self.index {
-                continue;
-            }
+            let set = if *a.ifa_index() as i32 == self.index { &mut out.bound } else { &mut out.elsewhere };
+            // IFA_LOCAL is the address itself; IFA_ADDRESS is the peer's on point-to-point
+            // links, and the only one IPv6 sends.
+            let (mut local, mut address) = (None, None);
             for attr in a.rtattrs().iter() {
-                if *attr.rta_type() != Ifa::Address {
-                    continue;
-                }
                 let raw: &[u8] = attr.rta_payload().as_ref();
                 let ip = match raw.len() {
                     4 => IpAddr::from([raw[0], raw[1], raw[2], raw[3]]),
@@ -152,8 +162,13 @@ impl DummyLink {
                     }
                     _ => continue,
                 };
-                out.insert(ip);
+                match *attr.rta_type() {
+                    Ifa::Local => local = Some(ip),
+                    Ifa::Address => address = Some(ip),
+                    _ => {}
+                }
             }
+            set.extend(local.or(address));
         }
         Ok(out)
     }

@@ -22,6 +22,10 @@ pub enum IpvsError {
     Kernel { what: String, errno: i32 },
     #[error("{what}: netlink failure: {detail}")]
     Netlink { what: String, detail: String },
+    #[error("{}: the record of xvs's IPVS services cannot be used: {detail}; IPVS is left as it is until the file is fixed or removed (without a record, xvs adopts the services on addresses that only its dummy link has)", path.display())]
+    Record { path: std::path::PathBuf, detail: String },
+    #[error("{what}: an IPVS service that xvs did not make is in the way; it is left alone (remove it, or move the Service)")]
+    Foreign { what: String },
     #[error("encoding an IPVS message failed: {0}")]
     Encode(String),
 }

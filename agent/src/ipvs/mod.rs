@@ -4,6 +4,7 @@ mod client;
 mod error;
 pub mod dummy;
 pub mod mirror;
+pub mod owned;
 pub mod render;
 pub mod wire;
 

@@ -1,7 +1,8 @@
 //! The desired state as kube-proxy's IPVS mode writes it: one virtual service per
 //! VIP:port:proto with the service's scheduler, PERSISTENT plus timeout for ClientIP affinity
-//! (for sh: `sh-fallback` always, as SCHED1, so that a draining destination's sources move on
-//! instead of being refused, which is what the eBPF datapath does; `sh-port` as SCHED2), and
+//! (for sh and mh: `sh-fallback` / `mh-fallback` always, as SCHED1, so that a draining
+//! destination's sources move on instead of being refused, which is what the eBPF datapath
+//! does; `sh-port` / `mh-port` as SCHED2), and
 //! Masq real servers with their weights (terminating ones at weight 0).
 use super::{
     wire::{FWD_MASQ, SVC_F_PERSISTENT, SVC_F_SCHED1, SVC_F_SCHED2},
@@ -27,7 +28,7 @@ pub fn service(s: &Service) -> DesiredIpvs {
     if s.affinity_timeout.is_some() {
         flags |= SVC_F_PERSISTENT;
     }
-    if s.scheduler == Scheduler::SourceHash {
+    if matches!(s.scheduler, Scheduler::SourceHash | Scheduler::MaglevHash) {
         flags |= SVC_F_SCHED1;
     }
     if s.sh_port {
@@ -85,6 +86,19 @@ protocol = "udp"
 scheduler = "sh"
 flags = ["sh-port"]
 backends = [{ endpoint = "[fd00:1::2]:5353", weight = 4 }]
+
+[[service]]
+vip = "10.96.0.11"
+port = 443
+scheduler = "mh"
+backends = [{ endpoint = "10.244.1.2:8443" }]
+
+[[service]]
+vip = "10.96.0.12"
+port = 443
+scheduler = "mh"
+flags = ["mh-port"]
+backends = [{ endpoint = "10.244.1.2:8443" }]
 "#,
             std::path::Path::new("t.toml"),
         )
@@ -100,6 +114,9 @@ backends = [{ endpoint = "[fd00:1::2]:5353", weight = 4 }]
             text,
             [
                 "TCP 10.96.0.10:80 rr flags=0x1 timeout=10800 [10.244.1.2:8080/fwd0/w0 10.244.1.3:8080/fwd0/w1]",
+                // mh-fallback always (SCHED1), mh-port (SCHED2) when asked.
+                "TCP 10.96.0.11:443 mh flags=0x8 timeout=0 [10.244.1.2:8443/fwd0/w1]",
+                "TCP 10.96.0.12:443 mh flags=0x18 timeout=0 [10.244.1.2:8443/fwd0/w1]",
                 "UDP [fd00::10]:53 sh flags=0x18 timeout=0 [fd00:1::2:5353/fwd0/w4]",
             ]
         );

@@ -110,7 +110,7 @@ pub struct Service {
     pub scheduler: Scheduler,
     /// ClientIP session affinity timeout in seconds (IPVS `persistent N`).
     pub affinity_timeout: Option<u32>,
-    /// sh hashes the client port too (IPVS flag `sh-port`).
+    /// sh or mh hashes the client port too (IPVS flag `sh-port`, `mh-port`).
     pub sh_port: bool,
     /// Sorted by (address, port), unique.
     pub backends: Vec<Backend>,

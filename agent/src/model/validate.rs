@@ -41,7 +41,7 @@ pub enum ModelIssue {
     Weight { backend: String, weight: u32 },
     #[error("session affinity timeout {0} s is out of range 1..={MAX_AFFINITY_TIMEOUT}")]
     AffinityTimeout(u32),
-    #[error("the flag sh-port only applies to the sh scheduler")]
+    #[error("the flag sh-port (mh-port) only applies to the sh and mh schedulers")]
     ShPortWithoutSh,
     #[error("wrr weights need a {len}-slot cycle, more than {MAX_TABLE_LEN}: use weights with a larger common divisor")]
     WrrTooLong { len: u64 },
@@ -73,7 +73,7 @@ pub(super) fn check(services: &[Service]) -> Vec<ModelError> {
         {
             err(ModelIssue::AffinityTimeout(t));
         }
-        if svc.sh_port && svc.scheduler != Scheduler::SourceHash {
+        if svc.sh_port && !matches!(svc.scheduler, Scheduler::SourceHash | Scheduler::MaglevHash) {
             err(ModelIssue::ShPortWithoutSh);
         }
         let mut seen = HashSet::with_capacity(svc.backends.len());
@@ -182,7 +182,7 @@ mod tests {
                 "#2 TCP 0.0.0.0:0: the VIP 0.0.0.0 cannot be a service address (unspecified, multicast or broadcast)",
                 "#2 TCP 0.0.0.0:0: backend 224.0.0.1:80: the address cannot receive traffic (unspecified, multicast or broadcast)",
                 "#3 TCP 10.96.0.11:80: session affinity timeout 0 s is out of range 1..=86400",
-                "#4 TCP 10.96.0.12:80: the flag sh-port only applies to the sh scheduler",
+                "#4 TCP 10.96.0.12:80: the flag sh-port (mh-port) only applies to the sh and mh schedulers",
                 "#5 TCP 10.96.0.13:80: wrr weights need a 131069-slot cycle, more than 65536: use weights with a larger common divisor",
             ]
         );

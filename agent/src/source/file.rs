@@ -5,9 +5,9 @@
 //! vip = "10.96.0.10"
 //! port = 80
 //! protocol = "tcp"                 # tcp (default) | udp
-//! scheduler = "rr"                 # rr (default) | wrr | sh
+//! scheduler = "rr"                 # rr (default) | wrr | sh | mh
 //! session_affinity_timeout = 10800 # optional: ClientIP affinity (IPVS persistent), seconds
-//! flags = ["sh-port"]              # optional, sh only
+//! flags = ["sh-port"]              # optional: sh-port (sh) or mh-port (mh): hash the client port
 //! backends = [
 //!   { endpoint = "10.244.1.2:8080" },                      # weight 1, active
 //!   { endpoint = "10.244.1.3:8080", weight = 2 },
@@ -78,12 +78,15 @@ enum RawScheduler {
     Rr,
     Wrr,
     Sh,
+    Mh,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
 enum RawFlag {
     #[serde(rename = "sh-port")]
     ShPort,
+    #[serde(rename = "mh-port")]
+    MhPort,
 }
 
 #[derive(Deserialize)]
@@ -147,9 +150,11 @@ fn into_service(raw: RawService) -> Service {
             RawScheduler::Rr => Scheduler::RoundRobin,
             RawScheduler::Wrr => Scheduler::WeightedRoundRobin,
             RawScheduler::Sh => Scheduler::SourceHash,
+            RawScheduler::Mh => Scheduler::MaglevHash,
         },
         affinity_timeout: raw.session_affinity_timeout,
-        sh_port: raw.flags.contains(&RawFlag::ShPort),
+        // One bit in IPVS (SCHED2), as ipvsadm takes either name for it.
+        sh_port: raw.flags.contains(&RawFlag::ShPort) || raw.flags.contains(&RawFlag::MhPort),
         backends: raw
             .backends
             .into_iter()

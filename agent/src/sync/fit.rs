@@ -45,6 +45,9 @@ fn table_len(service: &crate::model::Service) -> u64 {
         Scheduler::WeightedRoundRobin => WrrCycle::len_hint(&weights),
         Scheduler::SourceHash if weights.iter().any(|&w| w > 0) => xvs_common::sched::SH_TABLE_SIZE as u64,
         Scheduler::SourceHash => 0,
+        // Built from last weights, which a drained destination keeps: any backend may hold one.
+        Scheduler::MaglevHash if !weights.is_empty() => u64::from(xvs_common::maglev::MH_TABLE_SIZE),
+        Scheduler::MaglevHash => 0,
     }
 }
 

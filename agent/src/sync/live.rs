@@ -83,7 +83,7 @@ impl LiveState {
             .backends_of(svc.value.svc_id)
             .filter_map(|(id, b)| {
                 let addr = from_map_addr(&b.addr, b.family)?;
-                Some(BackendEntry { id, addr, port: u16::from_be(b.port), weight: b.weight, seq: b.seq })
+                Some(BackendEntry { id, addr, port: u16::from_be(b.port), weight: b.weight, seq: b.seq, last_weight: b.last_weight })
             })
             .collect();
         backends.sort_by_key(|b| std::cmp::Reverse(b.seq));

@@ -283,7 +283,9 @@ impl Reconciler {
                     }
                 },
             };
-            want.push(BackendEntry { id, addr: b.addr, port: b.port, weight: b.effective_weight(), seq });
+            // An added destination's last_weight is its weight; an edit (replay) keeps the
+            // old one when the new weight is 0.
+            want.push(BackendEntry { id, addr: b.addr, port: b.port, weight: b.effective_weight(), seq, last_weight: b.effective_weight() });
         }
         for ob in old_list {
             if svc.backends.iter().any(|b| b.addr == ob.addr && b.port == ob.port) {

@@ -3,11 +3,10 @@
 //! internal ids, so a restarted agent's maps verify as well as a fresh one's.
 use std::{fmt, net::SocketAddr};
 
-use xvs_common::{Scheduler, SERVICE_F_SH_PORT};
+use xvs_common::{maglev::MH_SLOT_ID_MASK, Scheduler, SERVICE_F_SH_PORT};
 
 use super::live::{LiveService, LiveState};
 use crate::{
-    dataplane::tables,
     model::{Model, Service, ServiceId},
 };
 
@@ -110,19 +109,21 @@ fn diff_service(svc: &Service, l: &LiveService, live: &LiveState, out: &mut Vec<
 
     // The table the live destination list (the kernel's order, draining backends included:
     // sh gives them buckets) should have.
-    let weights: Vec<u32> = entry.backends.iter().map(|b| b.weight).collect();
-    let Ok(want) = tables::render(svc.scheduler, &weights) else { return };
-    let want: Vec<SocketAddr> = want.into_iter().map(|i| SocketAddr::new(entry.backends[i].addr, entry.backends[i].port)).collect();
+    // Slot values, not only endpoints: mh's also carry each draining bucket's fallback.
+    let Ok(want) = entry.table() else { return };
     if want.len() != l.table.len() {
         out.push(Drift::Table { service: id, detail: format!("has {} slots, want {}", l.table.len(), want.len()) });
         return;
     }
-    for (slot, (want, have)) in want.iter().zip(&l.table).enumerate() {
+    let id_of = |value: u32| if svc.scheduler == Scheduler::MaglevHash { value & MH_SLOT_ID_MASK } else { value };
+    for (slot, (&want, have)) in want.iter().zip(&l.table).enumerate() {
+        let want_ep = endpoint_of(id_of(want)).map_or_else(|| format!("backend id {want}"), |ep| ep.to_string());
         let problem = match have {
-            None => Some(format!("slot {slot} is missing (want {want})")),
-            Some(bid) => match endpoint_of(*bid) {
-                None => Some(format!("slot {slot} names backend id {bid}, which is not a backend of this service (want {want})")),
-                Some(ep) if ep != *want => Some(format!("slot {slot} sends to {ep}, want {want}")),
+            None => Some(format!("slot {slot} is missing (want {want_ep})")),
+            Some(v) => match endpoint_of(id_of(*v)) {
+                None => Some(format!("slot {slot} names backend id {v}, which is not a backend of this service (want {want_ep})")),
+                Some(ep) if ep.to_string() != want_ep => Some(format!("slot {slot} sends to {ep}, want {want_ep}")),
+                Some(_) if *v != want => Some(format!("slot {slot} holds {v:#x}, want {want:#x} (its fallback differs)")),
                 Some(_) => None,
             },
         };
@@ -144,7 +145,7 @@ mod tests {
     fn backend(ep: &str, svc_id: u32, weight: u32) -> Backend {
         let ep: SocketAddr = ep.parse().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         let (addr, family) = to_map_addr(ep.ip());
-        Backend { addr, port: ep.port().to_be(), family, flags: BACKEND_F_PRESENT, svc_id, weight, seq: 0 }
+        Backend { addr, port: ep.port().to_be(), family, flags: BACKEND_F_PRESENT, svc_id, weight, seq: 0, last_weight: weight }
     }
 
     /// The maps as the agent writes `TCP 10.96.0.10:80 rr` over .1 and .2 (ids 1, 2), plus a

@@ -48,8 +48,9 @@ pub fn list(l: &Listing) -> String {
     out.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n");
     for s in &l.services {
         let _ = write!(out, "{} {}", service_name(s.id.proto.name(), s.id.vip, s.id.port), s.scheduler);
-        // ipvsadm's print_sched_flags.
-        let flags: Vec<&str> = [(s.sh_fallback, "sh-fallback"), (s.sh_port, "sh-port")].into_iter().filter(|f| f.0).map(|f| f.1).collect();
+        // ipvsadm's print_sched_flags: named after the scheduler they belong to.
+        let names = if s.scheduler == "mh" { ["mh-fallback", "mh-port"] } else { ["sh-fallback", "sh-port"] };
+        let flags: Vec<&str> = [(s.sh_fallback, names[0]), (s.sh_port, names[1])].into_iter().filter(|f| f.0).map(|f| f.1).collect();
         if !flags.is_empty() {
             let _ = write!(out, " ({})", flags.join(","));
         }

@@ -25,7 +25,7 @@ pub struct ListedService {
     pub id: ServiceId,
     pub scheduler: String,
     pub sh_port: bool,
-    /// sh moves sources off draining destinations (always so in xvs; IPVS's SCHED1 flag).
+    /// sh or mh moves sources off draining destinations (always so in xvs; IPVS's SCHED1 flag).
     pub sh_fallback: bool,
     pub persistent: Option<u32>,
     pub stats: Counters,
@@ -114,7 +114,7 @@ impl Listing {
                 id: l.id,
                 scheduler: Scheduler::from_u8(l.value.scheduler).map_or("?", Scheduler::ipvs_name).to_owned(),
                 sh_port: l.value.flags & SERVICE_F_SH_PORT != 0,
-                sh_fallback: l.value.scheduler == Scheduler::SourceHash as u8,
+                sh_fallback: l.value.scheduler == Scheduler::SourceHash as u8 || l.value.scheduler == Scheduler::MaglevHash as u8,
                 persistent: (l.value.affinity_timeout != 0).then_some(l.value.affinity_timeout),
                 stats: maps.service_counters(l.value.svc_id)?,
                 backends,
@@ -155,8 +155,8 @@ impl Listing {
                 .collect();
             services.push(ListedService {
                 id: ServiceId { vip: s.addr, port: s.port, proto },
-                sh_port: s.scheduler == "sh" && s.flags & SVC_F_SCHED2 != 0,
-                sh_fallback: s.scheduler == "sh" && s.flags & SVC_F_SCHED1 != 0,
+                sh_port: matches!(s.scheduler.as_str(), "sh" | "mh") && s.flags & SVC_F_SCHED2 != 0,
+                sh_fallback: matches!(s.scheduler.as_str(), "sh" | "mh") && s.flags & SVC_F_SCHED1 != 0,
                 persistent: (s.flags & SVC_F_PERSISTENT != 0).then_some(s.timeout),
                 scheduler: s.scheduler,
                 stats: Counters::default(),

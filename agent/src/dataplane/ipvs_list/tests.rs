@@ -123,6 +123,8 @@ impl Kernel {
                     }
                 }
             }
+            // mh is checked against the kernel itself (ipvs_vm.rs, the differential test).
+            Scheduler::MaglevHash => None,
             Scheduler::SourceHash => {
                 if self.sh.is_empty() {
                     return None;
@@ -165,7 +167,7 @@ impl Ebpf {
                     self.next_seq += 1;
                     self.next_seq - 1
                 });
-                BackendEntry { id: seq, addr: ep.ip(), port: ep.port(), weight, seq }
+                BackendEntry { id: seq, addr: ep.ip(), port: ep.port(), weight, seq, last_weight: weight }
             })
             .collect();
         let ops = dest_ops(&endpoints(&old.backends), want);
@@ -270,7 +272,7 @@ fn ops_delete_then_edit_in_list_order_then_add_in_address_order() {
 
 #[test]
 fn added_destinations_go_to_the_head() {
-    let b = |i: u64, seq: u32| BackendEntry { id: seq, addr: ep(i).ip(), port: ep(i).port(), weight: 1, seq };
+    let b = |i: u64, seq: u32| BackendEntry { id: seq, addr: ep(i).ip(), port: ep(i).port(), weight: 1, seq, last_weight: 1 };
     let old = [b(1, 1)];
     let want = [b(1, 0), b(2, 5), b(3, 6)];
     let ops = dest_ops(&endpoints(&old), &endpoints(&want));

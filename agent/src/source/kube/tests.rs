@@ -179,7 +179,7 @@ fn odd_objects_are_named_and_skipped_while_the_rest_applies() {
         warnings,
         [
             "Service default/broken: clusterIP \"10.96.0.300\" is not an IP address; skipped",
-            "Service default/sticky: annotation xvs.io/scheduler=\"lc\" is not rr, wrr or sh; using rr",
+            "Service default/sticky: annotation xvs.io/scheduler=\"lc\" is not rr, wrr, sh or mh; using rr",
             "EndpointSlice default/service-nginx-ipv4: endpoint address \"not-an-ip\" is not an IP address; skipped",
         ]
     );

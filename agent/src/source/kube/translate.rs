@@ -267,10 +267,11 @@ fn scheduler_of(svc: &KubeService, object: &ObjectRef, warnings: &mut Vec<Warnin
         None | Some("rr") => Scheduler::RoundRobin,
         Some("wrr") => Scheduler::WeightedRoundRobin,
         Some("sh") => Scheduler::SourceHash,
+        Some("mh") => Scheduler::MaglevHash,
         Some(other) => {
             warnings.push(Warning {
                 object: object.clone(),
-                cause: format!("annotation {SCHEDULER_ANNOTATION}={other:?} is not rr, wrr or sh; using rr"),
+                cause: format!("annotation {SCHEDULER_ANNOTATION}={other:?} is not rr, wrr, sh or mh; using rr"),
             });
             Scheduler::RoundRobin
         }
