@@ -66,7 +66,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = xvs_common::MAX_BACKENDS)]
     max_backends: u32,
     /// Selection-table slots of all services together (rr: one per backend, wrr: one cycle,
-    /// sh: 256 per service; a table being replaced briefly needs twice its size).
+    /// sh: 256 per service, mh: 4093; a table being replaced briefly needs twice its size).
     #[arg(long, default_value_t = xvs_common::MAX_SLOTS)]
     max_slots: u32,
     /// Connection-table entries (two per flow; LRU beyond that).
