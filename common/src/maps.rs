@@ -33,8 +33,16 @@ pub const MAP_CLOCK: &str = "XVS_CLOCK";
 /// ends on time however often the agent restarts. Written by the agent only. Hash map.
 pub const MAP_DRAINS: &str = "XVS_DRAINS";
 
+/// 0 -> [`ABI_VERSION`] of the build that created the pinned maps: a restart adopts pins only
+/// from a build whose maps mean the same (the layout check covers sizes; this covers meaning,
+/// such as what a slot value holds). Written by the agent only. Array of one.
+pub const MAP_STAMP: &str = "XVS_STAMP";
+/// Raised whenever the meaning of a pinned map changes, even with the same layout.
+/// 2: Backend.last_weight; mh slots carry their fallback in the high 16 bits.
+pub const ABI_VERSION: u64 = 2;
+
 /// Every map, in the order the agent pins and reports them.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 11] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -45,6 +53,7 @@ pub const ALL_MAPS: [&str; 10] = [
     MAP_REASONS,
     MAP_CLOCK,
     MAP_DRAINS,
+    MAP_STAMP,
 ];
 
 /// Default capacities. The agent may raise them at load time (aya `set_max_entries`).

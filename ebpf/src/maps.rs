@@ -49,6 +49,10 @@ pub static XVS_CLOCK: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "XVS_DRAINS")]
 pub static XVS_DRAINS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_BACKENDS, BPF_F_NO_PREALLOC);
 
+// The ABI stamp of the build that created the pins (the datapath never reads it).
+#[map(name = "XVS_STAMP")]
+pub static XVS_STAMP: Array<u64> = Array::with_max_entries(1, 0);
+
 #[map(name = "XVS_REASONS")]
 pub static XVS_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
 

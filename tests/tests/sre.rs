@@ -222,7 +222,7 @@ fn a_restart_over_removed_pins_says_so_and_repairs_before_serving() {
 
 #[test]
 fn foreign_or_damaged_pins_are_named_and_a_failed_start_detaches_nothing() {
-    use xvs_integration::pins::{pin_foreign_map, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_PERCPU_ARRAY};
+    use xvs_integration::pins::{pin_foreign_map, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_PERCPU_ARRAY};
     let mut topo = Topology::create("xvs-sr7", 2);
     topo.start_http_backends();
     let config = config("sr7", 2);
@@ -234,16 +234,26 @@ fn foreign_or_damaged_pins_are_named_and_a_failed_start_detaches_nothing() {
     let args = ["--config", &*config.to_string_lossy(), "--iface", NODE_IFACE, "--pin-dir", &pin_arg, "--dataplane", "ebpf"].map(str::to_owned);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // Each damage in turn, restored after: (map, its foreign shape, what the error must say).
+    // The stamp keeps its shape but says the maps are another build's: same layout, another
+    // meaning (ABI 1: before Backend.last_weight and mh's slot fallbacks).
+    let stamped = format!("the maps were made by a build whose maps mean other things (ABI 1; this build's is {})", xvs_common::ABI_VERSION);
     for (map, shape, said) in [
         (xvs_common::MAP_SERVICES, (BPF_MAP_TYPE_HASH, 40, 8, 16), "its keys are 40 bytes and values 8 bytes"),
         (xvs_common::MAP_BACKENDS, (BPF_MAP_TYPE_HASH, 4, 28, 16), "it is a Some(Hash) map, this build needs Array"),
         (xvs_common::MAP_REASONS, (BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 3), "it has 3 entries"),
+        (xvs_common::MAP_STAMP, (BPF_MAP_TYPE_ARRAY, 4, 8, 1), stamped.as_str()),
     ] {
         let path = pin.join(map);
         // The real map stays alive through this handle (bpffs has no rename) and is pinned back.
         let original = aya::maps::MapData::from_pin(&path).unwrap_or_else(|e| panic!("{e}"));
         std::fs::remove_file(&path).unwrap_or_else(|e| panic!("{e}"));
         pin_foreign_map(&path, shape.0, shape.1, shape.2, shape.3);
+        if map == xvs_common::MAP_STAMP {
+            let data = aya::maps::MapData::from_pin(&path).unwrap_or_else(|e| panic!("{e}"));
+            let map = aya::maps::Map::from_map_data(data).unwrap_or_else(|e| panic!("{e}"));
+            let mut stamp = aya::maps::Array::<_, u64>::try_from(map).unwrap_or_else(|e| panic!("{e}"));
+            stamp.set(0, 1, 0).unwrap_or_else(|e| panic!("{e}"));
+        }
         let out = run_expecting_exit(&topo.ns("node"), &args, 20);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{err}");
@@ -256,4 +266,39 @@ fn foreign_or_damaged_pins_are_named_and_a_failed_start_detaches_nothing() {
     }
     let _agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin, &[]);
     assert_eq!(spread(&topo, 2).len(), 2);
+}
+
+fn bpffs_mounted_on(dir: &str) -> bool {
+    std::fs::read_to_string("/proc/mounts").unwrap_or_default().lines().any(|l| l.split(' ').nth(1) == Some(dir) && l.split(' ').nth(2) == Some("bpf"))
+}
+
+#[test]
+fn cleanup_unmounts_the_bpffs_xvs_mounted_and_no_other() {
+    let mut topo = Topology::create("xvs-sr8", 1);
+    topo.start_http_backends();
+    let config = config("sr8", 1);
+    // A pin directory whose parent is no bpffs: the agent mounts one there (and marks it).
+    let mount = "/tmp/xvs-test-sr8-bpffs";
+    while bpffs_mounted_on(mount) {
+        let _ = std::process::Command::new("umount").arg(mount).status();
+    }
+    std::fs::create_dir_all(mount).unwrap_or_else(|e| panic!("{e}"));
+    let pin = PathBuf::from(mount).join("pins");
+    let mut agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin, &[]);
+    assert_eq!(spread(&topo, 1).len(), 1);
+    assert!(bpffs_mounted_on(mount), "the agent mounted no bpffs on {mount}");
+    agent.kill9();
+    let out = xvs(&["cleanup", "--pin-dir", &pin.to_string_lossy()]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains(&format!("unmounted the bpffs xvs had mounted on {mount}")), "{said}");
+    assert!(!bpffs_mounted_on(mount), "the bpffs xvs mounted is left behind");
+    assert!(!serves(&topo), "the datapath is still attached");
+    // The host's own bpffs (not mounted by xvs) stays, even with no pin directory left on it.
+    let host = pin_dir("sr8");
+    let mut agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &host, &[]);
+    agent.kill9();
+    let out = xvs(&["cleanup", "--pin-dir", &host.to_string_lossy()]);
+    assert!(out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("unmounted"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(bpffs_mounted_on("/sys/fs/bpf"));
 }

@@ -81,8 +81,11 @@ impl Cli {
                     }
                     eprintln!("warning: removing {} under a running agent{pid} (--force)", holder.dir.display());
                 }
-                unpin_all(&pin_dir)?;
+                let unmounted = unpin_all(&pin_dir)?;
                 println!("removed {}", pin_dir.display());
+                if let Some(mount) = unmounted {
+                    println!("unmounted the bpffs xvs had mounted on {}", mount.display());
+                }
                 cleanup_ipvs(&ipvs_dummy)?;
             }
         }

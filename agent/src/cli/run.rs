@@ -205,8 +205,11 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
     }
     if agent.ebpf.is_some() {
         drop(agent);
-        unpin_all(&args.pin_dir)?;
+        let unmounted = unpin_all(&args.pin_dir)?;
         tracing::info!(pin_dir = %args.pin_dir.display(), "stopped; pinned maps and links removed, datapath detached");
+        if let Some(mount) = unmounted {
+            tracing::info!(mount = %mount.display(), "unmounted the bpffs xvs had mounted");
+        }
     }
     Ok(())
 }

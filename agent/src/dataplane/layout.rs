@@ -8,7 +8,7 @@ use aya::maps::{MapData, MapType};
 use xvs_common::{
     reason::REASON_COUNT, AffinityEntry, AffinityKey, Backend, Counters, FlowEntry, FlowKey, ServiceKey, ServiceValue, SlotKey,
     MAP_AFFINITY, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CLOCK, MAP_CONNTRACK, MAP_DRAINS, MAP_REASONS, MAP_SERVICES,
-    MAP_SERVICE_STATS, MAP_SLOTS,
+    MAP_SERVICE_STATS, MAP_SLOTS, MAP_STAMP, ABI_VERSION,
 };
 
 use super::error::DataplaneError;
@@ -27,7 +27,7 @@ const fn layout(name: &'static str, kind: MapType, key: usize, value: usize, ent
     Layout { name, kind, key, value, entries }
 }
 
-const LAYOUTS: [Layout; 10] = [
+const LAYOUTS: [Layout; 11] = [
     layout(MAP_SERVICES, MapType::Hash, size_of::<ServiceKey>(), size_of::<ServiceValue>(), None),
     layout(MAP_SLOTS, MapType::Hash, size_of::<SlotKey>(), size_of::<u32>(), None),
     layout(MAP_BACKENDS, MapType::Array, size_of::<u32>(), size_of::<Backend>(), None),
@@ -38,6 +38,7 @@ const LAYOUTS: [Layout; 10] = [
     layout(MAP_REASONS, MapType::PerCpuArray, size_of::<u32>(), size_of::<u64>(), Some(REASON_COUNT)),
     layout(MAP_CLOCK, MapType::Array, size_of::<u32>(), size_of::<u32>(), Some(1)),
     layout(MAP_DRAINS, MapType::Hash, size_of::<u32>(), size_of::<u32>(), None),
+    layout(MAP_STAMP, MapType::Array, size_of::<u32>(), size_of::<u64>(), Some(1)),
 ];
 
 /// Checks the map pinned at `path` (named `name`) against this build's layout.
@@ -63,7 +64,21 @@ pub fn check_pinned(name: &'static str, path: &Path, dir: &Path) -> Result<(), D
     {
         return Err(mismatch(format!("it has {} entries, this build needs {entries}", info.max_entries())));
     }
+    if name == MAP_STAMP {
+        let stamp = pinned_stamp(path).map_err(|e| mismatch(format!("cannot be read ({e})")))?;
+        // 0: created but not yet stamped (an agent that stopped before it wrote the stamp).
+        if stamp != 0 && stamp != ABI_VERSION {
+            return Err(mismatch(format!("the maps were made by a build whose maps mean other things (ABI {stamp}; this build's is {ABI_VERSION})")));
+        }
+    }
     Ok(())
+}
+
+fn pinned_stamp(path: &Path) -> Result<u64, String> {
+    let data = MapData::from_pin(path).map_err(|e| e.to_string())?;
+    let map = aya::maps::Map::from_map_data(data).map_err(|e| e.to_string())?;
+    let array = aya::maps::Array::<_, u64>::try_from(map).map_err(|e| e.to_string())?;
+    array.get(&0, 0).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

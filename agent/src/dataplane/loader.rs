@@ -141,7 +141,7 @@ impl Dataplane {
         let mut ebpf = loader
             .load(bytes)
             .map_err(|source| DataplaneError::Load { path: path.to_owned(), source: Box::new(source) })?;
-        let maps = Maps::take(&mut ebpf).map_err(|e| match (e, pin_dir) {
+        let mut maps = Maps::take(&mut ebpf).map_err(|e| match (e, pin_dir) {
             (DataplaneError::Map { map, source, .. }, Some(dir))
                 if preexisting.contains(&map)
                     && matches!(*source, aya::maps::MapError::InvalidKeySize { .. } | aya::maps::MapError::InvalidValueSize { .. }) =>
@@ -150,6 +150,7 @@ impl Dataplane {
             }
             (e, _) => e,
         })?;
+        maps.stamp()?;
         Ok(Self { ebpf, maps, jumps_filled: (false, false) })
     }
 

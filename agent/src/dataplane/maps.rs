@@ -6,7 +6,7 @@ use aya::{
 use xvs_common::{
     reason::REASON_COUNT, AffinityEntry, AffinityKey, Backend, Counters, FlowEntry, FlowKey, Reason, ServiceKey,
     ServiceValue, SlotKey, MAP_AFFINITY, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CLOCK, MAP_CONNTRACK, MAP_DRAINS, MAP_REASONS,
-    MAP_SERVICES, MAP_SERVICE_STATS, MAP_SLOTS,
+    MAP_SERVICES, MAP_SERVICE_STATS, MAP_SLOTS, MAP_STAMP,
 };
 
 use super::{capacity::Capacity, error::DataplaneError};
@@ -24,6 +24,8 @@ pub struct Maps {
     pub clock: Array<MapData, u32>,
     /// When each drain started (see [`MAP_DRAINS`]).
     pub drains: HashMap<MapData, u32, u32>,
+    /// The ABI of the build that made the maps (see [`MAP_STAMP`]).
+    pub stamp: Array<MapData, u64>,
     /// The maps' real sizes, read back from the kernel.
     pub capacity: Capacity,
 }
@@ -55,6 +57,7 @@ impl Maps {
             reasons: typed(source, MAP_REASONS)?,
             clock: typed(source, MAP_CLOCK)?,
             drains: typed(source, MAP_DRAINS)?,
+            stamp: typed(source, MAP_STAMP)?,
             capacity: Capacity::default(),
         };
         maps.capacity = Capacity::of(&maps)?;
@@ -72,6 +75,11 @@ impl Maps {
             out[r as usize] = per_cpu.iter().sum();
         }
         Ok(out)
+    }
+
+    /// Marks the maps as this build's (`xvs_common::ABI_VERSION`).
+    pub(super) fn stamp(&mut self) -> Result<(), DataplaneError> {
+        self.stamp.set(0, xvs_common::ABI_VERSION, 0).map_err(DataplaneError::map(MAP_STAMP, "write"))
     }
 
     /// Seconds the datapath's clock runs ahead of CLOCK_MONOTONIC.

@@ -36,8 +36,12 @@ fn is_bpffs(path: &Path) -> bool {
     (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == BPF_FS_MAGIC
 }
 
+/// Marks a bpffs that xvs mounted, so that cleanup takes it down again: a directory, as a bpffs
+/// holds no regular files (and no names with a dot).
+const MOUNTED_MARK: &str = "xvs-mounted-it";
+
 /// Makes `dir` a directory on a bpffs: if its parent is not on one, a bpffs is mounted on the
-/// parent (as Cilium does for /sys/fs/bpf on hosts that do not mount it).
+/// parent (as Cilium does for /sys/fs/bpf on hosts that do not mount it), and marked as xvs's.
 pub fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
     let err = |what: String, source: std::io::Error| DataplaneError::Pin { path: dir.to_owned(), what, source };
     let parent = dir.parent().unwrap_or(Path::new("/"));
@@ -50,6 +54,7 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
         if rc != 0 {
             return Err(err(format!("mount bpffs on {} (mount -t bpf bpf {0})", parent.display()), std::io::Error::last_os_error()));
         }
+        std::fs::create_dir_all(parent.join(MOUNTED_MARK)).map_err(|e| err(format!("mark the bpffs on {} as xvs's", parent.display()), e))?;
     }
     std::fs::create_dir_all(dir.join("links")).map_err(|e| err("create the pin directory".into(), e))
 }
@@ -59,7 +64,7 @@ impl Maps {
     /// names. The maps themselves live on in this process and its programs.
     pub fn pin_missing(&self, dir: &Path) -> Result<Vec<&'static str>, DataplaneError> {
         use aya::maps::IterableMap as _;
-        let all: [(&'static str, &MapData); 10] = [
+        let all: [(&'static str, &MapData); 11] = [
             (xvs_common::MAP_SERVICES, self.services.map()),
             (xvs_common::MAP_SLOTS, self.slots.map()),
             (xvs_common::MAP_BACKENDS, self.backends.map()),
@@ -70,6 +75,7 @@ impl Maps {
             (xvs_common::MAP_REASONS, self.reasons.map()),
             (xvs_common::MAP_CLOCK, self.clock.map()),
             (xvs_common::MAP_DRAINS, self.drains.map()),
+            (xvs_common::MAP_STAMP, self.stamp.map()),
         ];
         let mut pinned = Vec::new();
         for (name, map) in all {
@@ -89,6 +95,9 @@ impl Maps {
         let mut maps = std::collections::HashMap::new();
         for name in ALL_MAPS {
             let path = map_pin(dir, name);
+            if path.exists() {
+                super::layout::check_pinned(name, &path, dir)?;
+            }
             let data = MapData::from_pin(&path).map_err(|source| DataplaneError::NotPinned { path: path.clone(), source: Box::new(source) })?;
             let map = Map::from_map_data(data).map_err(DataplaneError::map(name, "open"))?;
             maps.insert(name, map);
@@ -99,13 +108,32 @@ impl Maps {
 
 /// Removes everything pinned under `dir` (links first, which detaches the programs once no
 /// process holds them).
-pub fn unpin_all(dir: &Path) -> Result<(), DataplaneError> {
+/// When the bpffs under `dir` was mounted by xvs and holds nothing else now, it is unmounted
+/// too; its mount point is returned then.
+pub fn unpin_all(dir: &Path) -> Result<Option<PathBuf>, DataplaneError> {
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(DataplaneError::Pin { path: dir.to_owned(), what: "remove".into(), source: e })
+            return Err(DataplaneError::Pin { path: dir.to_owned(), what: "remove".into(), source: e });
         }
-        _ => Ok(()),
+        _ => {}
     }
+    let Some(parent) = dir.parent() else { return Ok(None) };
+    let mark = parent.join(MOUNTED_MARK);
+    // Anything pinned there besides (another agent's pin directory) keeps it mounted. Names with
+    // a dot are the kernel's own (maps.debug, progs.debug): pins cannot have one.
+    let pinned = |name: &std::ffi::OsStr| name != MOUNTED_MARK && !name.as_bytes().contains(&b'.');
+    let others = std::fs::read_dir(parent).map(|d| d.flatten().filter(|e| pinned(&e.file_name())).count()).unwrap_or(1);
+    if !mark.is_dir() || others > 0 {
+        return Ok(None);
+    }
+    let err = |what: String, source: std::io::Error| DataplaneError::Pin { path: parent.to_owned(), what, source };
+    std::fs::remove_dir(&mark).map_err(|e| err("remove the mark of xvs's bpffs".into(), e))?;
+    let target = CString::new(parent.as_os_str().as_bytes()).map_err(|_| err("use the path".into(), std::io::ErrorKind::InvalidInput.into()))?;
+    // SAFETY: NUL-terminated path.
+    if unsafe { libc::umount2(target.as_ptr(), 0) } != 0 {
+        return Err(err("unmount the bpffs xvs mounted".into(), std::io::Error::last_os_error()));
+    }
+    Ok(Some(parent.to_owned()))
 }
 
 /// Whether updating a link failed because its interface is gone (ENOLINK: "Link has been
