@@ -89,10 +89,17 @@ fn a_re_created_interface_gets_the_datapath_back_running_or_restarted() {
     // While no agent runs: the pinned links are severed; the next agent replaces them.
     agent.kill9();
     topo.recreate_client_link();
-    let agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin, &[]);
+    let mut agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin, &[]);
     assert!(agent.log().contains("was severed (interface re-created); attaching anew"), "{}", agent.log());
     eventually(10, "traffic is served after the restart", || serves(&topo));
     assert_eq!(spread(&topo, 4).len(), 2);
+
+    // The kernel's link events, not the periodic check (an hour here), bring it back.
+    agent.kill9();
+    let agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin, &["--link-check-interval", "3600"]);
+    topo.recreate_client_link();
+    agent.wait_log("datapath attached to n0 again", 5);
+    eventually(10, "traffic is served through the new interface", || serves(&topo));
 }
 
 /// `n` services 10.96.0.1..n on port 8080, each over the topology's first backend.

@@ -10,7 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use xvs::{
     daemon::{Agent, Ebpf},
     ipvs::mirror::IpvsMirror,
-    dataplane::{unpin_all, Attachment, Capacity, DataplaneError, Ingress, ObjectSource},
+    dataplane::{unpin_all, Attachment, Capacity, DataplaneError, Ingress, LinkEvents, ObjectSource},
 };
 
 use super::source::{KubeArgs, NodeArgs, Source, SourceArgs};
@@ -47,6 +47,10 @@ pub struct RunArgs {
     /// How often dead flows are removed and drains checked, in seconds.
     #[arg(long, default_value_t = 5)]
     flow_interval: u64,
+    /// How often the attachments and pins are checked, in seconds. Interfaces created or deleted
+    /// are acted on at once anyway (rtnetlink link events); the check also finds pins removed.
+    #[arg(long, default_value_t = 1)]
+    link_check_interval: u64,
     /// How often the maps are compared with the desired state and drift is repaired, in seconds.
     #[arg(long, default_value_t = 60)]
     resync_interval: u64,
@@ -150,9 +154,17 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
 
     let mut watch = tokio::time::interval(Duration::from_millis(args.watch_interval_ms.max(50)));
     let mut flows = tokio::time::interval(Duration::from_secs(args.flow_interval.max(1)));
-    // Interfaces re-created and pins removed are noticed within a second (an ifindex and a
-    // few stat calls per interface).
-    let mut links = tokio::time::interval(Duration::from_secs(1));
+    // Interfaces re-created are noticed when the kernel says so; pins removed (and interfaces,
+    // should events be lost) within a second (an ifindex and a few stat calls per interface).
+    let mut links = tokio::time::interval(Duration::from_secs(args.link_check_interval.max(1)));
+    let mut events = match agent.ebpf.as_ref().map(|_| LinkEvents::subscribe()) {
+        Some(Ok(events)) => Some(events),
+        Some(Err(e)) => {
+            tracing::warn!("{}; interfaces are checked every {} s instead", xvs::error_chain(&e), args.link_check_interval.max(1));
+            None
+        }
+        None => None,
+    };
     let mut resync = tokio::time::interval(Duration::from_secs(args.resync_interval.max(1)));
     resync.tick().await;
     tracing::info!("running");
@@ -172,6 +184,7 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
             }
             _ = source.kube_changed() => source.apply_kube(&mut agent, false),
             _ = links.tick() => agent.ensure_attached(),
+            () = link_event(&mut events) => agent.ensure_attached(),
             _ = flows.tick() => {
                 if let Err(e) = agent.tend_flows() {
                     tracing::error!("{}", xvs::error_chain(&e));
@@ -212,6 +225,14 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The next link event; never, without a subscription.
+async fn link_event(events: &mut Option<LinkEvents>) {
+    match events {
+        Some(events) => events.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Loads (or adopts) the pinned datapath and attaches it to every interface.

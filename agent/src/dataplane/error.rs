@@ -29,6 +29,8 @@ pub enum DataplaneError {
     PinnedLayout { dir: PathBuf, map: &'static str, source: Box<MapError> },
     #[error("the pinned map {map} under {} is not this build's: {what}; nothing was loaded or attached (a datapath already there keeps serving). Left by another xvs version, or not xvs's: `xvs cleanup --pin-dir {}` starts afresh (drops established flows)", dir.display(), dir.display())]
     PinnedMismatch { dir: PathBuf, map: &'static str, what: String },
+    #[error("link events: {what} failed")]
+    LinkEvents { what: &'static str, source: std::io::Error },
     #[error("the {what} link on {iface} cannot be pinned: the kernel attached it without a BPF link")]
     Unpinnable { iface: String, what: &'static str },
     #[error("another xvs agent{} runs on the pin directory {}: stop it first (two agents would overwrite each other's maps), or give this one another --pin-dir", holder.map(|p| format!(" (pid {p})")).unwrap_or_default(), dir.display())]
