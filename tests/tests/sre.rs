@@ -309,3 +309,60 @@ fn cleanup_unmounts_the_bpffs_xvs_mounted_and_no_other() {
     assert!(out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("unmounted"), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(bpffs_mounted_on("/sys/fs/bpf"));
 }
+
+/// `tc filter show dev n0 <direction>` in namespace `netns`.
+fn tc_filters(netns: &str, direction: &str) -> String {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{netns}"))
+        .args(["tc", "filter", "show", "dev", NODE_IFACE, direction])
+        .output()
+        .unwrap_or_else(|e| panic!("tc: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Kernels before 6.6 have no TCX: TC goes through netlink filters, which no pin holds.
+#[test]
+fn tc_through_netlink_filters_outlives_the_agent_is_adopted_and_goes_with_cleanup() {
+    let mut topo = Topology::create("xvs-sr9", 2);
+    topo.start_http_backends();
+    let config = config("sr9", 2);
+    let pin = pin_dir("sr9");
+    let node = topo.ns("node");
+    let netlink = ["--attach", "tc", "--tc-attach", "netlink"];
+    let mut agent = Agent::start(&node, &config, NODE_IFACE, &pin, &netlink);
+    assert_eq!(spread(&topo, 2).len(), 2);
+    for (direction, program) in [("ingress", "xvs_tc_ingress"), ("egress", "xvs_tc_egress")] {
+        let filters = tc_filters(&node, direction);
+        assert!(filters.contains(program) && filters.contains("pref 1 ") && filters.contains("handle 0x5856"), "{direction}:\n{filters}");
+    }
+    // kill -9: the filters keep their programs, and traffic goes on.
+    agent.kill9();
+    assert_eq!(spread(&topo, 2).len(), 2);
+    // A restart swaps its programs into the same filters: still one per direction, each now
+    // running the new agent's program.
+    let program_id = |direction: &str| tc_filters(&node, direction).split(" id ").nth(1).and_then(|r| r.split(' ').next()).map(str::to_owned);
+    let before = (program_id("ingress"), program_id("egress"));
+    let mut agent = Agent::start(&node, &config, NODE_IFACE, &pin, &netlink);
+    let after = (program_id("ingress"), program_id("egress"));
+    assert!(before.0.is_some() && before.1.is_some() && before.0 != after.0 && before.1 != after.1, "{before:?} -> {after:?}");
+    for (direction, program) in [("ingress", "xvs_tc_ingress"), ("egress", "xvs_tc_egress")] {
+        let filters = tc_filters(&node, direction);
+        assert_eq!(filters.lines().filter(|l| l.contains(program)).count(), 1, "{filters}");
+    }
+    assert_eq!(spread(&topo, 4).len(), 2);
+    // A re-created interface gets its filters back.
+    topo.recreate_client_link();
+    agent.wait_log("datapath attached to n0 again", 10);
+    eventually(10, "traffic is served through the new interface", || serves(&topo));
+    agent.kill9();
+    // `xvs cleanup` (in the agent's network namespace) removes the filters as well as the pins.
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{node}"))
+        .args([std::env::var("XVS_BIN").unwrap_or_default().as_str(), "cleanup", "--pin-dir", &pin.to_string_lossy()])
+        .output()
+        .unwrap_or_else(|e| panic!("xvs cleanup: {e}"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains(&format!("removed xvs's TC filters from {NODE_IFACE}")), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!tc_filters(&node, "ingress").contains("xvs_tc_") && !tc_filters(&node, "egress").contains("xvs_tc_"));
+    assert!(!serves(&topo), "the datapath still serves after cleanup");
+}

@@ -10,7 +10,7 @@ mod verify;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use xvs::dataplane::{unpin_all, ObjectSource, PinLock};
+use xvs::dataplane::{detach_tc_filters, unpin_all, ObjectSource, PinLock};
 
 /// eXpress Virtual Server: an eBPF service load balancer with IPVS semantics.
 #[derive(Parser)]
@@ -83,6 +83,9 @@ impl Cli {
                 }
                 let unmounted = unpin_all(&pin_dir)?;
                 println!("removed {}", pin_dir.display());
+                for iface in detach_tc_filters() {
+                    println!("removed xvs's TC filters from {iface}");
+                }
                 if let Some(mount) = unmounted {
                     println!("unmounted the bpffs xvs had mounted on {}", mount.display());
                 }

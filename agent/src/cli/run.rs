@@ -10,7 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use xvs::{
     daemon::{Agent, Ebpf},
     ipvs::mirror::IpvsMirror,
-    dataplane::{unpin_all, Attachment, Capacity, DataplaneError, Ingress, LinkEvents, ObjectSource},
+    dataplane::{detach_tc_filters, unpin_all, Attachment, Capacity, DataplaneError, Ingress, LinkEvents, ObjectSource, TcLinks},
 };
 
 use super::source::{KubeArgs, NodeArgs, Source, SourceArgs};
@@ -31,6 +31,11 @@ pub struct RunArgs {
     /// checksum offload).
     #[arg(long, value_enum, default_value_t = Attach::Xdp)]
     attach: Attach,
+    /// How TC programs attach: TCX links (pinned; kernel 6.6+), netlink filters on the clsact
+    /// qdisc (older kernels: they outlive the agent without pins), or auto (TCX where the
+    /// kernel has it).
+    #[arg(long, value_enum, default_value_t = TcAttach::Auto)]
+    tc_attach: TcAttach,
     /// XDP mode: native (driver), skb (generic) or auto (the kernel picks).
     #[arg(long, value_enum, default_value_t = Mode::Native)]
     xdp_mode: Mode,
@@ -94,6 +99,13 @@ enum DataplaneMode {
 enum Attach {
     Xdp,
     Tc,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TcAttach {
+    Auto,
+    Tcx,
+    Netlink,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -219,6 +231,9 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
     if agent.ebpf.is_some() {
         drop(agent);
         let unmounted = unpin_all(&args.pin_dir)?;
+        for iface in detach_tc_filters() {
+            tracing::info!(iface, "TC filters removed");
+        }
         tracing::info!(pin_dir = %args.pin_dir.display(), "stopped; pinned maps and links removed, datapath detached");
         if let Some(mount) = unmounted {
             tracing::info!(mount = %mount.display(), "unmounted the bpffs xvs had mounted");
@@ -248,7 +263,13 @@ fn start_ebpf(object: &ObjectSource, args: &RunArgs) -> anyhow::Result<Ebpf> {
         }),
         Attach::Tc => Ingress::Tc,
     };
-    let mut attachment = Attachment::claim(&args.pin_dir, ingress, &args.ifaces)?;
+    let tc = match args.tc_attach {
+        TcAttach::Auto => TcLinks::detect(),
+        TcAttach::Tcx => TcLinks::Tcx,
+        TcAttach::Netlink => TcLinks::Netlink,
+    };
+    tracing::info!(?tc, "TC programs attach through {}", if tc == TcLinks::Tcx { "TCX links" } else { "netlink filters (no TCX in this kernel)" });
+    let mut attachment = Attachment::claim(&args.pin_dir, ingress, tc, &args.ifaces)?;
     tracing::info!(object = %object.describe(), pin_dir = %args.pin_dir.display(), "loading the datapath");
     let capacity = Capacity { services: args.max_services, backends: args.max_backends, slots: args.max_slots, flows: args.max_flows };
     let mut dataplane = object.load_with(Some(&args.pin_dir), capacity)?;

@@ -10,6 +10,7 @@ use std::{
 use aya::programs::{TcAttachType, XdpMode};
 
 use super::{
+    tc_netlink::TcLinks,
     error::DataplaneError,
     loader::{Dataplane, PROG_TC_EGRESS, PROG_TC_INGRESS},
     lock::PinLock,
@@ -28,16 +29,17 @@ pub struct Attachment {
     /// This agent's claim on the pin directory (taken again if the directory is re-created).
     lock: PinLock,
     ingress: Ingress,
+    tc: TcLinks,
     /// Each interface with the index it had when the datapath was attached (0: not attached).
     ifaces: Vec<(String, u32)>,
 }
 
 impl Attachment {
     /// Claims `pin_dir` (made a directory on a bpffs first) for this agent.
-    pub fn claim(pin_dir: &Path, ingress: Ingress, ifaces: &[String]) -> Result<Self, DataplaneError> {
+    pub fn claim(pin_dir: &Path, ingress: Ingress, tc: TcLinks, ifaces: &[String]) -> Result<Self, DataplaneError> {
         ensure_bpffs(pin_dir)?;
         let lock = PinLock::acquire(pin_dir)?;
-        Ok(Self { pin_dir: pin_dir.to_owned(), lock, ingress, ifaces: ifaces.iter().map(|i| (i.clone(), 0)).collect() })
+        Ok(Self { pin_dir: pin_dir.to_owned(), lock, ingress, tc, ifaces: ifaces.iter().map(|i| (i.clone(), 0)).collect() })
     }
 
     /// Attaches to every interface (start-up: any failure is the caller's to report).
@@ -101,17 +103,31 @@ impl Attachment {
     fn attach(&self, dataplane: &mut Dataplane, iface: &str) -> Result<(), DataplaneError> {
         match self.ingress {
             Ingress::Xdp(mode) => dataplane.attach_xdp_pinned(iface, mode, &self.pin_dir)?,
-            Ingress::Tc => dataplane.attach_tc_pinned(iface, PROG_TC_INGRESS, TcAttachType::Ingress, &self.pin_dir)?,
+            Ingress::Tc => self.attach_tc(dataplane, iface, PROG_TC_INGRESS, TcAttachType::Ingress)?,
         }
-        dataplane.attach_tc_pinned(iface, PROG_TC_EGRESS, TcAttachType::Egress, &self.pin_dir)
+        self.attach_tc(dataplane, iface, PROG_TC_EGRESS, TcAttachType::Egress)
     }
 
+    fn attach_tc(&self, dataplane: &mut Dataplane, iface: &str, name: &'static str, kind: TcAttachType) -> Result<(), DataplaneError> {
+        match self.tc {
+            TcLinks::Tcx => dataplane.attach_tc_pinned(iface, name, kind, &self.pin_dir),
+            TcLinks::Netlink => dataplane.attach_tc_netlink(iface, name, kind),
+        }
+    }
+
+    /// Whether the links that have pins are pinned (netlink TC filters have none: they go only
+    /// with their interface, which the index check sees).
     fn links_pinned(&self, iface: &str) -> bool {
-        let ingress = match self.ingress {
-            Ingress::Xdp(_) => "xdp",
-            Ingress::Tc => "tc_ingress",
-        };
-        [ingress, "tc_egress"].iter().all(|what| link_pin(&self.pin_dir, iface, what).exists())
+        let mut pinned = Vec::new();
+        match self.ingress {
+            Ingress::Xdp(_) => pinned.push("xdp"),
+            Ingress::Tc if self.tc == TcLinks::Tcx => pinned.push("tc_ingress"),
+            Ingress::Tc => {}
+        }
+        if self.tc == TcLinks::Tcx {
+            pinned.push("tc_egress");
+        }
+        pinned.iter().all(|what| link_pin(&self.pin_dir, iface, what).exists())
     }
 }
 

@@ -11,6 +11,7 @@ mod lock;
 mod maps;
 mod pin;
 mod service;
+mod tc_netlink;
 pub mod tables;
 
 pub use addr::{from_map_addr, to_map_addr};
@@ -20,6 +21,7 @@ pub use error::{is_missing, DataplaneError};
 pub use loader::{Dataplane, ObjectSource, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP};
 pub use link_events::LinkEvents;
 pub use lock::{Holder, PinLock};
+pub use tc_netlink::{detach_tc_filters, TcLinks};
 pub use maps::Maps;
 pub use pin::{ensure_bpffs, map_pin, unpin_all, DEFAULT_PIN_DIR};
 pub use service::{BackendEntry, ServiceEntry};
