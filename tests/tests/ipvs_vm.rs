@@ -396,7 +396,20 @@ fn sh(args: &[&str]) {
 
 /// client ns (10.0.1.2) -- node (the VM's own namespace, IPVS) -- backend ns i (10.0.1i.2),
 /// each backend serving `backend-<i>` with busybox httpd on :8080.
-fn topology(backends: usize) -> Vec<std::process::Child> {
+/// The backends' servers, stopped when the test ends, also by a panic: a server left running
+/// holds its namespace, and the next test could not make its own.
+struct Servers(Vec<std::process::Child>);
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for s in &mut self.0 {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+}
+
+fn topology(backends: usize) -> Servers {
     let link = |ns: &str, inner: &str, inner_addr: &str, outer: &str, outer_addr: &str, gw: &str| {
         sh(&["ip", "netns", "add", ns]);
         sh(&["ip", "link", "add", inner, "netns", ns, "type", "veth", "peer", "name", outer]);
@@ -407,6 +420,10 @@ fn topology(backends: usize) -> Vec<std::process::Child> {
         sh(&["ip", "addr", "add", outer_addr, "dev", outer]);
         sh(&["ip", "link", "set", outer, "up"]);
     };
+    // What an earlier test left (its veths go with its namespaces).
+    for ns in ["client"].into_iter().chain(["be1", "be2", "be3", "be4"]) {
+        let _ = Command::new("ip").args(["netns", "del", ns]).output();
+    }
     link("client", "c0", "10.0.1.2/24", "n0", "10.0.1.1/24", "10.0.1.1");
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap_or_else(|e| panic!("ip_forward: {e}"));
     let mut servers = Vec::new();
@@ -422,7 +439,7 @@ fn topology(backends: usize) -> Vec<std::process::Child> {
             .unwrap_or_else(|e| panic!("httpd: {e}"));
         servers.push(server);
     }
-    servers
+    Servers(servers)
 }
 
 /// One HTTP/1.0 GET of `/` from network namespace `netns` (or this one), in a thread that
@@ -457,7 +474,7 @@ fn get(netns: Option<&str>, addr: &str) -> Result<String, String> {
 #[ignore = "needs a kernel with IPVS: run by `cargo xtask vm-test`"]
 fn ipvs_only_mode_serves_traffic_end_to_end_rr_10_10_10() {
     let _c = client();
-    let mut servers = topology(3);
+    let _servers = topology(3);
     let config = "/tmp/e2e.toml";
     write(config, "[[service]]\nvip = \"10.96.0.10\"\nport = 80\nbackends = [{ endpoint = \"10.0.11.2:8080\" }, { endpoint = \"10.0.12.2:8080\" }, { endpoint = \"10.0.13.2:8080\" }]\n");
     let agent = Agent::start(config);
@@ -476,10 +493,71 @@ fn ipvs_only_mode_serves_traffic_end_to_end_rr_10_10_10() {
     // The kernel counted the connections (its stats estimator folds per-CPU counters every 2 s).
     eventually("IPVS counts 30 connections", || ipvsadm(&["-L", "-n", "--stats"]).contains("TCP  10.96.0.10:80                      30"));
     agent.stop();
-    for s in &mut servers {
-        let _ = s.kill();
-        let _ = s.wait();
+}
+
+/// The connection count of `service`'s line in an ipvsadm-format `--stats` listing.
+fn conns(stats: &str, service: &str) -> Option<u64> {
+    stats.lines().find(|l| l.starts_with(service))?.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// A listing without its connection columns (the dataplanes count their own connections).
+fn without_conns(listing: &str) -> String {
+    listing.lines().map(|l| if l.starts_with("  -> ") { l.split_whitespace().take(5).collect::<Vec<_>>().join(" ") } else { l.to_owned() }).collect::<Vec<_>>().join("\n")
+}
+
+/// Debian 12's kernel (6.1, no TCX): the eBPF datapath (XDP in, TC egress through netlink
+/// filters) serves the traffic while the IPVS mirror holds the same table; verify checks both.
+#[test]
+#[ignore = "needs a kernel with IPVS: run by `cargo xtask vm-test`"]
+fn both_dataplanes_on_6_1_the_ebpf_datapath_serves_and_ipvs_mirrors_it() {
+    let _c = client();
+    let _servers = topology(3);
+    let config = "/tmp/both.toml";
+    write(config, "[[service]]\nvip = \"10.96.0.10\"\nport = 80\nbackends = [{ endpoint = \"10.0.11.2:8080\" }, { endpoint = \"10.0.12.2:8080\" }, { endpoint = \"10.0.13.2:8080\" }]\n");
+    let pin = "/sys/fs/bpf/xvs-both";
+    let log = std::fs::File::create("/tmp/both.log").unwrap_or_else(|e| panic!("{e}"));
+    let agent = Agent::start_with(&["--dataplane", "both", "--config", config, "--iface", "n0", "--pin-dir", pin], log.into());
+    for i in 1..=3 {
+        let addr = format!("10.0.{}.2:8080", 10 + i);
+        eventually(&format!("backend {addr} answers"), || get(None, &addr).is_ok());
     }
+    let said = || std::fs::read_to_string("/tmp/both.log").unwrap_or_default();
+    // Verifying the programs takes a while under emulation.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while !said().contains("running") {
+        assert!(std::time::Instant::now() < deadline && !said().contains("error"), "the agent did not start:\n{}", said());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(said().contains("netlink filters (no TCX in this kernel)"), "{}", said());
+    assert!(!said().contains("serving with kernel IPVS only"), "{}", said());
+    // Before any traffic the two listings are the same, byte for byte, but for the title's
+    // size: each dataplane names its own connection table's.
+    let ebpf = xvs(&["list", "-n", "--pin-dir", pin]);
+    let body = |listing: &str| listing.split_once('\n').map(|(_, rest)| rest.to_owned()).unwrap_or_default();
+    assert_eq!(body(&String::from_utf8_lossy(&ebpf.stdout)), body(&ipvsadm(&["-L", "-n"])), "{}", String::from_utf8_lossy(&ebpf.stderr));
+
+    let mut served = std::collections::BTreeMap::new();
+    for n in 0..30 {
+        let body = get(Some("client"), "10.96.0.10:80").unwrap_or_else(|e| panic!("request {n}: {e}\n{}", said()));
+        *served.entry(body).or_insert(0) += 1;
+    }
+    let expected: std::collections::BTreeMap<String, i32> = (1..=3).map(|i| (format!("backend-{i}"), 10)).collect();
+    assert_eq!(served, expected);
+    // The eBPF datapath served them: its counters have the 30 connections, IPVS's none.
+    let stats = String::from_utf8_lossy(&xvs(&["list", "-n", "--stats", "--pin-dir", pin]).stdout).into_owned();
+    assert_eq!(conns(&stats, "TCP  10.96.0.10:80"), Some(30), "{stats}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let kernel = ipvsadm(&["-L", "-n", "--stats"]);
+    assert_eq!(conns(&kernel, "TCP  10.96.0.10:80"), Some(0), "{kernel}");
+    // Both dataplanes match the file and each other; the tables agree but for the counts.
+    let ok = xvs(&["verify", "--config", config, "--pin-dir", pin]);
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success() && out.contains("ebpf and ipvs"), "{out}{}", String::from_utf8_lossy(&ok.stderr));
+    let ebpf = String::from_utf8_lossy(&xvs(&["list", "-n", "--pin-dir", pin]).stdout).into_owned();
+    assert_eq!(without_conns(&body(&ebpf)), without_conns(&body(&ipvsadm(&["-L", "-n"]))));
+    agent.stop();
+    let cleanup = xvs(&["cleanup", "--pin-dir", pin]);
+    assert!(String::from_utf8_lossy(&cleanup.stdout).contains("removed xvs's TC filters from n0"), "{}", String::from_utf8_lossy(&cleanup.stdout));
 }
 
 #[test]

@@ -127,7 +127,7 @@ fn kernel_side(report: &mut Report) {
     if kernel::at_least(&release, 6, 6) {
         report.line("TCX", Level::Ok, "kernel >= 6.6");
     } else {
-        report.line("TCX", Level::Problem, "kernel < 6.6: the TC programs attach through TCX links; the agent falls back to IPVS and the kernel tests cannot run");
+        report.line("TCX", Level::Note, "kernel < 6.6: the TC programs attach through netlink filters instead of TCX links");
     }
     match kernel::mounted("bpf") {
         Some(at) => report.line("bpffs", Level::Ok, at),

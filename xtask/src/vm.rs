@@ -28,6 +28,9 @@ const MODULES: &[&str] = &[
     "ip_vs_mh",
     "veth",
     "dummy",
+    // clsact and cls_bpf: TC programs attach through netlink filters on this kernel (no TCX).
+    "sch_ingress",
+    "cls_bpf",
     "nf_nat",
 ];
 /// busybox applets; `ip` is Debian's (busybox's has no `netns`).

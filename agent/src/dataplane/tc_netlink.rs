@@ -54,7 +54,7 @@ impl Dataplane {
             // No such filter (first start, or the interface was re-created): a new one.
             _ => tc
                 .attach_with_options(iface, kind, TcAttachOptions::Netlink(NlOptions { priority: PRIORITY, handle: HANDLE, classid: None }))
-                .map_err(fail(format!("attach to {iface} {kind:?} as a netlink filter (priority {PRIORITY})")))?,
+                .map_err(fail(format!("attach to {iface} {kind:?} as a netlink filter (priority {PRIORITY}; needs the clsact qdisc and cls_bpf: modules sch_ingress and cls_bpf)")))?,
         };
         // The filter outlives this process on purpose (the next agent adopts it): the handle
         // would detach it when dropped.
