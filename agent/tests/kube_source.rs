@@ -12,7 +12,7 @@ use std::{
 use serde_json::{json, Value};
 use xvs::{
     model::{BackendState, Model},
-    source::kube::{client, events::EventPublisher, KubeSource},
+    source::kube::{client, events::EventPublisher, KubeSource, NodePortAddresses},
 };
 use xvs_test_apiserver::{fixture, ApiServer, Resource};
 
@@ -47,7 +47,7 @@ impl Followed {
         std::fs::create_dir_all(&dir)?;
         let kubeconfig = dir.join("kubeconfig");
         server.write_kubeconfig(&kubeconfig)?;
-        let source = Arc::new(KubeSource::start(client(Some(&kubeconfig)).await?, node.to_owned()));
+        let source = Arc::new(KubeSource::start(client(Some(&kubeconfig)).await?, node.to_owned(), NodePortAddresses::Primary, Arc::new(Vec::new)));
         tokio::time::timeout(Duration::from_secs(10), source.ready()).await??;
         let history = Arc::new(Mutex::new(vec![shown(&source.snapshot().model)]));
         let (s, h) = (source.clone(), history.clone());
@@ -197,7 +197,7 @@ async fn https_with_the_cluster_ca_and_a_bearer_token_and_nothing_without_them()
         assert_ne!(swapped, text, "{what}: the kubeconfig was changed");
         std::fs::write(&kubeconfig, swapped)?;
         let before = server.requests().len();
-        let source = KubeSource::start(client(Some(&kubeconfig)).await?, "node-a".into());
+        let source = KubeSource::start(client(Some(&kubeconfig)).await?, "node-a".into(), NodePortAddresses::Primary, Arc::new(Vec::new));
         let listed = tokio::time::timeout(Duration::from_secs(2), source.ready()).await;
         assert!(listed.is_err(), "{what}: the source listed anyway");
         // A foreign CA fails the handshake before any request; a wrong token is refused (401).
@@ -442,7 +442,7 @@ async fn a_change_stays_pending_until_a_snapshot_takes_it() -> Result {
     let dir = std::env::temp_dir().join(format!("xvs-kube-pending-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     server.write_kubeconfig(&dir.join("kubeconfig"))?;
-    let source = KubeSource::start(client(Some(&dir.join("kubeconfig"))).await?, "node-a".into());
+    let source = KubeSource::start(client(Some(&dir.join("kubeconfig"))).await?, "node-a".into(), NodePortAddresses::Primary, Arc::new(Vec::new));
     tokio::time::timeout(Duration::from_secs(10), source.ready()).await??;
     // The first lists mark "changed" as their watchers report them, which may be just after
     // ready(): take those first.
@@ -455,5 +455,39 @@ async fn a_change_stays_pending_until_a_snapshot_takes_it() -> Result {
     assert_eq!(first, again, "the oldest pending change is reported");
     assert_eq!(shown(&source.snapshot().model), ["TCP 10.96.0.10:80 rr [10.244.1.1:8080 1 a]"]);
     assert!(tokio::time::timeout(Duration::from_millis(200), source.changed()).await.is_err(), "taken by the snapshot");
+    Ok(())
+}
+
+/// kube-proxy's IPVS default: NodePorts on every interface address of the node (not the Node
+/// object's), following them when they change; CIDRs narrow them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_ports_follow_the_node_s_interface_addresses() -> Result {
+    let server = cluster()?;
+    let mut svc = fixture("service-nginx.json");
+    svc["spec"]["type"] = json!("NodePort");
+    svc["spec"]["ports"][0]["nodePort"] = json!(30080);
+    server.apply(svc)?;
+    let dir = std::env::temp_dir().join(format!("xvs-kube-nodeports-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    server.write_kubeconfig(&dir.join("kubeconfig"))?;
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let interfaces = Arc::new(Mutex::new(vec![ip("127.0.0.1"), ip("10.0.1.1"), ip("fe80::1"), ip("172.18.0.5")]));
+    let read = interfaces.clone();
+    let local = Arc::new(move || read.lock().map(|l| l.clone()).unwrap_or_default());
+    let node_ports = |source: &KubeSource| -> Vec<String> { shown(&source.snapshot().model).into_iter().filter(|s| s.contains(":30080 ")).map(|s| s[..s.find(" rr").unwrap_or(0)].to_owned()).collect() };
+
+    let source = KubeSource::start(client(Some(&dir.join("kubeconfig"))).await?, "node-a".into(), NodePortAddresses::All, local.clone());
+    tokio::time::timeout(Duration::from_secs(10), source.ready()).await??;
+    // Not the Node object's 192.168.0.11; no loopback, no link-local.
+    assert_eq!(node_ports(&source), ["TCP 10.0.1.1:30080", "TCP 172.18.0.5:30080"]);
+    assert!(!source.local_addresses_changed());
+    interfaces.lock().map_err(|_| "poisoned")?.push(ip("192.168.7.7"));
+    assert!(source.local_addresses_changed());
+    assert_eq!(node_ports(&source), ["TCP 10.0.1.1:30080", "TCP 172.18.0.5:30080", "TCP 192.168.7.7:30080"]);
+
+    let cidrs = NodePortAddresses::parse(&["172.16.0.0/12".into()])?;
+    let narrowed = KubeSource::start(client(Some(&dir.join("kubeconfig"))).await?, "node-a".into(), cidrs, local);
+    tokio::time::timeout(Duration::from_secs(10), narrowed.ready()).await??;
+    assert_eq!(node_ports(&narrowed), ["TCP 172.18.0.5:30080"]);
     Ok(())
 }

@@ -132,7 +132,7 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
     // The first desired state before the dataplane is touched: an invalid file at start, or an
     // API server that does not answer, leaves the pinned state as it is.
     let (mut source, model) = tokio::select! {
-        opened = Source::open(&args.source, &args.node, &args.kube) => opened?,
+        opened = Source::open(&args.source, &args.node, &args.kube, &args.ipvs_dummy) => opened?,
         _ = term.recv() => return Ok(()),
         _ = int.recv() => return Ok(()),
     };
@@ -195,7 +195,10 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
                 }
             }
             _ = source.kube_changed() => source.apply_kube(&mut agent, false),
-            _ = links.tick() => agent.ensure_attached(),
+            _ = links.tick() => {
+                agent.ensure_attached();
+                source.follow_node_addresses(&mut agent);
+            }
             () = link_event(&mut events) => agent.ensure_attached(),
             _ = flows.tick() => {
                 if let Err(e) = agent.tend_flows() {

@@ -2,6 +2,7 @@
 //! Both hand the daemon a whole `Model`; the daemon diffs it against what it applied.
 use std::{
     net::SocketAddr,
+    sync::Arc,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -16,7 +17,7 @@ use xvs::{
     model::Model,
     source::{
         file::FileWatch,
-        kube::{self, events::EventPublisher, KubeSource},
+        kube::{self, events::EventPublisher, KubeSource, LocalAddresses, NodePortAddresses},
     },
 };
 
@@ -41,6 +42,11 @@ pub struct NodeArgs {
     /// addresses (the DaemonSet passes spec.nodeName). Default: $NODE_NAME, else the hostname.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// Where NodePorts are served, as kube-proxy's flag: CIDRs (the node's interface addresses
+    /// inside them), `primary` (the Node object's first InternalIP of each family), or, unset,
+    /// every interface address but loopback, IPv6 link-local and the IPVS dummy link's.
+    #[arg(long, value_delimiter = ',')]
+    pub nodeport_addresses: Vec<String>,
 }
 
 impl NodeArgs {
@@ -77,13 +83,13 @@ pub enum Source {
 impl Source {
     /// Reads the first desired state. For Kubernetes this waits for the first complete lists
     /// of Services, EndpointSlices and the Node: applying before then would withdraw services.
-    pub async fn open(args: &SourceArgs, node: &NodeArgs, kube_args: &KubeArgs) -> anyhow::Result<(Self, Model)> {
+    pub async fn open(args: &SourceArgs, node: &NodeArgs, kube_args: &KubeArgs, dummy: &str) -> anyhow::Result<(Self, Model)> {
         if let Some(path) = &args.config {
             let (watch, model) = FileWatch::open(path)?;
             tracing::info!(file = %path.display(), services = model.len(), "services file loaded");
             return Ok((Source::File(watch), model));
         }
-        let (source, client, node_name) = start_kube(args, node).await?;
+        let (source, client, node_name) = start_kube(args, node, dummy).await?;
         let events = EventPublisher::new(client, &node_name);
         let mut source = Source::Kube { source: Box::new(source), events, debounce: Duration::from_millis(kube_args.debounce_ms), node_missing_told: false, health: HealthServer::default() };
         let (model, _) = source.kube_snapshot().unwrap_or_default();
@@ -128,7 +134,7 @@ impl Source {
             *node_missing_told = false;
         } else if !*node_missing_told {
             *node_missing_told = true;
-            tracing::warn!("this node's Node object was not found: no NodePorts; Local traffic policy matches endpoints by --node-name only");
+            tracing::warn!("this node's Node object was not found: Local traffic policy matches endpoints by --node-name only, and `--nodeport-addresses primary` finds no address");
         }
         let fresh = events.fresh(&snapshot.warnings);
         for w in &fresh {
@@ -137,6 +143,17 @@ impl Source {
         events.publish(fresh);
         METRICS.synced(snapshot.model.len(), snapshot.model.services().map(|s| s.backends.len()).sum(), snapshot.warnings.len());
         Some((snapshot.model, snapshot.pending_since))
+    }
+
+    /// Re-applies the Kubernetes state when the node's interface addresses moved: NodePorts go
+    /// with them (kube-proxy re-reads them on every sync).
+    pub fn follow_node_addresses(&mut self, agent: &mut Agent) {
+        if let Source::Kube { source, .. } = self
+            && source.local_addresses_changed()
+        {
+            tracing::info!("the node's addresses changed: NodePorts follow");
+            self.apply_kube(agent, false);
+        }
     }
 
     /// Applies the current Kubernetes state and records the sync latency.
@@ -154,11 +171,20 @@ impl Source {
 }
 
 /// Connects, starts the watchers and waits for their first complete lists.
-async fn start_kube(args: &SourceArgs, node: &NodeArgs) -> anyhow::Result<(KubeSource, ::kube::Client, String)> {
+async fn start_kube(args: &SourceArgs, node: &NodeArgs, dummy: &str) -> anyhow::Result<(KubeSource, ::kube::Client, String)> {
     let client = kube::client(args.kubeconfig.as_deref()).await?;
     let node_name = node.resolve()?;
     tracing::info!(node = %node_name, "following the Kubernetes API");
-    let source = KubeSource::start(client.clone(), node_name.clone());
+    let node_ports = NodePortAddresses::parse(&node.nodeport_addresses).map_err(|e| anyhow::anyhow!("--nodeport-addresses: {e}"))?;
+    let dummy = dummy.to_owned();
+    let local: LocalAddresses = Arc::new(move || match xvs::ipvs::dummy::DummyLink::existing(&dummy).and_then(|l| l.addresses()) {
+        Ok(addresses) => addresses.elsewhere.into_iter().collect(),
+        Err(e) => {
+            tracing::warn!("reading the node's addresses for NodePorts: {}", error_chain(&e));
+            Vec::new()
+        }
+    });
+    let source = KubeSource::start(client.clone(), node_name.clone(), node_ports, local);
     let mut waited = 0u64;
     loop {
         match tokio::time::timeout(Duration::from_secs(10), source.ready()).await {
@@ -174,13 +200,13 @@ async fn start_kube(args: &SourceArgs, node: &NodeArgs) -> anyhow::Result<(KubeS
 
 /// The desired state once, for `xvs verify`: the file, or one complete list of each
 /// Kubernetes resource. Returns the model and what it came from.
-pub fn load_once(args: &SourceArgs, node: &NodeArgs) -> anyhow::Result<(Model, String)> {
+pub fn load_once(args: &SourceArgs, node: &NodeArgs, dummy: &str) -> anyhow::Result<(Model, String)> {
     if let Some(path) = &args.config {
         return Ok((xvs::source::file::load(path)?, path.display().to_string()));
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;
     runtime.block_on(async {
-        let (source, _, node_name) = tokio::time::timeout(Duration::from_secs(60), start_kube(args, node)).await.context("no complete list from the API server within 60 s")??;
+        let (source, _, node_name) = tokio::time::timeout(Duration::from_secs(60), start_kube(args, node, dummy)).await.context("no complete list from the API server within 60 s")??;
         let snapshot = source.snapshot();
         for w in &snapshot.warnings {
             eprintln!("skipped: {w}");

@@ -44,7 +44,7 @@ pub struct VerifyArgs {
 
 /// Returns whether everything checked matches.
 pub fn run(args: VerifyArgs) -> anyhow::Result<bool> {
-    let (model, origin) = load_once(&args.source_of_truth, &args.node)?;
+    let (model, origin) = load_once(&args.source_of_truth, &args.node, &args.ipvs_dummy)?;
     let mut differences = 0;
     let mut checked = Vec::new();
     let mut ebpf_listing = None;

@@ -5,10 +5,12 @@ mod endpoints;
 pub mod events;
 pub mod health;
 pub mod incremental;
+pub mod node_ports;
 #[cfg(test)]
 mod parity;
 pub mod translate;
 pub mod watch;
 
+pub use node_ports::NodePortAddresses;
 pub use translate::{Node, ObjectRef, Warning};
-pub use watch::{client, KubeError, KubeSource, Snapshot, Watched};
+pub use watch::{client, KubeError, KubeSource, LocalAddresses, Snapshot, Watched};

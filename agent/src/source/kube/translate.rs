@@ -2,7 +2,8 @@
 //! - one virtual service per (VIP, port, protocol), in each family the Service has a clusterIP
 //!   of (a single-stack Service is programmed in its family only): the clusterIP, externalIPs,
 //!   status.loadBalancer ingress IPs (not those with ipMode Proxy), and NodePorts on the node's
-//!   addresses, each address of the other family dropped; an address listed twice (an LB IP
+//!   addresses (chosen as kube-proxy's `--nodeport-addresses` does, see node_ports.rs), each
+//!   address of the other family dropped; an address listed twice (an LB IP
 //!   that is also an externalIP) is one virtual service;
 //! - backends from the EndpointSlices labelled with the service's name (endpoints.rs:
 //!   readiness, traffic policy Local, topology hints);

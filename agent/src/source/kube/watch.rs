@@ -27,6 +27,7 @@ use tokio::{sync::Notify, task::JoinHandle};
 
 use super::{
     incremental::Translator,
+    node_ports::NodePortAddresses,
     translate::{translate, Node, Warning},
 };
 use crate::{metrics::METRICS, model::Model};
@@ -116,11 +117,18 @@ pub struct Snapshot {
     pub health: std::collections::BTreeMap<u16, super::health::HealthCheck>,
 }
 
+/// The node's interface addresses (those of xvs's IPVS dummy link left out), read when needed.
+pub type LocalAddresses = Arc<dyn Fn() -> Vec<IpAddr> + Send + Sync>;
+
 pub struct KubeSource {
     services: Store<KubeService>,
     slices: Store<EndpointSlice>,
     nodes: Store<KubeNode>,
     node_name: String,
+    node_ports: NodePortAddresses,
+    local: LocalAddresses,
+    /// The interface addresses the last snapshot used.
+    last_local: Mutex<Vec<IpAddr>>,
     changes: Arc<Changes>,
     translator: Mutex<Translator>,
     tasks: Vec<JoinHandle<()>>,
@@ -128,7 +136,7 @@ pub struct KubeSource {
 
 impl KubeSource {
     /// Starts the three watchers (they list, then watch, and retry with backoff forever).
-    pub fn start(client: Client, node_name: String) -> Self {
+    pub fn start(client: Client, node_name: String, node_ports: NodePortAddresses, local: LocalAddresses) -> Self {
         let changes = Arc::new(Changes::default());
         let (services, w_services) = reflector::store();
         let (slices, w_slices) = reflector::store();
@@ -139,7 +147,7 @@ impl KubeSource {
             spawn_reflector(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default(), w_slices, Watched::EndpointSlices, changes.clone()),
             spawn_reflector(Api::<KubeNode>::all(client), watcher::Config::default().fields(&node_filter), w_nodes, Watched::Node, changes.clone()),
         ];
-        Self { services, slices, nodes, node_name, changes, translator: Mutex::default(), tasks }
+        Self { services, slices, nodes, node_name, node_ports, local, last_local: Mutex::default(), changes, translator: Mutex::default(), tasks }
     }
 
     /// Waits until every watcher has its first complete list.
@@ -164,6 +172,16 @@ impl KubeSource {
         }
     }
 
+    /// Whether the node's interface addresses changed since the last snapshot (NodePorts move
+    /// with them); never when they are not used.
+    pub fn local_addresses_changed(&self) -> bool {
+        if !self.node_ports.needs_local() {
+            return false;
+        }
+        let now = (self.local)();
+        self.last_local.lock().map(|last| *last != now).unwrap_or(false)
+    }
+
     /// Translates what the stores hold now; clears the pending mark first, so a change that
     /// lands while this snapshot is being applied is seen by the next one.
     pub fn snapshot(&self) -> Snapshot {
@@ -174,9 +192,14 @@ impl KubeSource {
         let services = sorted(self.services.state());
         let slices = self.slices.state();
         let own = self.nodes.state().into_iter().find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()));
+        let local = if self.node_ports.needs_local() { (self.local)() } else { Vec::new() };
+        let addresses = self.node_ports.select(&local, &own.as_deref().map(internal_ips).unwrap_or_default());
+        if let Ok(mut last) = self.last_local.lock() {
+            *last = local;
+        }
         let node = Node {
             name: self.node_name.clone(),
-            addresses: own.as_deref().map(node_addresses).unwrap_or_default(),
+            addresses,
             zone: own.as_deref().and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned()),
         };
         let (model, warnings) = match self.translator.lock() {
@@ -204,20 +227,9 @@ fn sorted<K: Resource>(mut objects: Vec<Arc<K>>) -> Vec<Arc<K>> {
 /// The Node label topology hints refer to.
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
-/// The addresses NodePorts are served on: the Node object's InternalIP and ExternalIP
-/// addresses. kube-proxy's IPVS mode differs: with no --nodeport-addresses it uses every
-/// address of the node's local interfaces (xvs has neither yet).
-fn node_addresses(node: &KubeNode) -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = node
-        .status
-        .iter()
-        .flat_map(|s| s.addresses.iter().flatten())
-        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-        .filter_map(|a| a.address.parse().ok())
-        .collect();
-    out.sort();
-    out.dedup();
-    out
+/// The Node object's InternalIP addresses, in its order (`--nodeport-addresses primary`).
+fn internal_ips(node: &KubeNode) -> Vec<IpAddr> {
+    node.status.iter().flat_map(|s| s.addresses.iter().flatten()).filter(|a| a.type_ == "InternalIP").filter_map(|a| a.address.parse().ok()).collect()
 }
 
 fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, writer: reflector::store::Writer<K>, what: Watched, changes: Arc<Changes>) -> JoinHandle<()>
