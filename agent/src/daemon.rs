@@ -83,7 +83,20 @@ impl Agent {
 
     fn apply(&mut self) {
         self.apply_to_dataplanes();
+        self.warn_unenforced_ranges();
         release_freed_memory();
+    }
+
+    /// IPVS has no source filter (kube-proxy adds ipset and iptables rules for it; xvs leaves
+    /// the node's firewall alone): with IPVS alone, source ranges are not enforced. Say so.
+    fn warn_unenforced_ranges(&self) {
+        if self.ebpf.is_some() || self.ipvs.is_none() {
+            return;
+        }
+        let unenforced: Vec<String> = self.model.services().filter(|s| !s.source_ranges.is_empty()).map(|s| s.id.to_string()).collect();
+        if !unenforced.is_empty() {
+            tracing::warn!(services = ?unenforced, "source ranges (loadBalancerSourceRanges) are enforced by the eBPF datapath only: with IPVS alone these services admit every client");
+        }
     }
 
     fn apply_to_dataplanes(&mut self) {

@@ -33,6 +33,13 @@ pub const MAP_CLOCK: &str = "XVS_CLOCK";
 /// ends on time however often the agent restarts. Written by the agent only. Hash map.
 pub const MAP_DRAINS: &str = "XVS_DRAINS";
 
+/// ([`SourceRange`] as an LPM key: service id, then client address) -> 1: the clients allowed
+/// to open flows to a service with `SERVICE_F_SOURCE_RANGES` (kube-proxy's
+/// `loadBalancerSourceRanges`). LPM trie.
+pub const MAP_SOURCE_RANGES: &str = "XVS_SOURCE_RANGES";
+/// Capacity of [`MAP_SOURCE_RANGES`] (ranges of all services together).
+pub const MAX_SOURCE_RANGES: u32 = 16_384;
+
 /// 0 -> [`ABI_VERSION`] of the build that created the pinned maps: a restart adopts pins only
 /// from a build whose maps mean the same (the layout check covers sizes; this covers meaning,
 /// such as what a slot value holds). Written by the agent only. Array of one.
@@ -42,7 +49,7 @@ pub const MAP_STAMP: &str = "XVS_STAMP";
 pub const ABI_VERSION: u64 = 2;
 
 /// Every map, in the order the agent pins and reports them.
-pub const ALL_MAPS: [&str; 11] = [
+pub const ALL_MAPS: [&str; 12] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -54,6 +61,7 @@ pub const ALL_MAPS: [&str; 11] = [
     MAP_CLOCK,
     MAP_DRAINS,
     MAP_STAMP,
+    MAP_SOURCE_RANGES,
 ];
 
 /// Default capacities. The agent may raise them at load time (aya `set_max_entries`).
@@ -142,6 +150,24 @@ pub struct ServiceValue {
 /// Include the client port in the source hash (IPVS `IP_VS_SVC_F_SCHED_SH_PORT`, or
 /// `IP_VS_SVC_F_SCHED_MH_PORT` for mh: the same bit).
 pub const SERVICE_F_SH_PORT: u8 = 1;
+/// Only clients inside the service's ranges in [`MAP_SOURCE_RANGES`] open new flows.
+pub const SERVICE_F_SOURCE_RANGES: u8 = 2;
+
+/// The data of a [`MAP_SOURCE_RANGES`] key: an LPM key matches bits in memory order, so the
+/// service id is big-endian and every prefix length counts its 32 bits first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceRange {
+    pub svc_id_be: u32,
+    pub addr: [u32; 4],
+}
+
+impl SourceRange {
+    /// The LPM prefix length of a range of `bits` address bits.
+    pub const fn prefix_len(bits: u8) -> u32 {
+        32 + bits as u32
+    }
+}
 
 /// Key of [`MAP_SLOTS`].
 #[repr(C)]

@@ -38,9 +38,12 @@ pub enum Reason {
     /// new flows for `maglev::MH_WALK_HOPS` hops (the kernel's walk goes on), and the flow went
     /// to the next live bucket's backend instead.
     MhWalkExhausted = 14,
+    /// Dropped: a new flow from a client outside the service's source ranges
+    /// (`loadBalancerSourceRanges`).
+    SourceRangeDenied = 15,
 }
 
-pub const REASON_COUNT: u32 = 15;
+pub const REASON_COUNT: u32 = 16;
 
 impl Reason {
     pub const ALL: [Self; REASON_COUNT as usize] = [
@@ -59,6 +62,7 @@ impl Reason {
         Self::BackendMissing,
         Self::RewriteFailed,
         Self::MhWalkExhausted,
+        Self::SourceRangeDenied,
     ];
 
     /// Stable snake_case name used in metrics and CLI output.
@@ -79,6 +83,7 @@ impl Reason {
             Self::BackendMissing => "backend_missing",
             Self::RewriteFailed => "rewrite_failed",
             Self::MhWalkExhausted => "mh_walk_exhausted",
+            Self::SourceRangeDenied => "source_range_denied",
         }
     }
 
@@ -86,7 +91,7 @@ impl Reason {
     pub const fn is_drop(self) -> bool {
         matches!(
             self,
-            Self::NoBackend | Self::ConntrackFull | Self::BackendMissing | Self::RewriteFailed
+            Self::NoBackend | Self::ConntrackFull | Self::BackendMissing | Self::RewriteFailed | Self::SourceRangeDenied
         )
     }
 }

@@ -7,7 +7,7 @@ use crate::{
     affinity, clock, conntrack,
     maglev::Jump,
     nat::{End, Packet},
-    parse, select, service,
+    parse, ranges, select, service,
     stats::{self, Direction},
 };
 
@@ -39,6 +39,7 @@ pub fn forward<P: Packet + Jump>(packet: &P) -> Result<Reason, Reason> {
             (Reason::Established, id, backend)
         }
         None => {
+            ranges::admit(&value, &meta)?;
             let (id, backend) = match affinity::find(&value, &meta, now) {
                 Some(bound) => bound,
                 None => {

@@ -15,6 +15,7 @@ mod maglev;
 mod maps;
 mod nat;
 mod parse;
+mod ranges;
 mod reply;
 mod select;
 mod service;

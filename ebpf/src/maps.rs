@@ -2,12 +2,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use xvs_common::{
     maglev::MhWalk,
     reason::REASON_COUNT, AffinityEntry, AffinityKey, Backend, Counters, FlowEntry, FlowKey, ServiceKey, ServiceValue,
-    SlotKey, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, MAX_SLOTS,
+    SlotKey, SourceRange, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, MAX_SLOTS, MAX_SOURCE_RANGES,
 };
 
 // Written by the agent only, so entries can be allocated on update (no prealloc): the map
@@ -48,6 +48,10 @@ pub static XVS_CLOCK: Array<u32> = Array::with_max_entries(1, 0);
 // so it is created and pinned with the rest.
 #[map(name = "XVS_DRAINS")]
 pub static XVS_DRAINS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+
+// LPM tries must not be preallocated.
+#[map(name = "XVS_SOURCE_RANGES")]
+pub static XVS_SOURCE_RANGES: LpmTrie<SourceRange, u8> = LpmTrie::with_max_entries(MAX_SOURCE_RANGES, BPF_F_NO_PREALLOC);
 
 // The ABI stamp of the build that created the pins (the datapath never reads it).
 #[map(name = "XVS_STAMP")]

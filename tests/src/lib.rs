@@ -50,6 +50,7 @@ pub fn service(svc_id: u32, vip: &str, proto: u8, scheduler: Scheduler, backends
         scheduler,
         flags: 0,
         affinity_timeout: 0,
+        source_ranges: Vec::new(),
         backends: backends
             .iter()
             .enumerate()

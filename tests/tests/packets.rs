@@ -174,3 +174,56 @@ fn service_and_backend_counters() {
     let c = dp.maps.service_counters(1).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((c.out_pkts, c.out_bytes), (1, l3(&reply)));
 }
+
+/// loadBalancerSourceRanges: a service with ranges opens new flows only for clients inside
+/// one (v4 and v6; another service is not affected); changing the ranges moves only new flows.
+#[test]
+fn source_ranges_admit_new_flows_from_inside_only() {
+    use xvs_common::{Scheduler, IPPROTO_TCP, SERVICE_F_SOURCE_RANGES};
+    let mut dp = load();
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap_or_else(|e| panic!("{e}"));
+    let mut v4 = service(1, VIP, IPPROTO_TCP, Scheduler::RoundRobin, &[(1, BACKEND, 1)]);
+    v4.flags = SERVICE_F_SOURCE_RANGES;
+    v4.source_ranges = vec![(ip("10.0.1.0"), 24), (ip("10.9.9.9"), 32)];
+    let mut v6 = service(2, VIP6, IPPROTO_TCP, Scheduler::RoundRobin, &[(2, BACKEND6, 1)]);
+    v6.flags = SERVICE_F_SOURCE_RANGES;
+    v6.source_ranges = vec![(ip("fd00:1::"), 64)];
+    let open = service(3, "10.96.0.12:80", IPPROTO_TCP, Scheduler::RoundRobin, &[(3, BACKEND, 1)]);
+    for svc in [&v4, &v6, &open] {
+        dp.maps.apply_service(svc).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let expect = |dp: &mut Dataplane, pkt: Pkt, to: Option<&str>| {
+        let before = Reasons::read(dp);
+        let run = xdp(dp, &pkt.bytes());
+        match to {
+            Some(backend) => {
+                assert_eq!((run.verdict, hex(&run.out)), (XDP_PASS, hex(&pkt.with_dst(backend).bytes())), "{pkt:?}");
+                assert!(Reasons::read(dp).since(&before).iter().any(|(r, _)| matches!(r, Reason::NewFlow | Reason::Established)), "{pkt:?}");
+            }
+            None => {
+                assert_eq!(run.verdict, XDP_DROP, "{pkt:?}");
+                assert_eq!(Reasons::read(dp).since(&before), vec![(Reason::SourceRangeDenied, 1)], "{pkt:?}");
+            }
+        }
+    };
+    expect(&mut dp, Pkt::new(L4::TcpSyn, "10.0.1.2:40000", VIP), Some(BACKEND));
+    expect(&mut dp, Pkt::new(L4::TcpSyn, "10.9.9.9:40000", VIP), Some(BACKEND));
+    expect(&mut dp, Pkt::new(L4::TcpSyn, "10.9.9.8:40000", VIP), None);
+    expect(&mut dp, Pkt::new(L4::TcpSyn, "10.0.2.7:40000", VIP), None);
+    expect(&mut dp, Pkt::new(L4::TcpSyn, "[fd00:1::2]:40000", VIP6), Some(BACKEND6));
+    expect(&mut dp, Pkt::new(L4::TcpSyn, "[fd00:9::2]:40000", VIP6), None);
+    expect(&mut dp, Pkt::new(L4::TcpSyn, "10.0.2.7:40000", "10.96.0.12:80"), Some(BACKEND));
+    // 10.9.9.9 is no longer admitted: its new flows are refused, 10.0.1.2's flow goes on.
+    let mut narrowed = v4.clone();
+    narrowed.source_ranges = vec![(ip("10.0.1.0"), 24)];
+    dp.maps.update_service(Some(&v4), &narrowed).unwrap_or_else(|e| panic!("{e}"));
+    expect(&mut dp, Pkt::new(L4::TcpSyn, "10.9.9.9:40001", VIP), None);
+    expect(&mut dp, Pkt::new(L4::TcpAck, "10.0.1.2:40000", VIP), Some(BACKEND));
+    // Without ranges, every client again.
+    let mut open_again = narrowed.clone();
+    open_again.flags = 0;
+    open_again.source_ranges = Vec::new();
+    dp.maps.update_service(Some(&narrowed), &open_again).unwrap_or_else(|e| panic!("{e}"));
+    expect(&mut dp, Pkt::new(L4::TcpSyn, "10.0.2.7:40002", VIP), Some(BACKEND));
+    assert!(!dp.maps.source_ranges().unwrap_or_else(|e| panic!("{e}")).contains_key(&1), "the ranges are gone with the flag");
+}

@@ -1,12 +1,12 @@
 //! Typed handles on every map of the datapath, and the reads the agent and tests need.
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
     Ebpf,
 };
 use xvs_common::{
     reason::REASON_COUNT, AffinityEntry, AffinityKey, Backend, Counters, FlowEntry, FlowKey, Reason, ServiceKey,
     ServiceValue, SlotKey, MAP_AFFINITY, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CLOCK, MAP_CONNTRACK, MAP_DRAINS, MAP_REASONS,
-    MAP_SERVICES, MAP_SERVICE_STATS, MAP_SLOTS, MAP_STAMP,
+    MAP_SERVICES, MAP_SERVICE_STATS, MAP_SLOTS, MAP_SOURCE_RANGES, MAP_STAMP, SourceRange,
 };
 
 use super::{capacity::Capacity, error::DataplaneError};
@@ -26,6 +26,8 @@ pub struct Maps {
     pub drains: HashMap<MapData, u32, u32>,
     /// The ABI of the build that made the maps (see [`MAP_STAMP`]).
     pub stamp: Array<MapData, u64>,
+    /// The clients each service with source ranges admits (see [`MAP_SOURCE_RANGES`]).
+    pub source_ranges: LpmTrie<MapData, SourceRange, u8>,
     /// The maps' real sizes, read back from the kernel.
     pub capacity: Capacity,
 }
@@ -58,6 +60,7 @@ impl Maps {
             clock: typed(source, MAP_CLOCK)?,
             drains: typed(source, MAP_DRAINS)?,
             stamp: typed(source, MAP_STAMP)?,
+            source_ranges: typed(source, MAP_SOURCE_RANGES)?,
             capacity: Capacity::default(),
         };
         maps.capacity = Capacity::of(&maps)?;

@@ -10,6 +10,7 @@ mod loader;
 mod lock;
 mod maps;
 mod pin;
+mod ranges;
 mod service;
 mod tc_netlink;
 pub mod tables;

@@ -64,7 +64,7 @@ impl Maps {
     /// names. The maps themselves live on in this process and its programs.
     pub fn pin_missing(&self, dir: &Path) -> Result<Vec<&'static str>, DataplaneError> {
         use aya::maps::IterableMap as _;
-        let all: [(&'static str, &MapData); 11] = [
+        let all: [(&'static str, &MapData); 12] = [
             (xvs_common::MAP_SERVICES, self.services.map()),
             (xvs_common::MAP_SLOTS, self.slots.map()),
             (xvs_common::MAP_BACKENDS, self.backends.map()),
@@ -76,6 +76,7 @@ impl Maps {
             (xvs_common::MAP_CLOCK, self.clock.map()),
             (xvs_common::MAP_DRAINS, self.drains.map()),
             (xvs_common::MAP_STAMP, self.stamp.map()),
+            (xvs_common::MAP_SOURCE_RANGES, self.source_ranges.map()),
         ];
         let mut pinned = Vec::new();
         for (name, map) in all {

@@ -51,6 +51,8 @@ pub struct ServiceEntry {
     /// Session affinity timeout in seconds (IPVS persistence); 0 = none.
     pub affinity_timeout: u32,
     pub backends: Vec<BackendEntry>,
+    /// Clients admitted (address, prefix bits), sorted; with `SERVICE_F_SOURCE_RANGES` only.
+    pub source_ranges: Vec<(IpAddr, u8)>,
 }
 
 impl ServiceEntry {
@@ -125,6 +127,7 @@ impl Maps {
             self.backends.set(b.id, new.backend_value(b), 0).map_err(DataplaneError::map(MAP_BACKENDS, "write"))?;
         }
 
+        self.add_ranges(old, new)?;
         let key = new.key();
         let live = self.services.get(&key, 0).ok();
         let table_is_live = match (old, live) {
@@ -170,6 +173,7 @@ impl Maps {
         }
 
         if let Some(o) = old {
+            self.drop_ranges(o, Some(new))?;
             for b in &o.backends {
                 if !new.backends.iter().any(|n| n.id == b.id) {
                     self.remove_backend(b.id)?;
@@ -187,6 +191,7 @@ impl Maps {
         if let Some(old) = live {
             self.remove_slots(&old)?;
         }
+        self.drop_ranges(svc, None)?;
         for b in &svc.backends {
             self.remove_backend(b.id)?;
         }

@@ -5,6 +5,9 @@ mod validate;
 
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
+mod cidr;
+
+pub use cidr::Cidr;
 pub use validate::{ModelError, ModelIssue, MAX_AFFINITY_TIMEOUT, MAX_WEIGHT};
 use xvs_common::{Scheduler, IPPROTO_TCP, IPPROTO_UDP};
 
@@ -114,6 +117,9 @@ pub struct Service {
     pub sh_port: bool,
     /// Sorted by (address, port), unique.
     pub backends: Vec<Backend>,
+    /// Clients allowed to open flows (kube-proxy's `loadBalancerSourceRanges`); empty: all.
+    /// Sorted, unique, of the VIP's family.
+    pub source_ranges: Vec<Cidr>,
 }
 
 /// The whole desired state, validated.

@@ -43,6 +43,8 @@ pub enum ModelIssue {
     AffinityTimeout(u32),
     #[error("the flag sh-port (mh-port) only applies to the sh and mh schedulers")]
     ShPortWithoutSh,
+    #[error("source range {range} is not of the VIP's family")]
+    SourceRangeFamily { range: String },
     #[error("wrr weights need a {len}-slot cycle, more than {MAX_TABLE_LEN}: use weights with a larger common divisor")]
     WrrTooLong { len: u64 },
 }
@@ -75,6 +77,9 @@ pub(super) fn check(services: &[Service]) -> Vec<ModelError> {
         }
         if svc.sh_port && !matches!(svc.scheduler, Scheduler::SourceHash | Scheduler::MaglevHash) {
             err(ModelIssue::ShPortWithoutSh);
+        }
+        for range in svc.source_ranges.iter().filter(|r| r.addr.is_ipv6() != svc.id.vip.is_ipv6()) {
+            err(ModelIssue::SourceRangeFamily { range: range.to_string() });
         }
         let mut seen = HashSet::with_capacity(svc.backends.len());
         let mut weights_ok = true;
@@ -123,6 +128,7 @@ mod tests {
             scheduler,
             affinity_timeout: None,
             sh_port: false,
+            source_ranges: Vec::new(),
             backends: backends
                 .iter()
                 .map(|&(a, port, weight)| Backend {

@@ -8,6 +8,7 @@
 //! scheduler = "rr"                 # rr (default) | wrr | sh | mh
 //! session_affinity_timeout = 10800 # optional: ClientIP affinity (IPVS persistent), seconds
 //! flags = ["sh-port"]              # optional: sh-port (sh) or mh-port (mh): hash the client port
+//! source_ranges = ["10.0.0.0/8"]   # optional: only these clients open flows (eBPF datapath)
 //! backends = [
 //!   { endpoint = "10.244.1.2:8080" },                      # weight 1, active
 //!   { endpoint = "10.244.1.3:8080", weight = 2 },
@@ -24,7 +25,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use xvs_common::Scheduler;
 
-use crate::model::{Backend, BackendState, Model, Protocol, Service, ServiceId};
+use crate::model::{Backend, BackendState, Cidr, Model, Protocol, Service, ServiceId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -61,6 +62,19 @@ struct RawService {
     flags: Vec<RawFlag>,
     #[serde(default)]
     backends: Vec<RawBackend>,
+    /// Clients allowed to open flows (kube-proxy's loadBalancerSourceRanges); absent: all.
+    #[serde(default)]
+    source_ranges: Vec<RawCidr>,
+}
+
+/// A CIDR, checked as it is read (a bad one is a syntax error with its line).
+struct RawCidr(Cidr);
+
+impl<'de> Deserialize<'de> for RawCidr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map(Self).map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -155,6 +169,12 @@ fn into_service(raw: RawService) -> Service {
         affinity_timeout: raw.session_affinity_timeout,
         // One bit in IPVS (SCHED2), as ipvsadm takes either name for it.
         sh_port: raw.flags.contains(&RawFlag::ShPort) || raw.flags.contains(&RawFlag::MhPort),
+        source_ranges: {
+            let mut ranges: Vec<Cidr> = raw.source_ranges.into_iter().map(|r| r.0).collect();
+            ranges.sort();
+            ranges.dedup();
+            ranges
+        },
         backends: raw
             .backends
             .into_iter()
@@ -240,6 +260,18 @@ backends = [{ endpoint = "[fd00::2]:5353" }]
         assert!(e.contains("line 4") && e.contains("unknown variant `lc`, expected one of `rr`, `wrr`, `sh`"), "{e}");
         let e = err("[[service]]\nvip = \"10.96.0.1\"\nport = 80\nbackends = [{ endpoint = \"10.0.0.1\" }]\n");
         assert!(e.contains("line 4") && e.contains("invalid socket address syntax"), "{e}");
+    }
+
+    #[test]
+    fn source_ranges_are_cidrs_of_the_vip_s_family() {
+        let text = "[[service]]\nvip = \"10.96.0.1\"\nport = 80\nsource_ranges = [\"10.1.2.3/16\", \"192.168.0.0/24\"]\n";
+        let model = parse(text, Path::new("svc.toml")).unwrap_or_default();
+        let ranges: Vec<String> = model.services().flat_map(|s| s.source_ranges.iter().map(ToString::to_string)).collect();
+        assert_eq!(ranges, ["10.1.0.0/16", "192.168.0.0/24"], "host bits cleared");
+        let bad = err("[[service]]\nvip = \"10.96.0.1\"\nport = 80\nsource_ranges = [\"10.0.0.0/40\"]\n");
+        assert!(bad.contains("line 4") && bad.contains("the prefix must be 0..=32"), "{bad}");
+        let family = err("[[service]]\nvip = \"10.96.0.1\"\nport = 80\nsource_ranges = [\"fd00::/8\"]\n");
+        assert!(family.contains("source range fd00::/8 is not of the VIP's family"), "{family}");
     }
 
     #[test]

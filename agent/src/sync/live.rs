@@ -1,7 +1,9 @@
 //! The live dataplane read back from the maps: what `list`, `verify` and a restarted agent see.
 use std::collections::BTreeMap;
 
-use xvs_common::{Backend, ServiceKey, ServiceValue, SlotKey, BACKEND_F_PRESENT, MAP_BACKENDS, MAP_DRAINS, MAP_SERVICES, SERVICE_F_SH_PORT};
+use xvs_common::{
+    Backend, ServiceKey, ServiceValue, SlotKey, BACKEND_F_PRESENT, MAP_BACKENDS, MAP_DRAINS, MAP_SERVICES, SERVICE_F_SH_PORT, SERVICE_F_SOURCE_RANGES,
+};
 
 use crate::{
     dataplane::{from_map_addr, BackendEntry, DataplaneError, Maps, ServiceEntry},
@@ -28,6 +30,8 @@ pub struct LiveState {
     pub unreadable: Vec<ServiceKey>,
     /// When each draining backend's drain started (backend id -> datapath second).
     pub drains: BTreeMap<u32, u32>,
+    /// Each service's source ranges (service id -> (map address, prefix bits)).
+    pub ranges: BTreeMap<u32, Vec<([u32; 4], u8)>>,
 }
 
 /// The `ServiceId` a map key stands for.
@@ -59,6 +63,7 @@ impl LiveState {
                 state.backends.insert((backend.svc_id, id), backend);
             }
         }
+        state.ranges = maps.source_ranges()?;
         for item in maps.drains.iter() {
             match item {
                 Ok((id, since)) => {
@@ -93,9 +98,19 @@ impl LiveState {
             port: svc.id.port,
             proto: svc.id.proto.number(),
             scheduler: xvs_common::Scheduler::from_u8(svc.value.scheduler).unwrap_or(xvs_common::Scheduler::RoundRobin),
-            flags: svc.value.flags & SERVICE_F_SH_PORT,
+            flags: svc.value.flags & (SERVICE_F_SH_PORT | SERVICE_F_SOURCE_RANGES),
             affinity_timeout: svc.value.affinity_timeout,
             backends,
+            source_ranges: self.source_ranges_of(svc),
         }
+    }
+
+    /// A service's ranges, decoded in its VIP's family, sorted.
+    pub fn source_ranges_of(&self, svc: &LiveService) -> Vec<(std::net::IpAddr, u8)> {
+        let family = if svc.id.vip.is_ipv6() { xvs_common::AF_INET6 } else { xvs_common::AF_INET };
+        let mut out: Vec<(std::net::IpAddr, u8)> =
+            self.ranges.get(&svc.value.svc_id).into_iter().flatten().filter_map(|(addr, bits)| Some((from_map_addr(addr, family)?, *bits))).collect();
+        out.sort();
+        out
     }
 }

@@ -11,7 +11,7 @@ use std::{
     net::SocketAddr,
 };
 
-use xvs_common::SERVICE_F_SH_PORT;
+use xvs_common::{SERVICE_F_SH_PORT, SERVICE_F_SOURCE_RANGES};
 
 use super::{flows::ConnCounts, ids::IdPool, live::LiveState, Counted, Writer};
 use crate::{
@@ -314,9 +314,10 @@ impl Reconciler {
             port: svc.id.port,
             proto: svc.id.proto.number(),
             scheduler: svc.scheduler,
-            flags: if svc.sh_port { SERVICE_F_SH_PORT } else { 0 },
+            flags: if svc.sh_port { SERVICE_F_SH_PORT } else { 0 } | if svc.source_ranges.is_empty() { 0 } else { SERVICE_F_SOURCE_RANGES },
             affinity_timeout: svc.affinity_timeout.unwrap_or(0),
             backends,
+            source_ranges: svc.source_ranges.iter().map(|c| (c.addr, c.prefix)).collect(),
         })
     }
 

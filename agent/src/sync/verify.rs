@@ -3,7 +3,7 @@
 //! internal ids, so a restarted agent's maps verify as well as a fresh one's.
 use std::{fmt, net::SocketAddr};
 
-use xvs_common::{maglev::MH_SLOT_ID_MASK, Scheduler, SERVICE_F_SH_PORT};
+use xvs_common::{maglev::MH_SLOT_ID_MASK, Scheduler, SERVICE_F_SH_PORT, SERVICE_F_SOURCE_RANGES};
 
 use super::live::{LiveService, LiveState};
 use crate::{
@@ -88,6 +88,12 @@ fn diff_service(svc: &Service, l: &LiveService, live: &LiveState, out: &mut Vec<
     setting("scheduler", svc.scheduler.ipvs_name().into(), have_sched);
     setting("session affinity timeout", svc.affinity_timeout.unwrap_or(0).to_string(), l.value.affinity_timeout.to_string());
     setting("sh-port", svc.sh_port.to_string(), (l.value.flags & SERVICE_F_SH_PORT != 0).to_string());
+    let ranges = |list: Vec<String>, on: bool| if on { list.join(",") } else { "all clients".to_owned() };
+    setting(
+        "source ranges",
+        ranges(svc.source_ranges.iter().map(ToString::to_string).collect(), !svc.source_ranges.is_empty()),
+        ranges(live.source_ranges_of(l).iter().map(|(a, bits)| format!("{a}/{bits}")).collect(), l.value.flags & SERVICE_F_SOURCE_RANGES != 0),
+    );
 
     let entry = live.entry(l);
     let endpoint_of = |bid: u32| entry.backends.iter().find(|b| b.id == bid).map(|b| SocketAddr::new(b.addr, b.port));
@@ -169,6 +175,22 @@ mod tests {
 
     fn diff_text(model: &Model, live: &LiveState) -> Vec<String> {
         diff(model, live).iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn source_ranges_are_compared() {
+        let with_ranges = WANT.replace("port = 80\n", "port = 80\nsource_ranges = [\"10.1.0.0/16\"]\n");
+        let missing = diff_text(&model(&with_ranges), &live());
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert!(missing[0].contains("source ranges") && missing[0].contains("10.1.0.0/16") && missing[0].contains("all clients"), "{missing:?}");
+        let mut l = live();
+        if let Some(s) = l.services.values_mut().next() {
+            s.value.flags |= SERVICE_F_SOURCE_RANGES;
+        }
+        l.ranges.insert(7, vec![(to_map_addr(IpAddr::from([10, 1, 0, 0])).0, 16)]);
+        assert_eq!(diff_text(&model(&with_ranges), &l), Vec::<String>::new());
+        l.ranges.insert(7, vec![(to_map_addr(IpAddr::from([10, 2, 0, 0])).0, 16)]);
+        assert!(diff_text(&model(&with_ranges), &l).iter().any(|d| d.contains("10.2.0.0/16")));
     }
 
     #[test]

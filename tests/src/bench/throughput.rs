@@ -68,6 +68,7 @@ fn services(n: u32, backend: Ipv4Addr) -> (Vec<Service>, ServiceId, ServiceId) {
         scheduler: xvs_common::Scheduler::RoundRobin,
         affinity_timeout: None,
         sh_port: false,
+            source_ranges: Vec::new(),
         backends: vec![Backend { addr: IpAddr::V4(backend), port: UDP_PORT, weight: 1, state: BackendState::Active }],
     });
     (list, http, udp)

@@ -152,7 +152,7 @@ struct Ebpf {
 
 impl Ebpf {
     fn new(scheduler: Scheduler) -> Self {
-        let entry = ServiceEntry { svc_id: 1, vip: IpAddr::from([10, 96, 0, 1]), port: 80, proto: 6, scheduler, flags: 0, affinity_timeout: 0, backends: Vec::new() };
+        let entry = ServiceEntry { svc_id: 1, vip: IpAddr::from([10, 96, 0, 1]), port: 80, proto: 6, scheduler, flags: 0, affinity_timeout: 0, backends: Vec::new(), source_ranges: Vec::new() };
         Self { entry, table: Vec::new(), value: ServiceValue::default(), next_seq: 1 }
     }
 

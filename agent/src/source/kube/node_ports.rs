@@ -6,38 +6,7 @@
 //! - `primary`: the node's primary address of each family, its Node object's first InternalIP.
 use std::net::IpAddr;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    fn contains(&self, ip: &IpAddr) -> bool {
-        let bits = |ip: &IpAddr| match ip {
-            IpAddr::V4(a) => (u128::from(u32::from(*a)) << 96, 32),
-            IpAddr::V6(a) => (u128::from(*a), 128),
-        };
-        let ((net, width), (host, host_width)) = (bits(&self.addr), bits(ip));
-        if width != host_width {
-            return false;
-        }
-        let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(self.prefix)) };
-        net & mask == host & mask
-    }
-}
-
-impl std::str::FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (addr, prefix) = text.split_once('/').ok_or_else(|| format!("{text:?} is not a CIDR (address/prefix)"))?;
-        let addr: IpAddr = addr.parse().map_err(|e| format!("{text:?}: {e}"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= max).ok_or_else(|| format!("{text:?}: the prefix must be 0..={max}"))?;
-        Ok(Self { addr, prefix })
-    }
-}
+use crate::model::Cidr;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum NodePortAddresses {

@@ -140,6 +140,32 @@ fn node_port_external_ips_and_load_balancer_with_local_traffic_policy() {
     assert_eq!(shown(&model), ["TCP 10.96.0.10:80 rr [10.244.2.3:8080 a]"]);
 }
 
+/// kube-proxy's loadBalancerSourceRanges: on the LB IPs only (not the clusterIP, externalIPs or
+/// NodePorts), each family's own ranges, and the LB IP itself when a range holds a node
+/// address; a bad range is named and skipped.
+#[test]
+fn load_balancer_source_ranges_apply_to_lb_ips_only() {
+    let mut svc = nginx(json!({
+        "type": "LoadBalancer",
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "web", "nodePort": 30080}],
+        "externalIPs": ["203.0.113.7"],
+        "loadBalancerSourceRanges": ["10.0.0.0/8", " 192.168.0.0/16 ", "10.1.2.3", "2001:db8::/32"]
+    }));
+    svc.status = serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.9"}]}})).ok();
+    let (model, warnings) = translate(&[svc], &[three_ready()], &node_a());
+    let ranges: Vec<(String, Vec<String>)> = model.services().map(|s| (s.id.to_string(), s.source_ranges.iter().map(ToString::to_string).collect())).collect();
+    assert_eq!(
+        ranges,
+        [
+            ("TCP 10.96.0.10:80".to_owned(), vec![]),
+            ("TCP 192.168.0.11:30080".to_owned(), vec![]),
+            ("TCP 198.51.100.9:80".to_owned(), vec!["10.0.0.0/8".to_owned(), "192.168.0.0/16".to_owned(), "198.51.100.9/32".to_owned()]),
+            ("TCP 203.0.113.7:80".to_owned(), vec![]),
+        ]
+    );
+    assert_eq!(warnings.iter().map(ToString::to_string).collect::<Vec<_>>(), ["Service default/service-nginx: loadBalancerSourceRanges: \"10.1.2.3\" is not a CIDR (address/prefix); that range is skipped"]);
+}
+
 #[test]
 fn dual_stack_uses_each_family_s_slice() {
     let svc = nginx(json!({"clusterIPs": ["10.96.0.10", "fd00::10"], "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "PreferDualStack"}));

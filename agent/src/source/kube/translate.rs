@@ -24,7 +24,7 @@ use k8s_openapi::api::{core::v1::Service as KubeService, discovery::v1::Endpoint
 use xvs_common::Scheduler;
 
 use super::endpoints::{backends, Selection};
-use crate::model::{Model, Protocol, Service, ServiceId};
+use crate::model::{Cidr, Model, Protocol, Service, ServiceId};
 
 pub const SCHEDULER_ANNOTATION: &str = "xvs.io/scheduler";
 pub const WEIGHTS_ANNOTATION: &str = "xvs.io/weights";
@@ -181,7 +181,31 @@ pub(super) fn translate_service(svc: &KubeService, mine: &[&EndpointSlice], node
         .filter(|i| i.ip_mode.as_deref().is_none_or(|m| m == "VIP"))
         .filter_map(|i| i.ip.as_ref())
         .collect();
+    let lb_ips: std::collections::HashSet<IpAddr> = lb.iter().filter_map(|ip| ip.parse().ok()).collect();
     parse_ips(lb, Scope::External, "load-balancer ingress IP", warnings);
+    let all_ranges: Vec<Cidr> = spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .filter_map(|r| match r.trim().parse::<Cidr>() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warnings.push(Warning { object: object.clone(), cause: format!("loadBalancerSourceRanges: {e}; that range is skipped") });
+                None
+            }
+        })
+        .collect();
+    // The ranges of an LB IP's family (none of it: every client, as in kube-proxy), and the LB
+    // IP itself when a range holds a node address: the node reaches its own LB IP from it.
+    let ranges_for = |vip: IpAddr| -> Vec<Cidr> {
+        let mut out: Vec<Cidr> = all_ranges.iter().filter(|c| c.addr.is_ipv6() == vip.is_ipv6()).copied().collect();
+        if out.iter().any(|c| node.addresses.iter().any(|a| c.contains(a))) {
+            out.push(Cidr::new(vip, if vip.is_ipv6() { 128 } else { 32 }));
+        }
+        out.sort();
+        out.dedup();
+        out
+    };
     // The families the Service lives in are those of its clusterIPs; every other address of
     // another family (externalIPs, LB IPs, node addresses) is dropped, as kube-proxy's
     // per-family proxiers do.
@@ -222,7 +246,8 @@ pub(super) fn translate_service(svc: &KubeService, mine: &[&EndpointSlice], node
             };
             let sel = Selection { v6: vip.is_ipv6(), proto, local, node, weights: &weights };
             let backends = backends(mine, port, &sel, warnings);
-            part.services.push((object.clone(), Service { id, scheduler, affinity_timeout: affinity, sh_port: false, backends }));
+            let source_ranges = if lb_ips.contains(&vip) { ranges_for(vip) } else { Vec::new() };
+            part.services.push((object.clone(), Service { id, scheduler, affinity_timeout: affinity, sh_port: false, backends, source_ranges }));
         }
     }
     part
