@@ -625,7 +625,16 @@ fn kubernetes_service_lands_in_ipvs_as_kube_proxy_programs_it() {
     let ep = |ip: &str, ready: bool, terminating: bool| json!({"addresses": [ip], "nodeName": "vm-node", "conditions": {"ready": ready, "serving": true, "terminating": terminating}});
     apply(slice(json!([ep("10.244.1.2", true, false), ep("10.244.1.3", true, false), ep("10.244.2.9", false, true)])));
     server.write_kubeconfig(std::path::Path::new("/tmp/kubeconfig")).unwrap_or_else(|e| panic!("{e}"));
-    let agent = Agent::start_with(&["--dataplane", "ipvs", "--kubeconfig", "/tmp/kubeconfig", "--node-name", "vm-node", "--debounce-ms", "50"], std::process::Stdio::null());
+    // The node's own address on an interface of its own; NodePorts go on the interface
+    // addresses inside --nodeport-addresses (other tests leave veths with addresses behind).
+    let _ = Command::new("ip").args(["link", "del", "node0"]).output();
+    sh(&["ip", "link", "add", "node0", "type", "dummy"]);
+    sh(&["ip", "addr", "add", "192.168.50.10/24", "dev", "node0"]);
+    let node_ports = ["--nodeport-addresses", "192.168.50.0/24"];
+    let agent = Agent::start_with(
+        &[&["--dataplane", "ipvs", "--kubeconfig", "/tmp/kubeconfig", "--node-name", "vm-node", "--debounce-ms", "50"][..], &node_ports].concat(),
+        std::process::Stdio::null(),
+    );
     eventually("the agent programs IPVS", || c.services().map(|s| s.len()).unwrap_or(0) == 2);
 
     let block = |vip: &str| {
@@ -644,7 +653,7 @@ fn kubernetes_service_lands_in_ipvs_as_kube_proxy_programs_it() {
     assert_same_table(&ipvsadm(&["-L", "-n"]), &expected);
     let ours = xvs(&["list", "-n", "--source", "ipvs"]);
     assert_eq!(String::from_utf8_lossy(&ours.stdout), expected);
-    let verify = xvs(&["verify", "--kubeconfig", "/tmp/kubeconfig", "--node-name", "vm-node", "--source", "ipvs"]);
+    let verify = xvs(&[&["verify", "--kubeconfig", "/tmp/kubeconfig", "--node-name", "vm-node", "--source", "ipvs"][..], &node_ports].concat());
     assert!(verify.status.success(), "{}{}", String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
 
     // The terminating pod is gone: its real server leaves both virtual services.
@@ -658,6 +667,7 @@ fn kubernetes_service_lands_in_ipvs_as_kube_proxy_programs_it() {
     let cleanup = xvs(&["cleanup"]);
     assert!(cleanup.status.success());
     assert_eq!(c.services().map(|s| s.len()).unwrap_or(99), 0);
+    let _ = Command::new("ip").args(["link", "del", "node0"]).output();
 }
 
 /// One round of the differential test: the services, as a services file, after the changes.
