@@ -17,13 +17,13 @@ use xvs_common::{
         mh_bucket, mh_fallback_bucket, MhWalk, JUMP_INGRESS, JUMP_MH_WALK, MH_SLOT_FALLBACK_SHIFT, MH_SLOT_ID_MASK,
         MH_TABLE_SIZE, MH_WALK_CHUNK, MH_WALK_DONE, MH_WALK_HOPS, MH_WALK_IDLE, MH_WALK_RUNNING,
     },
-    Reason, ServiceValue, SlotKey,
+    Reason, ServiceValue,
 };
 
 use crate::{
-    maps::{XVS_MH_WALK, XVS_SLOTS, XVS_TC_JUMP, XVS_XDP_JUMP},
+    maps::{XVS_MH_WALK, XVS_TC_JUMP, XVS_XDP_JUMP},
     parse::PacketMeta,
-    stats,
+    service, stats,
 };
 
 /// A program type's jump table and walk entry.
@@ -54,9 +54,7 @@ impl Jump for TcContext {
 /// takes no new flows (see `MH_SLOT_ID_MASK`).
 #[inline(always)]
 fn slot(svc_id: u32, slot_base: u32, bucket: u32) -> Result<u32, Reason> {
-    let key = SlotKey { svc_id, slot: slot_base + bucket };
-    // SAFETY: plain lookup of a u32 value.
-    unsafe { XVS_SLOTS.get(&key) }.copied().ok_or(Reason::BackendMissing)
+    service::slot(svc_id, slot_base + bucket)
 }
 
 #[inline(always)]

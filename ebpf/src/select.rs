@@ -8,10 +8,10 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use xvs_common::{
     sched::{cursor_slot, sh_bucket, SH_TABLE_SIZE},
-    Reason, Scheduler, ServiceValue, SlotKey, SERVICE_F_SH_PORT,
+    Reason, Scheduler, ServiceValue, SERVICE_F_SH_PORT,
 };
 
-use crate::{maglev::Jump, maps::XVS_SLOTS, parse::PacketMeta};
+use crate::{maglev::Jump, parse::PacketMeta};
 
 /// Returns the backend id chosen for a new flow of `meta` to the service at `svc`.
 #[inline(always)]
@@ -47,10 +47,5 @@ pub fn select<C: Jump>(ctx: &C, svc: *mut ServiceValue, meta: &PacketMeta) -> Re
         }
         None => return Err(Reason::NoBackend),
     };
-    let key = SlotKey {
-        svc_id: value.svc_id,
-        slot: value.slot_base + slot,
-    };
-    // SAFETY: plain lookup of a u32 value.
-    unsafe { XVS_SLOTS.get(&key) }.copied().ok_or(Reason::BackendMissing)
+    crate::service::slot(value.svc_id, value.slot_base + slot)
 }

@@ -1,8 +1,8 @@
 //! Looks up the service a packet is addressed to and the backends its tables name.
-use xvs_common::{Backend, ServiceKey, ServiceValue, BACKEND_F_PRESENT};
+use xvs_common::{Backend, Reason, ServiceKey, ServiceValue, SlotKey, BACKEND_F_PRESENT};
 
 use crate::{
-    maps::{XVS_BACKENDS, XVS_SERVICES},
+    maps::{XVS_BACKENDS, XVS_SERVICES, XVS_SLOTS},
     parse::PacketMeta,
 };
 
@@ -27,4 +27,11 @@ pub fn backend(id: u32) -> Option<Backend> {
     }
     let b = *XVS_BACKENDS.get(id)?;
     (b.flags & BACKEND_F_PRESENT != 0).then_some(b)
+}
+
+/// Slot `slot` of service `svc_id`'s selection table: a backend id (mh's with its fallback).
+#[inline(always)]
+pub fn slot(svc_id: u32, slot: u32) -> Result<u32, Reason> {
+    // SAFETY: plain lookup of a u32 value.
+    unsafe { XVS_SLOTS.get(&SlotKey { svc_id, slot }) }.copied().ok_or(Reason::BackendMissing)
 }

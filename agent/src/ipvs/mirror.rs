@@ -50,7 +50,7 @@ fn svc_opts(s: &IpvsService) -> String {
     if s.flags & SVC_F_PERSISTENT != 0 {
         out.push_str(&format!(" -p {}", s.timeout));
     }
-    let names = if s.scheduler == "mh" { ["mh-fallback", "mh-port"] } else { ["sh-fallback", "sh-port"] };
+    let names = super::wire::sched_flag_names(&s.scheduler);
     let sched_flags: Vec<&str> = [(super::wire::SVC_F_SCHED1, names[0]), (super::wire::SVC_F_SCHED2, names[1])]
         .into_iter()
         .filter(|&(bit, _)| s.flags & bit != 0)

@@ -19,10 +19,15 @@ pub const AF_INET6: u16 = 10;
 pub const SVC_F_PERSISTENT: u32 = 0x1;
 /// IP_VS_SVC_F_HASHED: set by the kernel on every listed service; ignored on input.
 pub const SVC_F_HASHED: u32 = 0x2;
-/// IP_VS_SVC_F_SCHED1: `sh-fallback` for sh.
+/// IP_VS_SVC_F_SCHED1: `sh-fallback` for sh, `mh-fallback` for mh.
 pub const SVC_F_SCHED1: u32 = 0x08;
-/// IP_VS_SVC_F_SCHED2: `sh-port` for sh.
+/// IP_VS_SVC_F_SCHED2: `sh-port` for sh, `mh-port` for mh.
 pub const SVC_F_SCHED2: u32 = 0x10;
+
+/// The names ipvsadm gives SCHED1 and SCHED2 for `scheduler` (its print_sched_flags).
+pub fn sched_flag_names(scheduler: &str) -> [&'static str; 2] {
+    if scheduler == "mh" { ["mh-fallback", "mh-port"] } else { ["sh-fallback", "sh-port"] }
+}
 /// IP_VS_CONN_F_MASQ.
 pub const FWD_MASQ: u32 = 0;
 

@@ -49,7 +49,7 @@ pub fn list(l: &Listing) -> String {
     for s in &l.services {
         let _ = write!(out, "{} {}", service_name(s.id.proto.name(), s.id.vip, s.id.port), s.scheduler);
         // ipvsadm's print_sched_flags: named after the scheduler they belong to.
-        let names = if s.scheduler == "mh" { ["mh-fallback", "mh-port"] } else { ["sh-fallback", "sh-port"] };
+        let names = crate::ipvs::wire::sched_flag_names(&s.scheduler);
         let flags: Vec<&str> = [(s.sh_fallback, names[0]), (s.sh_port, names[1])].into_iter().filter(|f| f.0).map(|f| f.1).collect();
         if !flags.is_empty() {
             let _ = write!(out, " ({})", flags.join(","));
