@@ -470,26 +470,40 @@ fn get(netns: Option<&str>, addr: &str) -> Result<String, String> {
     .unwrap_or_else(|_| Err("client thread panicked".into()))
 }
 
+/// The VIP over the three backends of `topology(3)`.
+const THREE_BACKENDS: &str = "[[service]]\nvip = \"10.96.0.10\"\nport = 80\nbackends = [{ endpoint = \"10.0.11.2:8080\" }, { endpoint = \"10.0.12.2:8080\" }, { endpoint = \"10.0.13.2:8080\" }]\n";
+
+/// Waits until the three backends of `topology(3)` answer directly.
+fn backends_answer() {
+    for i in 1..=3 {
+        let addr = format!("10.0.{}.2:8080", 10 + i);
+        eventually(&format!("backend {addr} answers"), || get(None, &addr).is_ok());
+    }
+}
+
+/// 30 requests from the client namespace to the VIP land 10/10/10 (`context` explains a
+/// failed request: the agent's log, say).
+fn assert_served_10_10_10(context: impl Fn() -> String) {
+    let mut served = std::collections::BTreeMap::new();
+    for n in 0..30 {
+        let body = get(Some("client"), "10.96.0.10:80").unwrap_or_else(|e| panic!("request {n}: {e}\n{}", context()));
+        *served.entry(body).or_insert(0) += 1;
+    }
+    let expected: std::collections::BTreeMap<String, i32> = (1..=3).map(|i| (format!("backend-{i}"), 10)).collect();
+    assert_eq!(served, expected);
+}
+
 #[test]
 #[ignore = "needs a kernel with IPVS: run by `cargo xtask vm-test`"]
 fn ipvs_only_mode_serves_traffic_end_to_end_rr_10_10_10() {
     let _c = client();
     let _servers = topology(3);
     let config = "/tmp/e2e.toml";
-    write(config, "[[service]]\nvip = \"10.96.0.10\"\nport = 80\nbackends = [{ endpoint = \"10.0.11.2:8080\" }, { endpoint = \"10.0.12.2:8080\" }, { endpoint = \"10.0.13.2:8080\" }]\n");
+    write(config, THREE_BACKENDS);
     let agent = Agent::start(config);
-    for i in 1..=3 {
-        let addr = format!("10.0.{}.2:8080", 10 + i);
-        eventually(&format!("backend {addr} answers"), || get(None, &addr).is_ok());
-    }
+    backends_answer();
     eventually("the VIP is programmed", || ipvsadm(&["-L", "-n"]).contains("10.0.13.2:8080"));
-    let mut served = std::collections::BTreeMap::new();
-    for n in 0..30 {
-        let body = get(Some("client"), "10.96.0.10:80").unwrap_or_else(|e| panic!("request {n}: {e}"));
-        *served.entry(body).or_insert(0) += 1;
-    }
-    let expected: std::collections::BTreeMap<String, i32> = (1..=3).map(|i| (format!("backend-{i}"), 10)).collect();
-    assert_eq!(served, expected);
+    assert_served_10_10_10(String::new);
     // The kernel counted the connections (its stats estimator folds per-CPU counters every 2 s).
     eventually("IPVS counts 30 connections", || ipvsadm(&["-L", "-n", "--stats"]).contains("TCP  10.96.0.10:80                      30"));
     agent.stop();
@@ -513,14 +527,11 @@ fn both_dataplanes_on_6_1_the_ebpf_datapath_serves_and_ipvs_mirrors_it() {
     let _c = client();
     let _servers = topology(3);
     let config = "/tmp/both.toml";
-    write(config, "[[service]]\nvip = \"10.96.0.10\"\nport = 80\nbackends = [{ endpoint = \"10.0.11.2:8080\" }, { endpoint = \"10.0.12.2:8080\" }, { endpoint = \"10.0.13.2:8080\" }]\n");
+    write(config, THREE_BACKENDS);
     let pin = "/sys/fs/bpf/xvs-both";
     let log = std::fs::File::create("/tmp/both.log").unwrap_or_else(|e| panic!("{e}"));
     let agent = Agent::start_with(&["--dataplane", "both", "--config", config, "--iface", "n0", "--pin-dir", pin], log.into());
-    for i in 1..=3 {
-        let addr = format!("10.0.{}.2:8080", 10 + i);
-        eventually(&format!("backend {addr} answers"), || get(None, &addr).is_ok());
-    }
+    backends_answer();
     let said = || std::fs::read_to_string("/tmp/both.log").unwrap_or_default();
     // Verifying the programs takes a while under emulation.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
@@ -536,13 +547,7 @@ fn both_dataplanes_on_6_1_the_ebpf_datapath_serves_and_ipvs_mirrors_it() {
     let body = |listing: &str| listing.split_once('\n').map(|(_, rest)| rest.to_owned()).unwrap_or_default();
     assert_eq!(body(&String::from_utf8_lossy(&ebpf.stdout)), body(&ipvsadm(&["-L", "-n"])), "{}", String::from_utf8_lossy(&ebpf.stderr));
 
-    let mut served = std::collections::BTreeMap::new();
-    for n in 0..30 {
-        let body = get(Some("client"), "10.96.0.10:80").unwrap_or_else(|e| panic!("request {n}: {e}\n{}", said()));
-        *served.entry(body).or_insert(0) += 1;
-    }
-    let expected: std::collections::BTreeMap<String, i32> = (1..=3).map(|i| (format!("backend-{i}"), 10)).collect();
-    assert_eq!(served, expected);
+    assert_served_10_10_10(said);
     // The eBPF datapath served them: its counters have the 30 connections, IPVS's none.
     let stats = String::from_utf8_lossy(&xvs(&["list", "-n", "--stats", "--pin-dir", pin]).stdout).into_owned();
     assert_eq!(conns(&stats, "TCP  10.96.0.10:80"), Some(30), "{stats}");
