@@ -37,6 +37,19 @@ pub fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// What deploy/daemonset.yaml's `mount-bpffs` init container does (privileged) before the
+/// agent starts: a bpffs on the host's /sys/fs/bpf where none is. An agent with only the
+/// DaemonSet's capabilities cannot mount one, and a freshly booted machine may have none.
+/// Its own command, run as root in this (the host's) mount namespace.
+pub fn run_mount_bpffs_init_container() {
+    let pod = crate::kube::daemonset_pod();
+    let init = pod.init_containers.unwrap_or_default().into_iter().find(|c| c.name == "mount-bpffs").unwrap_or_else(|| panic!("deploy/daemonset.yaml has no mount-bpffs init container"));
+    let command = init.command.unwrap_or_default();
+    let (program, args) = command.split_first().unwrap_or_else(|| panic!("the mount-bpffs init container has no command"));
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("mount-bpffs {command:?}: {e}"));
+    assert!(out.status.success(), "mount-bpffs {command:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// setpriv's `--bounding-set` keeping only `caps` (e.g. `-all,+bpf,+net_admin`).
 fn bounding_set(caps: &[String]) -> String {
     std::iter::once("-all".to_owned()).chain(caps.iter().map(|c| format!("+{c}"))).collect::<Vec<_>>().join(",")
@@ -86,6 +99,9 @@ impl Agent {
     /// (empty: all of root's).
     pub fn start_kube(netns: &str, kubeconfig: &Path, node: &str, caps: &[String], iface: &str, pin_dir: &Path, extra: &[&str]) -> Self {
         let kubeconfig = kubeconfig.to_string_lossy();
+        if !caps.is_empty() {
+            run_mount_bpffs_init_container();
+        }
         let bounding = bounding_set(caps);
         let wrap: &[&str] = if caps.is_empty() { &[] } else { &["setpriv", "--bounding-set", &bounding] };
         Self::start_with(netns, wrap, &["--kubeconfig", &kubeconfig, "--node-name", node], iface, pin_dir, extra)
@@ -112,6 +128,7 @@ mkdir -p "$sa"
 cp "$XVS_TEST_SA/token" "$XVS_TEST_SA/ca.crt" "$XVS_TEST_SA/namespace" "$sa/"
 unset XVS_TEST_SA
 exec "$@""#;
+        run_mount_bpffs_init_container();
         let bounding = bounding_set(caps);
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/var/run/netns/{netns}"))

@@ -3,49 +3,13 @@
 //! keeps serving through watch disconnects, an API outage and a 410 relist.
 use std::{collections::BTreeMap, path::PathBuf, process::Command};
 
-use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::Container};
-use serde_json::{json, Value};
+use serde_json::json;
 use xvs_integration::{
     agent::{eventually, list, xvs_bin, Agent},
-    kube::{api_server_in, secure_api_server_in},
+    kube::{api_server_in, daemonset_capabilities, daemonset_container, endpoint, ready, secure_api_server_in},
     topology::{Topology, NODE_IFACE},
 };
 use xvs_test_apiserver::{fixture, Resource};
-
-/// The xvs container of deploy/daemonset.yaml.
-fn daemonset_container() -> Container {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/daemonset.yaml");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let ds: DaemonSet = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let pod = ds.spec.template.spec.unwrap_or_else(|| panic!("no pod spec"));
-    pod.containers.into_iter().find(|c| c.name == "xvs").unwrap_or_else(|| panic!("no xvs container"))
-}
-
-/// The capabilities deploy/daemonset.yaml gives the xvs container, for setpriv.
-fn daemonset_capabilities() -> Vec<String> {
-    let caps = daemonset_container().security_context.and_then(|s| s.capabilities).and_then(|c| c.add).unwrap_or_default();
-    assert!(!caps.is_empty());
-    caps.iter().map(|c| c.to_lowercase()).collect()
-}
-
-fn endpoint(i: usize, node: &str, ready: bool, serving: bool, terminating: bool) -> Value {
-    json!({
-        "addresses": [Topology::backend_addr(i)],
-        "conditions": {"ready": ready, "serving": serving, "terminating": terminating},
-        "nodeName": node,
-        "targetRef": {"kind": "Pod", "name": format!("nginx-deployment-7c79c4bf97-{i}"), "namespace": "default"}
-    })
-}
-
-fn slice(endpoints: Vec<Value>) -> Value {
-    let mut s = fixture("endpointslice-service-nginx.json");
-    s["endpoints"] = json!(endpoints);
-    s
-}
-
-fn ready(ids: &[usize]) -> Value {
-    slice(ids.iter().map(|&i| endpoint(i, if i == 3 { "node-b" } else { "node-a" }, true, true, false)).collect())
-}
 
 fn spread(topo: &Topology, requests: usize) -> BTreeMap<String, usize> {
     spread_at(topo, "http://10.96.0.10/", requests)
