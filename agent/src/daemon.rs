@@ -84,6 +84,7 @@ impl Agent {
     fn apply(&mut self) {
         self.apply_to_dataplanes();
         self.warn_unenforced_ranges();
+        self.warn_unserved_sctp();
         release_freed_memory();
     }
 
@@ -96,6 +97,18 @@ impl Agent {
         let unenforced: Vec<String> = self.model.services().filter(|s| !s.source_ranges.is_empty()).map(|s| s.id.to_string()).collect();
         if !unenforced.is_empty() {
             tracing::warn!(services = ?unenforced, "source ranges (loadBalancerSourceRanges) are enforced by the eBPF datapath only: with IPVS alone these services admit every client");
+        }
+    }
+
+    /// SCTP is served by the IPVS mirror alone (see `Protocol::in_ebpf`): with the eBPF
+    /// datapath alone these services are not served at all. Say so, naming them.
+    fn warn_unserved_sctp(&self) {
+        if self.ipvs.is_some() {
+            return;
+        }
+        let unserved: Vec<String> = self.model.services().filter(|s| !s.id.proto.in_ebpf()).map(|s| s.id.to_string()).collect();
+        if !unserved.is_empty() {
+            tracing::warn!(services = ?unserved, "SCTP services are served by the IPVS mirror only (--dataplane ipvs or both): the eBPF datapath passes SCTP to the kernel, and these services are not served");
         }
     }
 

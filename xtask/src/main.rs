@@ -6,6 +6,7 @@ mod demo;
 mod doctor;
 mod kernel;
 mod linker;
+mod rootfs;
 mod setup;
 mod test;
 mod toolchain;

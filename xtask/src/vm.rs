@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{bail, Context};
 
-use crate::cmd;
+use crate::{
+    cmd,
+    rootfs::{copy, install_with_libs},
+};
 
 /// Module load order for busybox `insmod` (no modules.dep in the package; libcrc32c's soft
 /// dependency crc32c_generic first), from ../shared/reference/ipvs-vm.md.
@@ -32,6 +35,10 @@ const MODULES: &[&str] = &[
     "sch_ingress",
     "cls_bpf",
     "nf_nat",
+    // SCTP sockets for the SCTP test's clients and servers (IPVS's SCTP support is built in).
+    "udp_tunnel",
+    "ip6_udp_tunnel",
+    "sctp",
 ];
 /// busybox applets; `ip` is Debian's (busybox's has no `netns`).
 const APPLETS: &[&str] = &["sh", "mount", "mkdir", "insmod", "poweroff", "echo", "cat", "ls", "sleep", "dmesg", "grep", "httpd", "wget", "kill", "netstat"];
@@ -114,30 +121,6 @@ fn test_binary(root: &Path) -> anyhow::Result<PathBuf> {
             Some(PathBuf::from(&l[start..end]))
         })
         .context("cargo did not report the IPVS test executable")
-}
-
-/// Copies `bin` to `dest` inside `root`, with every shared library ldd lists at its own path.
-fn install_with_libs(root: &Path, bin: &Path, dest: &str) -> anyhow::Result<()> {
-    copy(bin, &root.join(dest.trim_start_matches('/')))?;
-    let ldd = cmd::output(Command::new("ldd").arg(bin)).unwrap_or_default();
-    for line in ldd.lines() {
-        let path = match line.split_once("=>") {
-            Some((_, rhs)) => rhs.split_whitespace().next(),
-            None => line.split_whitespace().next().filter(|p| p.starts_with('/')),
-        };
-        if let Some(lib) = path.filter(|p| p.starts_with('/')) {
-            copy(Path::new(lib), &root.join(lib.trim_start_matches('/')))?;
-        }
-    }
-    Ok(())
-}
-
-fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::copy(from, to).with_context(|| format!("copy {} -> {}", from.display(), to.display()))?;
-    Ok(())
 }
 
 fn initramfs(cache: &Path, kernel: &Path, files: &Files<'_>, test_args: &str) -> anyhow::Result<PathBuf> {

@@ -9,12 +9,14 @@ mod cidr;
 
 pub use cidr::Cidr;
 pub use validate::{ModelError, ModelIssue, MAX_AFFINITY_TIMEOUT, MAX_WEIGHT};
-use xvs_common::{Scheduler, IPPROTO_TCP, IPPROTO_UDP};
+use xvs_common::{Scheduler, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
     Tcp,
     Udp,
+    /// In the IPVS mirror only (like kube-proxy's IPVS mode); see [`Protocol::in_ebpf`].
+    Sctp,
 }
 
 impl Protocol {
@@ -22,13 +24,24 @@ impl Protocol {
         match self {
             Self::Tcp => IPPROTO_TCP,
             Self::Udp => IPPROTO_UDP,
+            Self::Sctp => IPPROTO_SCTP,
         }
+    }
+
+    /// Whether the eBPF datapath serves it. SCTP it does not: NAT that rewrites a port must
+    /// recompute SCTP's CRC32c over the whole packet, and multi-homed associations need the
+    /// addresses inside INIT chunks translated too (Cilium's datapath refuses port rewriting
+    /// for the same reasons). SCTP packets pass the XDP and TC programs untouched, and the
+    /// IPVS mirror, which does both, serves them.
+    pub const fn in_ebpf(self) -> bool {
+        !matches!(self, Self::Sctp)
     }
 
     pub const fn from_number(n: u8) -> Option<Self> {
         match n {
             IPPROTO_TCP => Some(Self::Tcp),
             IPPROTO_UDP => Some(Self::Udp),
+            IPPROTO_SCTP => Some(Self::Sctp),
             _ => None,
         }
     }
@@ -38,6 +51,7 @@ impl Protocol {
         match self {
             Self::Tcp => "TCP",
             Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
         }
     }
 }
@@ -150,8 +164,18 @@ impl Model {
         self.services.values()
     }
 
+    /// The services the eBPF datapath serves (all but SCTP), in the same order.
+    pub fn in_ebpf(&self) -> impl Iterator<Item = &Service> {
+        self.services.values().filter(|s| s.id.proto.in_ebpf())
+    }
+
     pub fn get(&self, id: &ServiceId) -> Option<&Service> {
         self.services.get(id)
+    }
+
+    /// A service the eBPF datapath serves, by id.
+    pub fn get_in_ebpf(&self, id: &ServiceId) -> Option<&Service> {
+        self.get(id).filter(|s| s.id.proto.in_ebpf())
     }
 
     pub fn len(&self) -> usize {

@@ -4,7 +4,7 @@
 //! [[service]]
 //! vip = "10.96.0.10"
 //! port = 80
-//! protocol = "tcp"                 # tcp (default) | udp
+//! protocol = "tcp"                 # tcp (default) | udp | sctp (IPVS mirror only)
 //! scheduler = "rr"                 # rr (default) | wrr | sh | mh
 //! session_affinity_timeout = 10800 # optional: ClientIP affinity (IPVS persistent), seconds
 //! flags = ["sh-port"]              # optional: sh-port (sh) or mh-port (mh): hash the client port
@@ -83,6 +83,7 @@ enum RawProtocol {
     #[default]
     Tcp,
     Udp,
+    Sctp,
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -158,6 +159,7 @@ fn into_service(raw: RawService) -> Service {
             proto: match raw.protocol {
                 RawProtocol::Tcp => Protocol::Tcp,
                 RawProtocol::Udp => Protocol::Udp,
+                RawProtocol::Sctp => Protocol::Sctp,
             },
         },
         scheduler: match raw.scheduler {

@@ -20,10 +20,10 @@ pub struct OverCapacity {
 
 /// Checks services, backends and selection-table slots against `capacity`.
 pub fn check(model: &Model, capacity: &Capacity) -> Result<(), OverCapacity> {
-    let services = model.len() as u64;
-    let backends: u64 = model.services().map(|s| s.backends.len() as u64).sum();
+    let services = model.in_ebpf().count() as u64;
+    let backends: u64 = model.in_ebpf().map(|s| s.backends.len() as u64).sum();
     // Make-before-break writes a service's new table beside its old one: room for the largest.
-    let tables: Vec<u64> = model.services().map(table_len).collect();
+    let tables: Vec<u64> = model.in_ebpf().map(table_len).collect();
     let slots = tables.iter().sum::<u64>() + tables.iter().max().copied().unwrap_or(0);
     for (what, needed, have, flag) in [
         ("services", services, capacity.services, "--max-services"),

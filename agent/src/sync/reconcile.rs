@@ -129,14 +129,14 @@ impl Reconciler {
         let mut errors = Vec::new();
         let mut flows = FlowCounts::default();
 
-        let gone: Vec<ServiceId> = self.applied.keys().filter(|id| model.get(id).is_none()).copied().collect();
+        let gone: Vec<ServiceId> = self.applied.keys().filter(|id| model.get_in_ebpf(id).is_none()).copied().collect();
         for id in gone {
             match self.remove(id, w) {
                 Ok(()) => report.removed += 1,
                 Err(e) => errors.push(e),
             }
         }
-        for svc in model.services() {
+        for svc in model.in_ebpf() {
             let old = self.applied.get(&svc.id).cloned();
             let dirty = self.dirty.remove(&svc.id);
             match self.desired(svc, old.as_ref(), w, now, &mut report, &mut flows) {

@@ -242,3 +242,22 @@ fn leaving_backends_go_at_once_when_udp_or_idle_and_come_back_at_the_head() {
         ]
     );
 }
+
+#[test]
+fn sctp_services_never_reach_the_ebpf_maps_and_are_not_drift() {
+    let with_sctp = format!("{TWO}\n[[service]]\nvip = \"10.96.0.99\"\nport = 3868\nprotocol = \"sctp\"\nbackends = [{{ endpoint = \"10.244.3.2:3868\" }}]\n");
+    let mut w = Recorder::default();
+    let mut r = Reconciler::new(30, Capacity::default());
+    let (report, errors) = r.sync(&model(&with_sctp), &mut w, 100);
+    assert!(errors.is_empty());
+    assert_eq!((report.created, report.unchanged), (2, 0));
+    assert!(!w.ops.iter().any(|op| op.contains("10.96.0.99") || op.contains("SCTP")), "{:?}", w.ops);
+    // An SCTP service leaving the model is no removal either.
+    w.ops.clear();
+    let (report, _) = r.sync(&model(TWO), &mut w, 101);
+    assert_eq!((report.removed, report.unchanged), (0, 2));
+    assert!(w.ops.is_empty(), "{:?}", w.ops);
+    // It takes none of the maps' capacity: the two others fit in room for two.
+    assert!(super::fit::check(&model(&with_sctp), &Capacity { services: 2, ..Capacity::default() }).is_ok());
+    assert!(super::fit::check(&model(&with_sctp), &Capacity { services: 1, ..Capacity::default() }).is_err());
+}

@@ -48,14 +48,14 @@ pub fn diff(model: &Model, live: &LiveState) -> Vec<Drift> {
     for key in &live.unreadable {
         out.push(Drift::UnreadableService(format!("{key:?}")));
     }
-    for svc in model.services() {
+    for svc in model.in_ebpf() {
         match live.services.get(&svc.id) {
             None => out.push(Drift::MissingService(svc.id)),
             Some(l) => diff_service(svc, l, live, &mut out),
         }
     }
     for id in live.services.keys() {
-        if model.get(id).is_none() {
+        if model.get_in_ebpf(id).is_none() {
             out.push(Drift::ExtraService(*id));
         }
     }
@@ -191,6 +191,18 @@ mod tests {
         assert_eq!(diff_text(&model(&with_ranges), &l), Vec::<String>::new());
         l.ranges.insert(7, vec![(to_map_addr(IpAddr::from([10, 2, 0, 0])).0, 16)]);
         assert!(diff_text(&model(&with_ranges), &l).iter().any(|d| d.contains("10.2.0.0/16")));
+    }
+
+    #[test]
+    fn sctp_services_are_not_expected_in_the_maps_and_are_extra_there() {
+        let sctp = "[[service]]\nvip = \"10.96.0.99\"\nport = 3868\nprotocol = \"sctp\"\nbackends = [{ endpoint = \"10.0.0.1:3868\" }]\n";
+        assert_eq!(diff_text(&model(&format!("{WANT}{sctp}")), &live()), Vec::<String>::new());
+        let mut l = live();
+        let Some(mut stray) = l.services.values().next().cloned() else { panic!("live() has a service") };
+        // Even the desired SCTP service is drift in the maps: the datapath would not serve it.
+        stray.id = ServiceId { vip: IpAddr::from([10, 96, 0, 99]), port: 3868, proto: crate::model::Protocol::Sctp };
+        l.services.insert(stray.id, stray);
+        assert_eq!(diff_text(&model(&format!("{WANT}{sctp}")), &l), ["SCTP 10.96.0.99:3868: in the dataplane but not desired"]);
     }
 
     #[test]

@@ -131,10 +131,7 @@ fn topology(all: &[Endpoint], node: &Node) -> Topology {
 /// order, the first form kept unless a later one is local, as kube-proxy does).
 fn endpoints<'s>(slices: &[&'s EndpointSlice], port: &ServicePort, sel: &Selection, warnings: &mut Vec<Warning>) -> Vec<Endpoint<'s>> {
     let family = if sel.v6 { "IPv6" } else { "IPv4" };
-    let proto_name = match sel.proto {
-        Protocol::Tcp => "TCP",
-        Protocol::Udp => "UDP",
-    };
+    let proto_name = sel.proto.name();
     let port_name = port.name.as_deref().unwrap_or("");
     let mut found: BTreeMap<(IpAddr, u16), Endpoint<'s>> = BTreeMap::new();
     let mut order: Vec<(IpAddr, u16)> = Vec::new();

@@ -8,7 +8,8 @@
 //! - backends from the EndpointSlices labelled with the service's name (endpoints.rs:
 //!   readiness, traffic policy Local, topology hints);
 //! - sessionAffinity ClientIP -> affinity with timeoutSeconds (default 10800);
-//! - headless and ExternalName services are ignored; SCTP is skipped with a warning;
+//! - headless and ExternalName services are ignored; SCTP ports are programmed like TCP and UDP
+//!   (the IPVS mirror serves them; the eBPF datapath passes SCTP to the stack);
 //! - the scheduler comes from the annotation `xvs.io/scheduler` (rr, wrr, sh; default rr), and
 //!   endpoint weights (for wrr and sh) from `xvs.io/weights`.
 //!
@@ -221,6 +222,7 @@ pub(super) fn translate_service(svc: &KubeService, mine: &[&EndpointSlice], node
         let proto = match port.protocol.as_deref().unwrap_or("TCP") {
             "TCP" => Protocol::Tcp,
             "UDP" => Protocol::Udp,
+            "SCTP" => Protocol::Sctp,
             other => {
                 warnings.push(Warning { object: object.clone(), cause: format!("port {}: protocol {other} is not supported; skipped", port.port) });
                 continue;
