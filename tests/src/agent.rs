@@ -142,6 +142,12 @@ exec "$@""#;
         Self::spawn(cmd, pin_dir)
     }
 
+    /// `xvs run` as `cmd` starts it (a container runtime running the image, say), pinning
+    /// under `pin_dir`; waits until it runs.
+    pub fn start_command(cmd: Command, pin_dir: &Path) -> Self {
+        Self::spawn(cmd, pin_dir)
+    }
+
     fn spawn(mut cmd: Command, pin_dir: &Path) -> Self {
         let name = pin_dir.file_name().map_or_else(|| "xvs".into(), |n| n.to_string_lossy().into_owned());
         let log = std::env::temp_dir().join(format!("{name}.log"));

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod bench;
 pub mod differential;
+pub mod image;
 pub mod kube;
 pub mod pins;
 pub mod topology;

@@ -4,6 +4,7 @@ mod build_ebpf;
 mod cmd;
 mod demo;
 mod doctor;
+mod image;
 mod kernel;
 mod linker;
 mod rootfs;
@@ -34,6 +35,9 @@ enum Task {
     /// Build the release `xvs` binary with the eBPF object built in (what deploy/Dockerfile
     /// copies into the image): target/release/xvs.
     Dist,
+    /// Build the container image offline (buildah over deploy/Dockerfile, from this machine's
+    /// Debian binaries) and export it as an OCI archive: target/image/xvs-<version>.oci.tar.
+    Image,
     /// Run every test: host unit tests, then the root-only kernel tests (BPF_PROG_TEST_RUN, netns).
     Test,
     /// Run the demo: three HTTP backends behind one VIP in network namespaces, 30 requests.
@@ -52,9 +56,10 @@ fn main() -> anyhow::Result<()> {
         Task::BuildEbpf => build_ebpf::run().map(|_| ()),
         Task::Dist => {
             let xvs = build_ebpf::agent(&build_ebpf::run()?)?;
-            println!("xvs (object built in): {}\nimage: docker build -f deploy/Dockerfile -t xvs:0.1.0 .", xvs.display());
+            println!("xvs (object built in): {}\nimage: cargo xtask image", xvs.display());
             Ok(())
         }
+        Task::Image => image::build(&build_ebpf::agent(&build_ebpf::run()?)?).map(drop),
         Task::Test => test::run(),
         Task::Demo => demo::run(),
         Task::Bench => bench::run(),

@@ -13,7 +13,9 @@ use crate::{
 
 /// Debian packages: iproute2/ethtool for attaching and the netns tests; curl and python3 for the
 /// end-to-end HTTP traffic; qemu, busybox, cpio and ipvsadm for the IPVS tests in a VM (this
-/// kernel has no IPVS); iptables and nftables for the kube-proxy baselines of the benchmarks.
+/// kernel has no IPVS); iptables and nftables for the kube-proxy baselines of the benchmarks;
+/// buildah to build the container image offline and podman with runc to run it as the DaemonSet
+/// does (runc: crun refuses this machine's hybrid cgroup layout), kmod for the image's modprobe.
 /// No LLVM: bpf-linker uses the one inside the Rust toolchain.
 const APT_PACKAGES: &[&str] = &[
     "iproute2",
@@ -26,6 +28,10 @@ const APT_PACKAGES: &[&str] = &[
     "ipvsadm",
     "iptables",
     "nftables",
+    "buildah",
+    "podman",
+    "runc",
+    "kmod",
 ];
 
 /// What building the datapath needs, in place.

@@ -106,6 +106,10 @@ fn daemonset_runs_xvs_run_from_kubernetes_with_host_network_mounts_and_least_cap
     // Least privilege: not privileged; exactly the capabilities the agent needs.
     let security = xvs.security_context.as_ref().unwrap_or_else(|| panic!("securityContext"));
     assert_eq!(security.privileged, Some(false));
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    // bpf(2) under a runtime's default seccomp profile needs CAP_SYS_ADMIN (tests/tests/image.rs).
+    assert_eq!(security.seccomp_profile.as_ref().map(|p| p.type_.as_str()), Some("Unconfined"));
     let caps = security.capabilities.as_ref().unwrap_or_else(|| panic!("capabilities"));
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_owned()][..]));
     assert_eq!(caps.add.as_deref(), Some(&["BPF", "NET_ADMIN", "PERFMON", "SYS_MODULE"].map(String::from)[..]));
@@ -133,10 +137,16 @@ fn daemonset_runs_xvs_run_from_kubernetes_with_host_network_mounts_and_least_cap
 }
 
 #[test]
-fn container_build_copies_the_binary_xtask_dist_builds() {
+fn the_dockerfile_is_the_image_xtask_builds_from_scratch_with_the_agent_as_entrypoint() {
     let path = deploy("Dockerfile");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(text.lines().any(|l| l == "COPY target/release/xvs /usr/bin/xvs"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("ENTRYPOINT [\"/usr/bin/xvs\"]")), "{text}");
-    assert!(text.contains("kmod"), "modprobe for the IPVS modules");
+    let steps: Vec<&str> = text.lines().filter(|l| !l.starts_with('#') && !l.starts_with(' ') && !l.is_empty()).collect();
+    assert_eq!(steps.first(), Some(&"FROM scratch"), "no base image to pull: {text}");
+    assert!(steps.contains(&"COPY . /"), "the root filesystem `cargo xtask image` fills: {text}");
+    assert!(steps.iter().any(|l| l.starts_with("ENTRYPOINT [\"/usr/bin/xvs\"]")), "{text}");
+    let version = format!("org.opencontainers.image.version=\"{}\"", env!("CARGO_PKG_VERSION"));
+    assert!(text.contains(&version), "the label names this version: {text}");
+    // The DaemonSet runs the image this version builds.
+    let ds = std::fs::read_to_string(deploy("daemonset.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(ds.contains(&format!("image: xvs:{}", env!("CARGO_PKG_VERSION"))), "{ds}");
 }
