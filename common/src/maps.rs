@@ -6,10 +6,12 @@
 
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 /// Served by the IPVS mirror only: the eBPF datapath passes SCTP to the stack (see README).
 pub const IPPROTO_SCTP: u8 = 132;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// (VIP, port, proto) -> [`ServiceValue`]. Hash map.
 pub const MAP_SERVICES: &str = "XVS_SERVICES";

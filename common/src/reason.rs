@@ -16,7 +16,7 @@ pub enum Reason {
     Fragment = 3,
     /// Passed untouched: an IPv6 extension header xvs does not walk (ESP, AH, ...).
     Ipv6ExtUnsupported = 4,
-    /// Passed untouched: not TCP or UDP (ICMP, SCTP, ...).
+    /// Passed untouched: not TCP or UDP (SCTP, ICMP other than errors about NATed flows, ...).
     NotTcpUdp = 5,
     /// Forwarded: a new flow was scheduled to a backend.
     NewFlow = 6,
@@ -41,9 +41,12 @@ pub enum Reason {
     /// Dropped: a new flow from a client outside the service's source ranges
     /// (`loadBalancerSourceRanges`).
     SourceRangeDenied = 15,
+    /// Rewritten: an ICMP error quoting a NATed flow's packet, translated along the flow (the
+    /// quoted packet, the error's own address and every checksum; see icmp.rs).
+    IcmpErrorNat = 16,
 }
 
-pub const REASON_COUNT: u32 = 16;
+pub const REASON_COUNT: u32 = 17;
 
 impl Reason {
     pub const ALL: [Self; REASON_COUNT as usize] = [
@@ -63,6 +66,7 @@ impl Reason {
         Self::RewriteFailed,
         Self::MhWalkExhausted,
         Self::SourceRangeDenied,
+        Self::IcmpErrorNat,
     ];
 
     /// Stable snake_case name used in metrics and CLI output.
@@ -84,6 +88,7 @@ impl Reason {
             Self::RewriteFailed => "rewrite_failed",
             Self::MhWalkExhausted => "mh_walk_exhausted",
             Self::SourceRangeDenied => "source_range_denied",
+            Self::IcmpErrorNat => "icmp_error_nat",
         }
     }
 

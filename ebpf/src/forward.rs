@@ -1,10 +1,11 @@
 //! The ingress pipeline for client -> service packets: parse, service lookup, connection table,
 //! scheduling of new flows (session affinity first), DNAT, counters. Shared by the XDP program
-//! and the TC ingress program.
+//! and the TC ingress program. ICMP errors about replies branch off to icmp.rs.
 use xvs_common::{Reason, FLOW_FORWARD};
 
 use crate::{
     affinity, clock, conntrack,
+    icmp::{self, Way},
     maglev::Jump,
     nat::{End, Packet},
     parse, ranges, select, service,
@@ -15,7 +16,11 @@ use crate::{
 /// passed on; `Err(reason)`: untouched, to be passed or dropped as `reason.is_drop()` says.
 #[inline(always)]
 pub fn forward<P: Packet + Jump>(packet: &P) -> Result<Reason, Reason> {
-    let meta = parse::parse(packet.frame())?;
+    let ip = parse::parse_ip(packet.frame())?;
+    if icmp::is_icmp(&ip) {
+        return icmp::translate(packet, &ip, Way::ToService);
+    }
+    let meta = parse::parse_l4(packet.frame(), ip)?;
     let svc = service::lookup(&meta).ok_or(Reason::NotService)?;
     // SAFETY: `svc` points at a live map value; copied so the cursor update stays in select.
     let value = unsafe { *svc };

@@ -11,6 +11,7 @@ mod clock;
 mod conntrack;
 mod csum;
 mod forward;
+mod icmp;
 mod maglev;
 mod maps;
 mod nat;

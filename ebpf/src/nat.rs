@@ -18,7 +18,7 @@ pub enum End {
 impl End {
     /// Offset of this end's address in the IP header.
     #[inline(always)]
-    const fn addr_off(self, meta: &PacketMeta) -> usize {
+    pub const fn addr_off(self, meta: &PacketMeta) -> usize {
         meta.l3_off
             + match (self, meta.is_v6()) {
                 (Self::Source, false) => 12,
@@ -29,12 +29,12 @@ impl End {
     }
 
     #[inline(always)]
-    const fn port_off(self, meta: &PacketMeta) -> usize {
+    pub const fn port_off(self, meta: &PacketMeta) -> usize {
         meta.l4_off + if matches!(self, Self::Source) { 0 } else { 2 }
     }
 
     #[inline(always)]
-    const fn current(self, meta: &PacketMeta) -> (&[u32; 4], u16) {
+    pub const fn current(self, meta: &PacketMeta) -> (&[u32; 4], u16) {
         match self {
             Self::Source => (&meta.saddr, meta.sport),
             Self::Destination => (&meta.daddr, meta.dport),

@@ -1,5 +1,6 @@
 //! Parses a frame once (Ethernet, up to two VLAN tags, IPv4 with options or IPv6 with up to
 //! eight extension headers, TCP/UDP) into a `PacketMeta` holding the offsets later stages use.
+//! In two stages, IP then L4, so that ICMP errors can branch off to icmp.rs in between.
 //!
 //! Only consistent datagrams are ours: every length the headers state (IP total/payload
 //! length, TCP data offset, UDP length) must agree with each other and fit in the frame, so a
@@ -8,7 +9,7 @@
 //! addressed to the VIP at all, and their L4 checksum covers the final destination: untouched.
 use core::mem::size_of;
 
-use xvs_common::{addr_v4, addr_v6, Reason, AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP};
+use xvs_common::{addr_v4, addr_v6, Reason, AF_INET, AF_INET6, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -101,8 +102,10 @@ fn load_be16(data: usize, data_end: usize, off: usize) -> Result<u16, Reason> {
     load::<u16>(data, data_end, off).map(u16::from_be)
 }
 
+/// Parses Ethernet and IP: `meta` with the L4 protocol and offset, ports unset. ICMP and
+/// ICMPv6 come out of here too (icmp.rs translates errors about NATed flows).
 #[inline(always)]
-pub fn parse(frame: Frame) -> Result<PacketMeta, Reason> {
+pub fn parse_ip(frame: Frame) -> Result<PacketMeta, Reason> {
     let Frame { data, data_end, len } = frame;
     let mut l3_off = ETH_HLEN;
     let mut ethertype = load_be16(data, data_end, 12)?;
@@ -113,11 +116,17 @@ pub fn parse(frame: Frame) -> Result<PacketMeta, Reason> {
         ethertype = load_be16(data, data_end, l3_off + 2)?;
         l3_off += VLAN_HLEN;
     }
-    let mut meta = match ethertype {
-        ETH_P_IP => parse_ipv4(data, data_end, len, l3_off)?,
-        ETH_P_IPV6 => parse_ipv6(data, data_end, len, l3_off)?,
-        _ => return Err(Reason::NotIp),
-    };
+    match ethertype {
+        ETH_P_IP => parse_ipv4(data, data_end, len, l3_off),
+        ETH_P_IPV6 => parse_ipv6(data, data_end, len, l3_off),
+        _ => Err(Reason::NotIp),
+    }
+}
+
+/// The TCP/UDP header of a packet `parse_ip` read: ports and flags, lengths checked.
+#[inline(always)]
+pub fn parse_l4(frame: Frame, mut meta: PacketMeta) -> Result<PacketMeta, Reason> {
+    let Frame { data, data_end, .. } = frame;
     // The whole L4 header must be there, inside the datagram: NAT writes the checksum field in
     // it. `l4_len` is what the IP header says follows it.
     let l4_len = (meta.l3_off + meta.l3_len as usize).checked_sub(meta.l4_off).ok_or(Reason::Malformed)?;
@@ -143,6 +152,65 @@ pub fn parse(frame: Frame) -> Result<PacketMeta, Reason> {
         }
         _ => return Err(Reason::NotTcpUdp),
     };
+    meta.sport = ports[0];
+    meta.dport = ports[1];
+    Ok(meta)
+}
+
+/// The packet an ICMP error quotes, starting at `off` and cut at `end` (the error's own
+/// datagram end): its IP header (of the error's family) and the first 8 bytes of its TCP/UDP
+/// header, ports included, must be there; the rest is usually cut off, so its stated lengths
+/// mean nothing here. A quoted fragment past the first has no ports: not ours.
+#[inline(always)]
+pub fn parse_quoted(frame: Frame, off: usize, end: usize, v6: bool) -> Result<PacketMeta, Reason> {
+    let Frame { data, data_end, .. } = frame;
+    let mut meta = if v6 {
+        let ip: Ipv6Fixed = load(data, data_end, off)?;
+        if ip.version_class_flow[0] >> 4 != 6 {
+            return Err(Reason::Malformed);
+        }
+        // Extension headers in a quoted packet are not walked: nothing NATed by xvs has them.
+        PacketMeta {
+            l3_off: off,
+            l4_off: off + IPV6_HLEN,
+            family: AF_INET6,
+            proto: ip.next_header,
+            saddr: addr_v6(ip.saddr),
+            daddr: addr_v6(ip.daddr),
+            sport: 0,
+            dport: 0,
+            tcp_flags: 0,
+            l3_len: 0,
+        }
+    } else {
+        let ip: Ipv4Fixed = load(data, data_end, off)?;
+        let hlen = usize::from(ip.version_ihl & 0x0f) * 4;
+        if ip.version_ihl >> 4 != 4 || hlen < IPV4_MIN_HLEN {
+            return Err(Reason::Malformed);
+        }
+        if u16::from_be_bytes(ip.frag_off) & 0x1FFF != 0 {
+            return Err(Reason::Fragment);
+        }
+        PacketMeta {
+            l3_off: off,
+            l4_off: off + hlen,
+            family: AF_INET,
+            proto: ip.proto,
+            saddr: addr_v4(ip.saddr),
+            daddr: addr_v4(ip.daddr),
+            sport: 0,
+            dport: 0,
+            tcp_flags: 0,
+            l3_len: 0,
+        }
+    };
+    if meta.proto != IPPROTO_TCP && meta.proto != IPPROTO_UDP {
+        return Err(Reason::NotTcpUdp);
+    }
+    if meta.l4_off + UDP_HLEN > end {
+        return Err(Reason::Malformed);
+    }
+    let ports: [u16; 2] = load(data, data_end, meta.l4_off)?;
     meta.sport = ports[0];
     meta.dport = ports[1];
     Ok(meta)
@@ -245,8 +313,8 @@ fn parse_ipv6(data: usize, data_end: usize, len: usize, l3_off: usize) -> Result
             return Err(Reason::Ipv6ExtUnsupported);
         }
         IPV6_FRAGMENT => return Err(Reason::Fragment),
-        IPPROTO_TCP | IPPROTO_UDP => {}
-        // ICMPv6, no-next-header, SCTP, ...: not ours to touch.
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6 => {}
+        // No-next-header, SCTP, ...: not ours to touch.
         _ => return Err(Reason::NotTcpUdp),
     }
     if off > l3_off + IPV6_HLEN + payload_len {

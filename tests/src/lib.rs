@@ -247,8 +247,12 @@ pub fn xdp(dp: &mut Dataplane, input: &[u8]) -> Run {
 
 /// Runs the TC egress (reply) program once.
 pub fn tc_egress(dp: &mut Dataplane, input: &[u8]) -> Run {
+    try_tc_egress(dp, input).unwrap_or_else(|e| panic!("tc test run: {e}"))
+}
+
+pub fn try_tc_egress(dp: &mut Dataplane, input: &[u8]) -> Result<Run, aya::programs::ProgramError> {
     let prog = dp.tc(PROG_TC_EGRESS).unwrap_or_else(|e| panic!("{e}"));
-    run(prog, input).unwrap_or_else(|e| panic!("tc test run: {e}"))
+    run(prog, input)
 }
 
 /// Runs the TC ingress (forward) program once.
