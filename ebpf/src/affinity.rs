@@ -13,6 +13,10 @@ fn key_of(svc: &ServiceValue, meta: &PacketMeta) -> AffinityKey {
 /// The backend this client is bound to, if the binding holds and the backend takes new flows.
 #[inline(always)]
 pub fn find(svc: &ServiceValue, meta: &PacketMeta, now: u32) -> Option<(u32, Backend)> {
+    // Most services have no affinity: no lookup for them.
+    if svc.affinity_timeout == 0 {
+        return None;
+    }
     // SAFETY: the value is copied out at once.
     let entry = unsafe { XVS_AFFINITY.get(&key_of(svc, meta)) }.copied()?;
     if !affinity_holds(svc.affinity_timeout, entry.last_seen, now) {

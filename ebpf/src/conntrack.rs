@@ -22,11 +22,20 @@ pub fn key_of(meta: &PacketMeta) -> FlowKey {
     }
 }
 
+/// The entry of `key` if it is of `kind`, in place: an established packet reads and stamps it
+/// through this one lookup.
+#[inline(always)]
+pub fn lookup_in_place(key: &FlowKey, kind: u8) -> Option<*mut FlowEntry> {
+    let entry = XVS_CONNTRACK.get_ptr_mut(key)?;
+    // SAFETY: a live map value for the rest of this program run.
+    (unsafe { (*entry).kind } == kind).then_some(entry)
+}
+
+/// A copy of the entry of `key` if it is of `kind`.
 #[inline(always)]
 pub fn lookup(key: &FlowKey, kind: u8) -> Option<FlowEntry> {
-    // SAFETY: plain lookup; the value is copied out before anything else touches the map.
-    let entry = unsafe { XVS_CONNTRACK.get(key) }.copied()?;
-    (entry.kind == kind).then_some(entry)
+    // SAFETY: as above; copied out before anything else touches the map.
+    lookup_in_place(key, kind).map(|entry| unsafe { *entry })
 }
 
 /// The state a client packet moves its flow to.
@@ -45,20 +54,18 @@ pub fn alive(entry: &FlowEntry, meta: &PacketMeta, now: u32) -> bool {
     !reopened && !expired(state, entry.last_seen, now)
 }
 
-/// Stamps a client packet on its established flow. Written only when something changed, so a
-/// busy flow costs one write per second, not one per packet.
+/// Stamps a client packet on its established flow's entry (from `lookup_in_place`). Written
+/// only when something changed, so a busy flow costs one write per second, not one per packet.
 #[inline(always)]
-pub fn touch(key: &FlowKey, meta: &PacketMeta, now: u32) {
-    if let Some(entry) = XVS_CONNTRACK.get_ptr_mut(key) {
-        // SAFETY: live map value; racing CPUs write equivalent values.
-        let entry = unsafe { &mut *entry };
-        let state = next_state(entry.state, meta) as u8;
-        if entry.state != state {
-            entry.state = state;
-        }
-        if entry.last_seen != now {
-            entry.last_seen = now;
-        }
+pub fn touch(entry: *mut FlowEntry, meta: &PacketMeta, now: u32) {
+    // SAFETY: a live map value (see `lookup_in_place`); racing CPUs write equivalent values.
+    let entry = unsafe { &mut *entry };
+    let state = next_state(entry.state, meta) as u8;
+    if entry.state != state {
+        entry.state = state;
+    }
+    if entry.last_seen != now {
+        entry.last_seen = now;
     }
 }
 

@@ -28,19 +28,22 @@ pub fn forward<P: Packet + Jump>(packet: &P) -> Result<Reason, Reason> {
     let key = conntrack::key_of(&meta);
     let now = clock::now_secs();
 
-    let existing = conntrack::lookup(&key, FLOW_FORWARD);
+    // One lookup serves an established packet: read in place, stamped through the same pointer.
+    let existing = conntrack::lookup_in_place(&key, FLOW_FORWARD);
     // A flow keeps its backend while it is alive and the backend still serves this service
     // (draining or not: established flows finish where they started).
-    let pinned = existing.and_then(|entry| {
+    let pinned = existing.and_then(|in_place| {
+        // SAFETY: a live map value for this program run; copied so the checks read one version.
+        let entry = unsafe { *in_place };
         if !conntrack::alive(&entry, &meta, now) {
             return None;
         }
         let backend = service::backend(entry.backend_id)?;
-        (entry.svc_id == svc_id && backend.svc_id == svc_id).then_some((entry.backend_id, backend))
+        (entry.svc_id == svc_id && backend.svc_id == svc_id).then_some((entry.backend_id, backend, in_place))
     });
     let (outcome, backend_id, backend) = match pinned {
-        Some((id, backend)) => {
-            conntrack::touch(&key, &meta, now);
+        Some((id, backend, in_place)) => {
+            conntrack::touch(in_place, &meta, now);
             (Reason::Established, id, backend)
         }
         None => {

@@ -10,6 +10,7 @@ mod affinity;
 mod clock;
 mod conntrack;
 mod csum;
+mod floor;
 mod forward;
 mod icmp;
 mod maglev;
@@ -72,6 +73,20 @@ pub fn xvs_tc_mh_walk(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn xvs_tc_egress(ctx: TcContext) -> i32 {
     if settle(reply::reverse_nat(&ctx)) { TC_ACT_SHOT } else { TC_ACT_OK }
+}
+
+/// The bench's floor for an established packet (floor.rs); the agent never attaches it.
+#[xdp]
+pub fn xvs_floor_flow_hit(ctx: XdpContext) -> u32 {
+    core::hint::black_box(floor::flow_hit(&ctx));
+    xdp_action::XDP_PASS
+}
+
+/// The bench's floor for a new flow (floor.rs); the agent never attaches it.
+#[xdp]
+pub fn xvs_floor_flow_insert(ctx: XdpContext) -> u32 {
+    core::hint::black_box(floor::flow_insert(&ctx));
+    xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

@@ -245,6 +245,12 @@ pub fn xdp(dp: &mut Dataplane, input: &[u8]) -> Run {
     try_xdp(dp, input).unwrap_or_else(|e| panic!("xdp test run: {e}"))
 }
 
+/// Runs one of the bench's structural floor programs once.
+pub fn floor(dp: &mut Dataplane, name: &'static str, input: &[u8]) -> Run {
+    let prog = dp.floor(name).unwrap_or_else(|e| panic!("{}", xvs::error_chain(&e)));
+    run(prog, input).unwrap_or_else(|e| panic!("floor test run: {e}"))
+}
+
 /// Runs the TC egress (reply) program once.
 pub fn tc_egress(dp: &mut Dataplane, input: &[u8]) -> Run {
     try_tc_egress(dp, input).unwrap_or_else(|e| panic!("tc test run: {e}"))

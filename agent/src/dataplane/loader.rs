@@ -18,6 +18,10 @@ use super::{capacity::Capacity, error::DataplaneError, maps::Maps, pin::map_pin}
 pub const PROG_XDP: &str = "xvs_xdp_ingress";
 pub const PROG_TC_INGRESS: &str = "xvs_tc_ingress";
 pub const PROG_TC_EGRESS: &str = "xvs_tc_egress";
+/// The bench's structural floors (ebpf/src/floor.rs), never attached: parse + one flow hit,
+/// and parse + a flow miss + the two inserts.
+pub const PROG_FLOOR_FLOW_HIT: &str = "xvs_floor_flow_hit";
+pub const PROG_FLOOR_FLOW_INSERT: &str = "xvs_floor_flow_insert";
 /// mh's walkers (ebpf/src/maglev.rs), reached from the ingress programs through their jump
 /// tables, which `xdp()` and `tc()` fill when they load an ingress program.
 const PROG_XDP_MH_WALK: &str = "xvs_xdp_mh_walk";
@@ -163,6 +167,11 @@ impl Dataplane {
             self.jumps_filled.0 = true;
         }
         self.program::<Xdp>(PROG_XDP)
+    }
+
+    /// A structural floor program (`PROG_FLOOR_*`), loaded, for the bench to run.
+    pub fn floor(&mut self, name: &'static str) -> Result<&mut Xdp, DataplaneError> {
+        self.program::<Xdp>(name)
     }
 
     /// A TC program (`PROG_TC_INGRESS` or `PROG_TC_EGRESS`), loaded into the kernel (the

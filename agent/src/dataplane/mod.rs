@@ -19,7 +19,7 @@ pub use addr::{from_map_addr, to_map_addr};
 pub use attachment::{Attachment, Ingress};
 pub use capacity::Capacity;
 pub use error::{is_missing, DataplaneError};
-pub use loader::{Dataplane, ObjectSource, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP};
+pub use loader::{Dataplane, ObjectSource, PROG_FLOOR_FLOW_HIT, PROG_FLOOR_FLOW_INSERT, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP};
 pub use link_events::LinkEvents;
 pub use lock::{Holder, PinLock};
 pub use tc_netlink::{detach_tc_filters, TcLinks};

@@ -3,7 +3,7 @@
 //! on a packet of its own: a repeated run would re-read the packet the previous run rewrote.
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use xvs::dataplane::{Capacity, Dataplane, ObjectSource};
+use xvs::dataplane::{Capacity, Dataplane, ObjectSource, PROG_FLOOR_FLOW_HIT, PROG_FLOOR_FLOW_INSERT};
 use xvs_common::{Scheduler, IPPROTO_TCP};
 
 use super::floor::EmptyXdp;
@@ -61,6 +61,12 @@ fn install(dp: &mut Dataplane, svc: u32, vip: &str, scheduler: Scheduler, v6: bo
     b.iter().map(|(_, a, _)| a.parse().unwrap_or_else(|e| panic!("{a}: {e}"))).collect()
 }
 
+/// Names of the structural floor figures (the bench's report compares against them).
+pub const FLOOR_INSERT: &str = "structural floor: parse + flow miss + two inserts";
+pub const FLOOR_HIT: &str = "structural floor: parse + one flow hit";
+pub const NEW_FLOW: &str = "new TCP flow (rr: schedule, conntrack insert, DNAT)";
+pub const ESTABLISHED: &str = "established flow (conntrack hit, DNAT)";
+
 /// The per-packet figures of one address family: pass, new flow, established, reply.
 pub fn family(floor: &EmptyXdp, v6: bool) -> Vec<Figure> {
     let fam = if v6 { "IPv6" } else { "IPv4" };
@@ -89,11 +95,18 @@ pub fn family(floor: &EmptyXdp, v6: bool) -> Vec<Figure> {
             ns(&tc_egress(&mut dp, &Pkt::new(L4::TcpAck, &backend.to_string(), &client(i, v6).to_string()).bytes()))
         })
         .collect();
+    // The structural floors, on a datapath of their own: the same packets, new then established.
+    let mut bare = fresh(Capacity::default());
+    let insert_floor: Vec<u32> = (0..N).map(|i| ns(&crate::floor(&mut bare, PROG_FLOOR_FLOW_INSERT, &syn(i).bytes()))).collect();
+    let hit_floor: Vec<u32> = (0..N).map(|i| ns(&crate::floor(&mut bare, PROG_FLOOR_FLOW_HIT, &Pkt::new(L4::TcpAck, &client(i, v6).to_string(), vip).bytes()))).collect();
+    assert_eq!(bare.maps.conntrack.keys().count(), 2 * N, "the insert floor made every flow");
     vec![
         summarize(format!("empty XDP program (floor), {fam}"), floor_ns),
+        summarize(format!("{FLOOR_INSERT}, {fam}"), insert_floor),
+        summarize(format!("{FLOOR_HIT}, {fam}"), hit_floor),
         summarize(format!("not a service: pass, {fam}"), pass),
-        summarize(format!("new TCP flow (rr: schedule, conntrack insert, DNAT), {fam}"), new),
-        summarize(format!("established flow (conntrack hit, DNAT), {fam}"), est),
+        summarize(format!("{NEW_FLOW}, {fam}"), new),
+        summarize(format!("{ESTABLISHED}, {fam}"), est),
         summarize(format!("reply reverse NAT (TC egress), {fam}"), reply),
     ]
 }

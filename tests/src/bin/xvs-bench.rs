@@ -52,6 +52,7 @@ fn main() {
     for f in &figures {
         let _ = writeln!(report, "| {} | {:.0} | {:.0} | {:.2} |", f.name, f.median_ns, f.p90_ns, f.median_ns / floor_ns);
     }
+    report.push_str(&structural(&figures));
     print!("{report}");
 
     println!("\n== scaling: 10 backends per service; hot = packets to 100 services, spread = to every service");
@@ -270,4 +271,17 @@ fn memory() -> String {
     let _ = writeln!(s, "\nRatio 10000 / 1 services: RSS {:.2}x, peak {:.2}x (BPF map memory is kernel memory, not in the agent's RSS).", big_rss as f64 / one_rss.max(1) as f64, big_hwm as f64 / one_hwm.max(1) as f64);
     print!("{s}");
     s
+}
+
+/// xvs against the structural floors of the same family (targets: new flow <= 1.1x the insert
+/// floor, established <= 1.15x the hit floor).
+fn structural(figures: &[datapath::Figure]) -> String {
+    let median = |name: String| figures.iter().find(|f| f.name == name).map(|f| f.median_ns).unwrap_or_else(|| panic!("no figure {name}"));
+    let mut out = String::from("\nAgainst the structural floors (the same parser and connection table doing only what any NAT load balancer must):\n\n| family | new flow x insert floor (target <= 1.10) | established x hit floor (target <= 1.15) |\n|---|---:|---:|\n");
+    for fam in ["IPv4", "IPv6"] {
+        let new = median(format!("{}, {fam}", datapath::NEW_FLOW)) / median(format!("{}, {fam}", datapath::FLOOR_INSERT));
+        let est = median(format!("{}, {fam}", datapath::ESTABLISHED)) / median(format!("{}, {fam}", datapath::FLOOR_HIT));
+        let _ = writeln!(out, "| {fam} | {new:.2} | {est:.2} |");
+    }
+    out
 }
