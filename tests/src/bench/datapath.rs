@@ -76,18 +76,30 @@ pub fn family(floor: &EmptyXdp, v6: bool) -> Vec<Figure> {
     install(&mut dp, 1, vip, Scheduler::RoundRobin, v6);
     let syn = |i| Pkt::new(L4::TcpSyn, &client(i, v6).to_string(), vip);
 
-    let floor_ns: Vec<u32> = (0..N).map(|i| floor.run(&syn(i).bytes()).unwrap_or_else(|e| panic!("floor: {e}"))).collect();
-    let pass: Vec<u32> = (0..N).map(|i| ns(&xdp(&mut dp, &Pkt::new(L4::TcpSyn, &client(i, v6).to_string(), other).bytes()))).collect();
-    let mut new = Vec::with_capacity(N);
-    let mut backend_of = Vec::with_capacity(N);
+    let ack = |i| Pkt::new(L4::TcpAck, &client(i, v6).to_string(), vip);
+    // Each figure and its floor are measured packet by packet in turn, so a machine that slows
+    // down or speeds up during the run moves both alike and their ratio holds. The structural
+    // floors run on a datapath of their own, on the same packets.
+    let mut bare = fresh(Capacity::default());
+    let (mut floor_ns, mut pass) = (Vec::with_capacity(N), Vec::with_capacity(N));
     for i in 0..N {
-        let pkt = syn(i);
-        let run = xdp(&mut dp, &pkt.bytes());
+        floor_ns.push(floor.run(&syn(i).bytes()).unwrap_or_else(|e| panic!("floor: {e}")));
+        pass.push(ns(&xdp(&mut dp, &Pkt::new(L4::TcpSyn, &client(i, v6).to_string(), other).bytes())));
+    }
+    let (mut insert_floor, mut new, mut backend_of) = (Vec::with_capacity(N), Vec::with_capacity(N), Vec::with_capacity(N));
+    for i in 0..N {
+        insert_floor.push(ns(&crate::floor(&mut bare, PROG_FLOOR_FLOW_INSERT, &syn(i).bytes())));
+        let run = xdp(&mut dp, &syn(i).bytes());
         assert_eq!(run.verdict, XDP_PASS);
         new.push(ns(&run));
         backend_of.push(run.out);
     }
-    let est: Vec<u32> = (0..N).map(|i| ns(&xdp(&mut dp, &Pkt::new(L4::TcpAck, &client(i, v6).to_string(), vip).bytes()))).collect();
+    let (mut hit_floor, mut est) = (Vec::with_capacity(N), Vec::with_capacity(N));
+    for i in 0..N {
+        hit_floor.push(ns(&crate::floor(&mut bare, PROG_FLOOR_FLOW_HIT, &ack(i).bytes())));
+        est.push(ns(&xdp(&mut dp, &ack(i).bytes())));
+    }
+    assert_eq!(bare.maps.conntrack.keys().count(), 2 * N, "the insert floor made every flow");
     // The reply of flow i comes from the backend its SYN was sent to (read from the rewritten packet).
     let reply: Vec<u32> = (0..N)
         .map(|i| {
@@ -95,11 +107,6 @@ pub fn family(floor: &EmptyXdp, v6: bool) -> Vec<Figure> {
             ns(&tc_egress(&mut dp, &Pkt::new(L4::TcpAck, &backend.to_string(), &client(i, v6).to_string()).bytes()))
         })
         .collect();
-    // The structural floors, on a datapath of their own: the same packets, new then established.
-    let mut bare = fresh(Capacity::default());
-    let insert_floor: Vec<u32> = (0..N).map(|i| ns(&crate::floor(&mut bare, PROG_FLOOR_FLOW_INSERT, &syn(i).bytes()))).collect();
-    let hit_floor: Vec<u32> = (0..N).map(|i| ns(&crate::floor(&mut bare, PROG_FLOOR_FLOW_HIT, &Pkt::new(L4::TcpAck, &client(i, v6).to_string(), vip).bytes()))).collect();
-    assert_eq!(bare.maps.conntrack.keys().count(), 2 * N, "the insert floor made every flow");
     vec![
         summarize(format!("empty XDP program (floor), {fam}"), floor_ns),
         summarize(format!("{FLOOR_INSERT}, {fam}"), insert_floor),
