@@ -25,6 +25,8 @@ const TCP_MIN_HLEN: usize = 20;
 const UDP_HLEN: usize = 8;
 /// IPv4 `frag_off` bits that mark any fragment: More Fragments or a non-zero offset.
 const IPV4_FRAG_MASK: u16 = 0x3FFF;
+/// Its fragment offset alone: a first fragment (offset 0) still starts with the L4 header.
+const IPV4_FRAG_OFFSET_MASK: u16 = 0x1FFF;
 const IPV6_HOPOPTS: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
@@ -63,6 +65,12 @@ pub struct PacketMeta {
 }
 
 impl PacketMeta {
+    /// What the IP header says; ports and flags are filled by the L4 stage.
+    #[inline(always)]
+    const fn ip(l3_off: usize, l4_off: usize, family: u8, proto: u8, addrs: ([u32; 4], [u32; 4]), l3_len: u32) -> Self {
+        Self { l3_off, l4_off, family, proto, saddr: addrs.0, daddr: addrs.1, sport: 0, dport: 0, tcp_flags: 0, l3_len }
+    }
+
     pub const fn is_v6(&self) -> bool {
         self.family == AF_INET6
     }
@@ -170,39 +178,17 @@ pub fn parse_quoted(frame: Frame, off: usize, end: usize, v6: bool) -> Result<Pa
             return Err(Reason::Malformed);
         }
         // Extension headers in a quoted packet are not walked: nothing NATed by xvs has them.
-        PacketMeta {
-            l3_off: off,
-            l4_off: off + IPV6_HLEN,
-            family: AF_INET6,
-            proto: ip.next_header,
-            saddr: addr_v6(ip.saddr),
-            daddr: addr_v6(ip.daddr),
-            sport: 0,
-            dport: 0,
-            tcp_flags: 0,
-            l3_len: 0,
-        }
+        PacketMeta::ip(off, off + IPV6_HLEN, AF_INET6, ip.next_header, (addr_v6(ip.saddr), addr_v6(ip.daddr)), 0)
     } else {
         let ip: Ipv4Fixed = load(data, data_end, off)?;
         let hlen = usize::from(ip.version_ihl & 0x0f) * 4;
         if ip.version_ihl >> 4 != 4 || hlen < IPV4_MIN_HLEN {
             return Err(Reason::Malformed);
         }
-        if u16::from_be_bytes(ip.frag_off) & 0x1FFF != 0 {
+        if u16::from_be_bytes(ip.frag_off) & IPV4_FRAG_OFFSET_MASK != 0 {
             return Err(Reason::Fragment);
         }
-        PacketMeta {
-            l3_off: off,
-            l4_off: off + hlen,
-            family: AF_INET,
-            proto: ip.proto,
-            saddr: addr_v4(ip.saddr),
-            daddr: addr_v4(ip.daddr),
-            sport: 0,
-            dport: 0,
-            tcp_flags: 0,
-            l3_len: 0,
-        }
+        PacketMeta::ip(off, off + hlen, AF_INET, ip.proto, (addr_v4(ip.saddr), addr_v4(ip.daddr)), 0)
     };
     if meta.proto != IPPROTO_TCP && meta.proto != IPPROTO_UDP {
         return Err(Reason::NotTcpUdp);
@@ -269,18 +255,7 @@ fn parse_ipv4(data: usize, data_end: usize, len: usize, l3_off: usize) -> Result
     if hlen > IPV4_MIN_HLEN && source_routed_v4(data, data_end, l3_off + IPV4_MIN_HLEN, l3_off + hlen)? {
         return Err(Reason::NotService);
     }
-    Ok(PacketMeta {
-        l3_off,
-        l4_off: l3_off + hlen,
-        family: AF_INET,
-        proto: ip.proto,
-        saddr: addr_v4(ip.saddr),
-        daddr: addr_v4(ip.daddr),
-        sport: 0,
-        dport: 0,
-        tcp_flags: 0,
-        l3_len: total_len as u32,
-    })
+    Ok(PacketMeta::ip(l3_off, l3_off + hlen, AF_INET, ip.proto, (addr_v4(ip.saddr), addr_v4(ip.daddr)), total_len as u32))
 }
 
 #[inline(always)]
@@ -320,18 +295,7 @@ fn parse_ipv6(data: usize, data_end: usize, len: usize, l3_off: usize) -> Result
     if off > l3_off + IPV6_HLEN + payload_len {
         return Err(Reason::Malformed);
     }
-    Ok(PacketMeta {
-        l3_off,
-        l4_off: off,
-        family: AF_INET6,
-        proto: next,
-        saddr: addr_v6(ip.saddr),
-        daddr: addr_v6(ip.daddr),
-        sport: 0,
-        dport: 0,
-        tcp_flags: 0,
-        l3_len: (payload_len + IPV6_HLEN) as u32,
-    })
+    Ok(PacketMeta::ip(l3_off, off, AF_INET6, next, (addr_v6(ip.saddr), addr_v6(ip.daddr)), (payload_len + IPV6_HLEN) as u32))
 }
 
 /// The length an IP header states for what starts at `from`, checked against the frame's:
