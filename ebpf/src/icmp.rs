@@ -16,7 +16,7 @@
 //! message (and, for ICMPv6, its pseudo-header's address), and the error's IPv4 header's.
 //! With every checksum field compensating its own change the packet's whole sum is unchanged,
 //! so a TC skb's CHECKSUM_COMPLETE sum stays valid too.
-use xvs_common::{csum, FlowKey, Reason, FLOW_FORWARD, FLOW_REPLY, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP};
+use xvs_common::{csum, Reason, FLOW_FORWARD, FLOW_REPLY, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP};
 
 use crate::{
     conntrack,
@@ -67,15 +67,7 @@ pub fn translate<P: Packet>(packet: &P, outer: &PacketMeta, way: Way) -> Result<
     let end = outer.l3_off + outer.l3_len as usize;
     let quote = parse::parse_quoted(frame, outer.l4_off + ICMP_HLEN, end, v6)?;
     // The flow's entry, keyed as the packet going the other way was.
-    let key = FlowKey {
-        saddr: quote.daddr,
-        daddr: quote.saddr,
-        sport: quote.dport,
-        dport: quote.sport,
-        proto: quote.proto,
-        family: quote.family,
-        _pad: [0; 2],
-    };
+    let key = conntrack::key_of(&quote).reply_of(quote.daddr, quote.dport);
     let (kind, quoted_end, own_end, dir) = match way {
         Way::ToService => (FLOW_FORWARD, End::Source, End::Destination, Direction::In { new_conn: false }),
         Way::ToClient => (FLOW_REPLY, End::Destination, End::Source, Direction::Out),
@@ -158,9 +150,7 @@ fn rewrite(
             icmp_check = csum::replace_addr_port(icmp_check, &old_addr, &new_addr, 0, 0, true);
             put(data, data_end, own_end.addr_off(outer), new_addr)?;
         } else {
-            let off = outer.l3_off + 10;
-            let old: u16 = get(data, data_end, off)?;
-            put(data, data_end, off, csum::replace(old, &csum::split(old_addr[0]), &csum::split(new_addr[0])))?;
+            crate::csum::xdp_fix_ipv4_header(data, data_end, outer, old_addr[0], new_addr[0])?;
             put(data, data_end, own_end.addr_off(outer), new_addr[0])?;
         }
     }
