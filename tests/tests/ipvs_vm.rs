@@ -629,6 +629,18 @@ fn without_conns(listing: &str) -> String {
     listing.lines().map(|l| if l.starts_with("  -> ") { l.split_whitespace().take(5).collect::<Vec<_>>().join(" ") } else { l.to_owned() }).collect::<Vec<_>>().join("\n")
 }
 
+/// Waits until the agent logging to `log` says `said`: the eBPF datapath's programs are verified
+/// first (whether they then attach or not), which takes a while under emulation, and longer as
+/// the programs grow. With `fail_on_error`, an error in the log ends the wait at once.
+fn wait_for_agent(log: &str, said: &str, fail_on_error: bool) {
+    let text = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while !text().contains(said) {
+        assert!(std::time::Instant::now() < deadline && !(fail_on_error && text().contains("error")), "the agent never said {said:?}:\n{}", text());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Debian 12's kernel (6.1, no TCX): the eBPF datapath (XDP in, TC egress through netlink
 /// filters) serves the traffic while the IPVS mirror holds the same table; verify checks both.
 #[test]
@@ -643,12 +655,7 @@ fn both_dataplanes_on_6_1_the_ebpf_datapath_serves_and_ipvs_mirrors_it() {
     let agent = Agent::start_with(&["--dataplane", "both", "--config", config, "--iface", "n0", "--pin-dir", pin], log.into());
     backends_answer();
     let said = || std::fs::read_to_string("/tmp/both.log").unwrap_or_default();
-    // Verifying the programs takes a while under emulation.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
-    while !said().contains("running") {
-        assert!(std::time::Instant::now() < deadline && !said().contains("error"), "the agent did not start:\n{}", said());
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_for_agent("/tmp/both.log", "running", true);
     assert!(said().contains("netlink filters (no TCX in this kernel)"), "{}", said());
     assert!(!said().contains("serving with kernel IPVS only"), "{}", said());
     // Before any traffic the two listings are the same, byte for byte, but for the title's
@@ -683,6 +690,7 @@ fn auto_mode_serves_with_ipvs_alone_when_the_ebpf_datapath_cannot_attach() {
     write(config, "[[service]]\nvip = \"10.96.0.20\"\nport = 80\nbackends = [{ endpoint = \"10.0.11.2:8080\" }]\n");
     let log = std::fs::File::create("/tmp/auto.log").unwrap_or_else(|e| panic!("{e}"));
     let agent = Agent::start_with(&["--config", config, "--iface", "nosuch0", "--pin-dir", "/sys/fs/bpf/xvs-auto"], log.into());
+    wait_for_agent("/tmp/auto.log", "serving with kernel IPVS only", false);
     eventually("IPVS programmed", || c.services().is_ok_and(|s| s.iter().any(|x| x.port == 80 && x.addr == ip("10.96.0.20"))));
     agent.stop();
     let text = std::fs::read_to_string("/tmp/auto.log").unwrap_or_default();
