@@ -12,6 +12,7 @@ pub mod maglev;
 pub mod maps;
 pub mod reason;
 pub mod sched;
+pub mod snat;
 
 pub use maps::*;
 pub use reason::Reason;

@@ -28,10 +28,15 @@ pub const MH_SLOT_FALLBACK_SHIFT: u32 = 16;
 /// Hops one run of the walker program takes (it then jumps to itself to go on): 16 runs and
 /// the jump back stay within the kernel's 33 tail calls.
 pub const MH_WALK_CHUNK: u32 = 256;
-/// Entries of the jump tables (`XVS_XDP_JUMP`, `XVS_TC_JUMP`): the walker, and the program
-/// that started the walk (run again, it takes the walk's result).
+/// Entries of the jump tables (`XVS_XDP_JUMP`, `XVS_TC_JUMP`): the walker, the program
+/// that started the walk (run again, it takes the walk's result), and the ingress half of
+/// masquerading (replies to a masquerade address, see ebpf/src/snat.rs), kept out of the
+/// ingress program whose verification is at the kernel's limit.
 pub const JUMP_MH_WALK: u32 = 0;
 pub const JUMP_INGRESS: u32 = 1;
+pub const JUMP_UNMASQ: u32 = 2;
+/// Entries of each jump table.
+pub const JUMP_ENTRIES: u32 = 3;
 
 /// A walk beyond the datapath's inline hops, handed to the walker program through a per-CPU
 /// entry (one for XDP, one for TC): the walk runs to the kernel's full length there, and the

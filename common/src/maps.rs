@@ -52,8 +52,17 @@ pub const MAP_STAMP: &str = "XVS_STAMP";
 /// 2: Backend.last_weight; mh slots carry their fallback in the high 16 bits.
 pub const ABI_VERSION: u64 = 2;
 
+/// 0 -> [`NatConfig`]: how new flows are masqueraded (kube-proxy's `--cluster-cidr`,
+/// `--masquerade-all`, the SNAT port range). Written by the agent only. Array of one.
+pub const MAP_NAT: &str = "XVS_NAT";
+/// [`NatAddrKey`] (interface, family) -> the address flows leaving that interface are
+/// masqueraded to, for each interface xvs serves. Written by the agent only. Hash map.
+pub const MAP_NAT_ADDRS: &str = "XVS_NAT_ADDRS";
+/// Capacity of [`MAP_NAT_ADDRS`].
+pub const MAX_NAT_ADDRS: u32 = 1024;
+
 /// Every map, in the order the agent pins and reports them.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 14] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -66,6 +75,8 @@ pub const ALL_MAPS: [&str; 12] = [
     MAP_DRAINS,
     MAP_STAMP,
     MAP_SOURCE_RANGES,
+    MAP_NAT,
+    MAP_NAT_ADDRS,
 ];
 
 /// Default capacities. The agent may raise them at load time (aya `set_max_entries`).
@@ -156,6 +167,11 @@ pub struct ServiceValue {
 pub const SERVICE_F_SH_PORT: u8 = 1;
 /// Only clients inside the service's ranges in [`MAP_SOURCE_RANGES`] open new flows.
 pub const SERVICE_F_SOURCE_RANGES: u8 = 2;
+/// An external VIP (NodePort, externalIP, LoadBalancer ingress): kube-proxy masquerades its
+/// traffic unless the service keeps the client's address (see [`crate::snat`]).
+pub const SERVICE_F_EXTERNAL: u8 = 4;
+/// `externalTrafficPolicy: Local` on an external VIP: the client's address is kept.
+pub const SERVICE_F_KEEP_CLIENT: u8 = 8;
 
 /// The data of a [`MAP_SOURCE_RANGES`] key: an LPM key matches bits in memory order, so the
 /// service id is big-endian and every prefix length counts its 32 bits first.
@@ -292,6 +308,65 @@ pub struct AffinityEntry {
 
 pub const FLOW_FORWARD: u8 = 1;
 pub const FLOW_REPLY: u8 = 2;
+/// A masqueraded flow's packets after DNAT (client -> backend), as TC egress sees them:
+/// `nat_addr`/`nat_port` are the source to masquerade to; port 0 until the egress interface
+/// allocates one (snat.rs). Lives and dies with its forward entry.
+pub const FLOW_MASQ: u8 = 3;
+/// Replies to a masquerade address and port (backend -> node:port), as ingress sees them:
+/// `nat_addr`/`nat_port` are the client's address and port to send them on to.
+pub const FLOW_UNMASQ: u8 = 4;
+
+/// One cluster CIDR (kube-proxy's `--cluster-cidr`): an address is inside when
+/// `addr & mask == net`, word by word.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterCidr {
+    pub net: [u32; 4],
+    pub mask: [u32; 4],
+}
+
+impl ClusterCidr {
+    pub const fn contains(&self, addr: &[u32; 4]) -> bool {
+        let mut w = 0;
+        while w < 4 {
+            if addr[w] & self.mask[w] != self.net[w] {
+                return false;
+            }
+            w += 1;
+        }
+        true
+    }
+}
+
+/// Value of [`MAP_NAT`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatConfig {
+    /// The pod CIDR of each family: IPv4 at 0, IPv6 at 1, each valid with its `NAT_F_CIDR_*` bit.
+    pub cluster_cidr: [ClusterCidr; 2],
+    /// The SNAT port range, host order, inclusive.
+    pub port_min: u16,
+    pub port_max: u16,
+    /// `NAT_F_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Masquerading is configured (port range valid); without it no flow is masqueraded.
+pub const NAT_F_ENABLED: u8 = 1;
+/// kube-proxy's `--masquerade-all`: every flow to a cluster IP is masqueraded.
+pub const NAT_F_MASQUERADE_ALL: u8 = 2;
+pub const NAT_F_CIDR_V4: u8 = 4;
+pub const NAT_F_CIDR_V6: u8 = 8;
+
+/// Key of [`MAP_NAT_ADDRS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatAddrKey {
+    pub ifindex: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
 
 /// Value of the per-CPU stats arrays, shaped like IPVS's per-service/per-destination stats.
 #[repr(C)]
@@ -330,6 +405,8 @@ const _: () = {
     assert!(core::mem::size_of::<AffinityKey>() == 24);
     assert!(core::mem::size_of::<AffinityEntry>() == 8);
     assert!(core::mem::size_of::<Counters>() == 40);
+    assert!(core::mem::size_of::<NatConfig>() == 72);
+    assert!(core::mem::size_of::<NatAddrKey>() == 8);
 };
 
 /// Turns an IPv4 address into the map representation.

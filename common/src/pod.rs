@@ -1,5 +1,5 @@
 //! aya `Pod` impls so the agent can read and write these types in maps.
-use crate::{AffinityEntry, AffinityKey, Backend, Counters, FlowEntry, FlowKey, ServiceKey, ServiceValue, SlotKey, SourceRange};
+use crate::{AffinityEntry, AffinityKey, Backend, Counters, FlowEntry, FlowKey, NatAddrKey, NatConfig, ServiceKey, ServiceValue, SlotKey, SourceRange};
 
 // SAFETY (all): `#[repr(C)]`, only integer fields, no implicit padding (sizes pinned in maps.rs),
 // so every bit pattern is a valid value.
@@ -16,4 +16,6 @@ mod impls {
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityEntry {}
     unsafe impl aya::Pod for SourceRange {}
+    unsafe impl aya::Pod for NatConfig {}
+    unsafe impl aya::Pod for NatAddrKey {}
 }

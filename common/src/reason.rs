@@ -44,9 +44,21 @@ pub enum Reason {
     /// Rewritten: an ICMP error quoting a NATed flow's packet, translated along the flow (the
     /// quoted packet, the error's own address and every checksum; see icmp.rs).
     IcmpErrorNat = 16,
+    /// Rewritten (TC egress): a masqueraded flow's packet to its backend left with the egress
+    /// interface's address and the flow's SNAT port as its source (snat.rs).
+    Masquerade = 17,
+    /// Rewritten (ingress): a backend's reply to a masquerade address and port was sent on to
+    /// the flow's client (its source becomes the VIP on the client's egress, as any reply).
+    Unmasquerade = 18,
+    /// Dropped (TC egress): no free SNAT port for this backend and address after every try;
+    /// the client's retransmission tries again.
+    SnatPortsExhausted = 19,
+    /// Passed without masquerading (TC egress): the interface has no address of the packet's
+    /// family to masquerade to (the agent writes one per served interface).
+    SnatNoAddress = 20,
 }
 
-pub const REASON_COUNT: u32 = 17;
+pub const REASON_COUNT: u32 = 21;
 
 impl Reason {
     pub const ALL: [Self; REASON_COUNT as usize] = [
@@ -67,6 +79,10 @@ impl Reason {
         Self::MhWalkExhausted,
         Self::SourceRangeDenied,
         Self::IcmpErrorNat,
+        Self::Masquerade,
+        Self::Unmasquerade,
+        Self::SnatPortsExhausted,
+        Self::SnatNoAddress,
     ];
 
     /// Stable snake_case name used in metrics and CLI output.
@@ -89,6 +105,10 @@ impl Reason {
             Self::MhWalkExhausted => "mh_walk_exhausted",
             Self::SourceRangeDenied => "source_range_denied",
             Self::IcmpErrorNat => "icmp_error_nat",
+            Self::Masquerade => "masquerade",
+            Self::Unmasquerade => "unmasquerade",
+            Self::SnatPortsExhausted => "snat_ports_exhausted",
+            Self::SnatNoAddress => "snat_no_address",
         }
     }
 
@@ -97,6 +117,7 @@ impl Reason {
         matches!(
             self,
             Self::NoBackend | Self::ConntrackFull | Self::BackendMissing | Self::RewriteFailed | Self::SourceRangeDenied
+                | Self::SnatPortsExhausted
         )
     }
 }

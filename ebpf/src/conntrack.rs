@@ -22,11 +22,17 @@ pub fn key_of(meta: &PacketMeta) -> FlowKey {
     }
 }
 
+/// The entry of `key` of whatever kind, in place.
+#[inline(always)]
+pub fn any_in_place(key: &FlowKey) -> Option<*mut FlowEntry> {
+    XVS_CONNTRACK.get_ptr_mut(key)
+}
+
 /// The entry of `key` if it is of `kind`, in place: an established packet reads and stamps it
 /// through this one lookup.
 #[inline(always)]
 pub fn lookup_in_place(key: &FlowKey, kind: u8) -> Option<*mut FlowEntry> {
-    let entry = XVS_CONNTRACK.get_ptr_mut(key)?;
+    let entry = any_in_place(key)?;
     // SAFETY: a live map value for the rest of this program run.
     (unsafe { (*entry).kind } == kind).then_some(entry)
 }

@@ -1,14 +1,15 @@
 //! The ingress pipeline for client -> service packets: parse, service lookup, connection table,
-//! scheduling of new flows (session affinity first), DNAT, counters. Shared by the XDP program
-//! and the TC ingress program. ICMP errors about replies branch off to icmp.rs.
-use xvs_common::{Reason, FLOW_FORWARD};
+//! scheduling of new flows (session affinity first), DNAT, counters.
+//! Shared by the XDP program and the TC ingress program. ICMP errors about replies branch off
+//! to icmp.rs, replies to masquerade addresses to snat.rs.
+use xvs_common::{maglev::JUMP_UNMASQ, Reason, FLOW_FORWARD};
 
 use crate::{
     affinity, clock, conntrack,
     icmp::{self, Way},
     maglev::Jump,
     nat::{End, Packet},
-    parse, ranges, select, service,
+    parse, ranges, select, service, snat,
     stats::{self, Direction},
 };
 
@@ -21,7 +22,13 @@ pub fn forward<P: Packet + Jump>(packet: &P) -> Result<Reason, Reason> {
         return icmp::translate(packet, &ip, Way::ToService);
     }
     let meta = parse::parse_l4(packet.frame(), ip)?;
-    let svc = service::lookup(&meta).ok_or(Reason::NotService)?;
+    let Some(svc) = service::lookup(&meta) else {
+        // Perhaps a reply to a masqueraded flow: handled by the unmasquerade program.
+        if snat::in_port_range(&meta) {
+            packet.jump(JUMP_UNMASQ);
+        }
+        return Err(Reason::NotService);
+    };
     // SAFETY: `svc` points at a live map value; copied so the cursor update stays in select.
     let value = unsafe { *svc };
     let svc_id = value.svc_id;

@@ -21,6 +21,7 @@ mod ranges;
 mod reply;
 mod select;
 mod service;
+mod snat;
 mod stats;
 
 use aya_ebpf::{
@@ -69,10 +70,24 @@ pub fn xvs_tc_mh_walk(ctx: TcContext) -> i32 {
     TC_ACT_OK
 }
 
-/// TC egress: reverse NAT on replies (backend -> client becomes VIP -> client).
+/// Replies to masquerade addresses (snat.rs), for XDP: reached from `xvs_xdp_ingress` by tail
+/// call.
+#[xdp]
+pub fn xvs_xdp_unmasq(ctx: XdpContext) -> u32 {
+    if settle(snat::unmasquerade(&ctx)) { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+}
+
+/// The same for TC ingress.
+#[classifier]
+pub fn xvs_tc_unmasq(ctx: TcContext) -> i32 {
+    if settle(snat::unmasquerade(&ctx)) { TC_ACT_SHOT } else { TC_ACT_OK }
+}
+
+/// TC egress: reverse NAT on replies (backend -> client becomes VIP -> client), and the SNAT of
+/// masqueraded flows on their way to the backend.
 #[classifier]
 pub fn xvs_tc_egress(ctx: TcContext) -> i32 {
-    if settle(reply::reverse_nat(&ctx)) { TC_ACT_SHOT } else { TC_ACT_OK }
+    if settle(reply::egress(&ctx)) { TC_ACT_SHOT } else { TC_ACT_OK }
 }
 
 /// The bench's floor for an established packet (floor.rs); the agent never attaches it.

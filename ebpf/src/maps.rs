@@ -5,9 +5,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use xvs_common::{
-    maglev::MhWalk,
-    reason::REASON_COUNT, AffinityEntry, AffinityKey, Backend, Counters, FlowEntry, FlowKey, ServiceKey, ServiceValue,
-    SlotKey, SourceRange, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_SERVICES, MAX_SLOTS, MAX_SOURCE_RANGES,
+    maglev::{MhWalk, JUMP_ENTRIES},
+    reason::REASON_COUNT, AffinityEntry, AffinityKey, Backend, Counters, FlowEntry, FlowKey, NatAddrKey, NatConfig, ServiceKey,
+    ServiceValue, SlotKey, SourceRange, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_NAT_ADDRS, MAX_SERVICES, MAX_SLOTS,
+    MAX_SOURCE_RANGES,
 };
 
 // Written by the agent only, so entries can be allocated on update (no prealloc): the map
@@ -53,6 +54,13 @@ pub static XVS_DRAINS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_BACKEND
 #[map(name = "XVS_SOURCE_RANGES")]
 pub static XVS_SOURCE_RANGES: LpmTrie<SourceRange, u8> = LpmTrie::with_max_entries(MAX_SOURCE_RANGES, BPF_F_NO_PREALLOC);
 
+// Masquerading (snat.rs): the configuration, and each served interface's address per family.
+#[map(name = "XVS_NAT")]
+pub static XVS_NAT: Array<NatConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "XVS_NAT_ADDRS")]
+pub static XVS_NAT_ADDRS: HashMap<NatAddrKey, [u32; 4]> = HashMap::with_max_entries(MAX_NAT_ADDRS, BPF_F_NO_PREALLOC);
+
 // The ABI stamp of the build that created the pins (the datapath never reads it).
 #[map(name = "XVS_STAMP")]
 pub static XVS_STAMP: Array<u64> = Array::with_max_entries(1, 0);
@@ -65,10 +73,10 @@ pub static XVS_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_
 // agent that loaded the programs, they are cleared when it exits, and the datapath then takes
 // the precomputed fallback until the next agent loads its own.
 #[map(name = "XVS_XDP_JUMP")]
-pub static XVS_XDP_JUMP: ProgramArray = ProgramArray::with_max_entries(2, 0);
+pub static XVS_XDP_JUMP: ProgramArray = ProgramArray::with_max_entries(JUMP_ENTRIES, 0);
 
 #[map(name = "XVS_TC_JUMP")]
-pub static XVS_TC_JUMP: ProgramArray = ProgramArray::with_max_entries(2, 0);
+pub static XVS_TC_JUMP: ProgramArray = ProgramArray::with_max_entries(JUMP_ENTRIES, 0);
 
 #[map(name = "XVS_MH_WALK")]
 pub static XVS_MH_WALK: PerCpuArray<MhWalk> = PerCpuArray::with_max_entries(2, 0);

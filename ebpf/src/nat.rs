@@ -47,6 +47,8 @@ impl End {
 pub trait Packet {
     /// The frame: its directly readable bytes and its whole length.
     fn frame(&self) -> Frame;
+    /// The interface the packet arrived on (XDP, TC ingress) or leaves by (TC egress).
+    fn ifindex(&self) -> u32;
     fn rewrite(&self, meta: &PacketMeta, end: End, addr: &[u32; 4], port: u16) -> Result<(), Reason>;
 }
 
@@ -55,6 +57,11 @@ impl Packet for XdpContext {
     fn frame(&self) -> Frame {
         // The program does not take multi-buffer frames: all of it is linear.
         Frame { data: self.data(), data_end: self.data_end(), len: self.data_end() - self.data() }
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        self.ingress_ifindex() as u32
     }
 
     #[inline(always)]
@@ -78,6 +85,12 @@ impl Packet for TcContext {
     fn frame(&self) -> Frame {
         // skb->len: paged data (GRO/GSO payload) counts too.
         Frame { data: self.data(), data_end: self.data_end(), len: self.len() as usize }
+    }
+
+    #[inline(always)]
+    fn ifindex(&self) -> u32 {
+        // SAFETY: the context's own __sk_buff, valid for the program run.
+        unsafe { (*self.skb.skb).ifindex }
     }
 
     #[inline(always)]

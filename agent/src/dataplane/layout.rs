@@ -8,7 +8,8 @@ use aya::maps::{MapData, MapType};
 use xvs_common::{
     reason::REASON_COUNT, AffinityEntry, AffinityKey, Backend, Counters, FlowEntry, FlowKey, ServiceKey, ServiceValue, SlotKey,
     MAP_AFFINITY, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CLOCK, MAP_CONNTRACK, MAP_DRAINS, MAP_REASONS, MAP_SERVICES,
-    MAP_SERVICE_STATS, MAP_SLOTS, MAP_SOURCE_RANGES, MAP_STAMP, ABI_VERSION, SourceRange,
+    MAP_SERVICE_STATS, MAP_SLOTS, MAP_SOURCE_RANGES, MAP_STAMP, ABI_VERSION, SourceRange, NatAddrKey, NatConfig, MAP_NAT,
+    MAP_NAT_ADDRS,
 };
 
 use super::error::DataplaneError;
@@ -27,7 +28,7 @@ const fn layout(name: &'static str, kind: MapType, key: usize, value: usize, ent
     Layout { name, kind, key, value, entries }
 }
 
-const LAYOUTS: [Layout; 12] = [
+const LAYOUTS: [Layout; 14] = [
     layout(MAP_SERVICES, MapType::Hash, size_of::<ServiceKey>(), size_of::<ServiceValue>(), None),
     layout(MAP_SLOTS, MapType::Hash, size_of::<SlotKey>(), size_of::<u32>(), None),
     layout(MAP_BACKENDS, MapType::Array, size_of::<u32>(), size_of::<Backend>(), None),
@@ -40,6 +41,8 @@ const LAYOUTS: [Layout; 12] = [
     layout(MAP_DRAINS, MapType::Hash, size_of::<u32>(), size_of::<u32>(), None),
     layout(MAP_STAMP, MapType::Array, size_of::<u32>(), size_of::<u64>(), Some(1)),
     layout(MAP_SOURCE_RANGES, MapType::LpmTrie, size_of::<u32>() + size_of::<SourceRange>(), size_of::<u8>(), None),
+    layout(MAP_NAT, MapType::Array, size_of::<u32>(), size_of::<NatConfig>(), Some(1)),
+    layout(MAP_NAT_ADDRS, MapType::Hash, size_of::<NatAddrKey>(), size_of::<[u32; 4]>(), None),
 ];
 
 /// Checks the map pinned at `path` (named `name`) against this build's layout.

@@ -9,7 +9,7 @@ use aya::{
 };
 
 use xvs_common::{
-    maglev::{JUMP_INGRESS, JUMP_MH_WALK},
+    maglev::{JUMP_INGRESS, JUMP_MH_WALK, JUMP_UNMASQ},
     ALL_MAPS,
 };
 
@@ -26,6 +26,9 @@ pub const PROG_FLOOR_FLOW_INSERT: &str = "xvs_floor_flow_insert";
 /// tables, which `xdp()` and `tc()` fill when they load an ingress program.
 const PROG_XDP_MH_WALK: &str = "xvs_xdp_mh_walk";
 const PROG_TC_MH_WALK: &str = "xvs_tc_mh_walk";
+/// The ingress half of masquerading (ebpf/src/snat.rs), reached the same way.
+const PROG_XDP_UNMASQ: &str = "xvs_xdp_unmasq";
+const PROG_TC_UNMASQ: &str = "xvs_tc_unmasq";
 const MAP_XDP_JUMP: &str = "XVS_XDP_JUMP";
 const MAP_TC_JUMP: &str = "XVS_TC_JUMP";
 
@@ -162,8 +165,9 @@ impl Dataplane {
     pub fn xdp(&mut self) -> Result<&mut Xdp, DataplaneError> {
         if !self.jumps_filled.0 {
             self.program::<Xdp>(PROG_XDP_MH_WALK)?;
+            self.program::<Xdp>(PROG_XDP_UNMASQ)?;
             self.program::<Xdp>(PROG_XDP)?;
-            self.fill_jumps(MAP_XDP_JUMP, PROG_XDP_MH_WALK, PROG_XDP)?;
+            self.fill_jumps(MAP_XDP_JUMP, [PROG_XDP_MH_WALK, PROG_XDP, PROG_XDP_UNMASQ])?;
             self.jumps_filled.0 = true;
         }
         self.program::<Xdp>(PROG_XDP)
@@ -179,26 +183,29 @@ impl Dataplane {
     pub fn tc(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DataplaneError> {
         if name == PROG_TC_INGRESS && !self.jumps_filled.1 {
             self.program::<SchedClassifier>(PROG_TC_MH_WALK)?;
+            self.program::<SchedClassifier>(PROG_TC_UNMASQ)?;
             self.program::<SchedClassifier>(PROG_TC_INGRESS)?;
-            self.fill_jumps(MAP_TC_JUMP, PROG_TC_MH_WALK, PROG_TC_INGRESS)?;
+            self.fill_jumps(MAP_TC_JUMP, [PROG_TC_MH_WALK, PROG_TC_INGRESS, PROG_TC_UNMASQ])?;
             self.jumps_filled.1 = true;
         }
         self.program::<SchedClassifier>(name)
     }
 
-    /// Points jump table `map` at the walker and back at the ingress program (both loaded).
-    fn fill_jumps(&mut self, map: &'static str, walker: &'static str, ingress: &'static str) -> Result<(), DataplaneError> {
+    /// Points jump table `map` at the walker, back at the ingress program and at the
+    /// unmasquerade program (all loaded), in that order.
+    fn fill_jumps(&mut self, map: &'static str, [walker, ingress, unmasq]: [&'static str; 3]) -> Result<(), DataplaneError> {
         let fd_of = |ebpf: &Ebpf, name: &'static str| -> Result<aya::programs::ProgramFd, DataplaneError> {
             let fd = ebpf.program(name).ok_or(DataplaneError::MissingProgram(name))?.fd();
             let fd = fd.and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::from));
             fd.map_err(|source| DataplaneError::Program { program: name, op: "take its fd for the jump table".into(), source: Box::new(source) })
         };
-        let (walker_fd, ingress_fd) = (fd_of(&self.ebpf, walker)?, fd_of(&self.ebpf, ingress)?);
+        let (walker_fd, ingress_fd, unmasq_fd) = (fd_of(&self.ebpf, walker)?, fd_of(&self.ebpf, ingress)?, fd_of(&self.ebpf, unmasq)?);
         let failed = |source| DataplaneError::Map { map, op: "fill the jump table", source: Box::new(source) };
         let table = self.ebpf.map_mut(map).ok_or(DataplaneError::MissingMap(map))?;
         let mut table = ProgramArray::try_from(table).map_err(failed)?;
         table.set(JUMP_MH_WALK, &walker_fd, 0).map_err(failed)?;
-        table.set(JUMP_INGRESS, &ingress_fd, 0).map_err(failed)
+        table.set(JUMP_INGRESS, &ingress_fd, 0).map_err(failed)?;
+        table.set(JUMP_UNMASQ, &unmasq_fd, 0).map_err(failed)
     }
 
     fn program<T>(&mut self, name: &'static str) -> Result<&mut T, DataplaneError>

@@ -6,7 +6,8 @@ use aya::{
 use xvs_common::{
     reason::REASON_COUNT, AffinityEntry, AffinityKey, Backend, Counters, FlowEntry, FlowKey, Reason, ServiceKey,
     ServiceValue, SlotKey, MAP_AFFINITY, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CLOCK, MAP_CONNTRACK, MAP_DRAINS, MAP_REASONS,
-    MAP_SERVICES, MAP_SERVICE_STATS, MAP_SLOTS, MAP_SOURCE_RANGES, MAP_STAMP, SourceRange,
+    MAP_SERVICES, MAP_SERVICE_STATS, MAP_SLOTS, MAP_SOURCE_RANGES, MAP_STAMP, SourceRange, NatAddrKey, NatConfig, MAP_NAT,
+    MAP_NAT_ADDRS,
 };
 
 use super::{capacity::Capacity, error::DataplaneError};
@@ -28,6 +29,10 @@ pub struct Maps {
     pub stamp: Array<MapData, u64>,
     /// The clients each service with source ranges admits (see [`MAP_SOURCE_RANGES`]).
     pub source_ranges: LpmTrie<MapData, SourceRange, u8>,
+    /// How new flows are masqueraded (see [`MAP_NAT`]).
+    pub nat: Array<MapData, NatConfig>,
+    /// The address each served interface masquerades to, per family (see [`MAP_NAT_ADDRS`]).
+    pub nat_addrs: HashMap<MapData, NatAddrKey, [u32; 4]>,
     /// The maps' real sizes, read back from the kernel.
     pub capacity: Capacity,
 }
@@ -61,6 +66,8 @@ impl Maps {
             drains: typed(source, MAP_DRAINS)?,
             stamp: typed(source, MAP_STAMP)?,
             source_ranges: typed(source, MAP_SOURCE_RANGES)?,
+            nat: typed(source, MAP_NAT)?,
+            nat_addrs: typed(source, MAP_NAT_ADDRS)?,
             capacity: Capacity::default(),
         };
         maps.capacity = Capacity::of(&maps)?;
