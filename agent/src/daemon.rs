@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::{
-    dataplane::{Attachment, Dataplane, DataplaneError},
+    dataplane::{interface_addresses, Attachment, Dataplane, DataplaneError},
     error_chain,
     ipvs::mirror::IpvsMirror,
     model::{Model, ServiceId},
@@ -28,7 +28,18 @@ impl Ebpf {
         if !live.services.is_empty() {
             tracing::info!(services = live.services.len(), backends = live.backends.len(), "adopted the pinned dataplane of a previous agent");
         }
-        Ok(Self { dataplane, reconciler, attachment })
+        let mut ebpf = Self { dataplane, reconciler, attachment };
+        ebpf.follow_interface_addresses();
+        Ok(ebpf)
+    }
+
+    /// Writes each served interface's masquerade address per family (an interface whose
+    /// address changed, or that was re-created with a new index, included).
+    fn follow_interface_addresses(&mut self) {
+        let addrs = interface_addresses(&self.attachment.ifaces());
+        if let Err(e) = self.dataplane.maps.set_nat_addrs(&addrs) {
+            tracing::error!("masquerade addresses: {}", error_chain(&e));
+        }
     }
 }
 
@@ -178,7 +189,8 @@ impl Agent {
         Ok(())
     }
 
-    /// Re-attaches the datapath where an interface was re-created or pins were removed.
+    /// Re-attaches the datapath where an interface was re-created or pins were removed, and
+    /// keeps each served interface's masquerade addresses current.
     pub fn ensure_attached(&mut self) {
         let Some(ebpf) = &mut self.ebpf else { return };
         for outcome in ebpf.attachment.ensure(&mut ebpf.dataplane) {
@@ -187,6 +199,7 @@ impl Agent {
                 Err(e) => tracing::error!("re-attaching the datapath: {}", error_chain(&e)),
             }
         }
+        ebpf.follow_interface_addresses();
     }
 
     /// IPVS drains end when the kernel's counters reach 0: a periodic check finishes them (and

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod cluster;
 pub mod differential;
 pub mod image;
 pub mod kube;

@@ -172,3 +172,43 @@ fn an_interface_without_an_address_and_strangers_are_left_alone() {
         assert_eq!(run(&mut dp, xdp, &stray, XDP_PASS, Reason::NotService), stray.bytes());
     }
 }
+
+#[test]
+fn the_collector_removes_every_entry_of_a_dead_masqueraded_flow_and_orphans_but_nothing_live() {
+    use xvs::sync::flows::{collect_garbage, scan};
+    let mut dp = setup(0, 61000..=65535);
+    // A masqueraded flow (client outside the cluster CIDR), one that keeps its client's
+    // address (a pod), and an UNMASQ entry no flow owns (a racing CPU's leftover).
+    masqueraded_flow(&mut dp, xdp, (L4::TcpSyn, L4::TcpAck), OUTSIDE, VIP, BACKEND, NODE);
+    let from_pod = Pkt::new(L4::TcpSyn, POD, VIP);
+    run(&mut dp, xdp, &from_pod, XDP_PASS, Reason::NewFlow);
+    run(&mut dp, tc_egress, &from_pod.with_dst(BACKEND), TC_ACT_OK, Reason::NotService);
+    let entries = |dp: &Dataplane| dp.maps.conntrack.iter().filter_map(Result::ok).collect::<Vec<_>>();
+    let kinds = |dp: &Dataplane| {
+        let mut k: Vec<u8> = entries(dp).iter().map(|(_, e)| e.kind).collect();
+        k.sort_unstable();
+        k
+    };
+    use xvs_common::{FLOW_FORWARD as F, FLOW_MASQ as M, FLOW_REPLY as R, FLOW_UNMASQ as U};
+    assert_eq!(kinds(&dp), vec![F, F, R, R, M, M, U]);
+    let (stray_key, mut stray) = entries(&dp).into_iter().find(|(_, e)| e.kind == U).unwrap_or_else(|| panic!("no UNMASQ entry"));
+    let mut stray_key = stray_key;
+    stray_key.dport = (u16::from_be(stray_key.dport) ^ 1).to_be();
+    stray.nat_port = 1234u16.to_be();
+    dp.maps.conntrack.insert(stray_key, stray, 0).unwrap_or_else(|e| panic!("{e}"));
+
+    let now = xvs::sync::datapath_secs(&dp.maps).unwrap_or_else(|e| panic!("{e}"));
+    let live = scan(&dp.maps, now).unwrap_or_else(|e| panic!("{e}"));
+    assert!(live.dead.is_empty());
+    assert_eq!(live.orphans, vec![stray_key], "only the stray entry is an orphan");
+    assert_eq!(collect_garbage(&mut dp.maps, &live, now).unwrap_or_else(|e| panic!("{e}")), 1);
+    assert_eq!(kinds(&dp), vec![F, F, R, R, M, M, U], "live flows keep every entry");
+
+    // Both flows die (SYN_SENT/ESTABLISHED: 900 s at most): every entry goes.
+    dp.maps.set_clock_offset(1000).unwrap_or_else(|e| panic!("{e}"));
+    let now = xvs::sync::datapath_secs(&dp.maps).unwrap_or_else(|e| panic!("{e}"));
+    let dead = scan(&dp.maps, now).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(dead.dead.len(), 2);
+    assert_eq!(collect_garbage(&mut dp.maps, &dead, now).unwrap_or_else(|e| panic!("{e}")), 7);
+    assert_eq!(kinds(&dp), Vec::<u8>::new());
+}

@@ -10,7 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use xvs::{
     daemon::{Agent, Ebpf},
     ipvs::mirror::IpvsMirror,
-    dataplane::{detach_tc_filters, unpin_all, Attachment, Capacity, DataplaneError, Ingress, LinkEvents, ObjectSource, TcLinks},
+    dataplane::{detach_tc_filters, unpin_all, Attachment, Capacity, DataplaneError, Ingress, LinkEvents, NatSettings, ObjectSource, TcLinks},
 };
 
 use super::source::{KubeArgs, NodeArgs, Source, SourceArgs};
@@ -81,6 +81,17 @@ pub struct RunArgs {
     /// Connection-table entries (two per flow; LRU beyond that).
     #[arg(long, default_value_t = xvs_common::MAX_FLOWS)]
     max_flows: u32,
+    /// The cluster's pod network, one CIDR per family (kube-proxy's --cluster-cidr, comma
+    /// separated or repeated): traffic to a cluster IP from outside it is masqueraded.
+    #[arg(long, value_delimiter = ',')]
+    cluster_cidr: Vec<xvs::model::Cidr>,
+    /// Masquerade every flow to a cluster IP (kube-proxy's --masquerade-all).
+    #[arg(long)]
+    masquerade_all: bool,
+    /// The source ports masqueraded flows take, LOW-HIGH; outside the node's ephemeral range
+    /// (net.ipv4.ip_local_port_range) so the node's own connections never take the same tuple.
+    #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
+    snat_ports: std::ops::RangeInclusive<u16>,
     /// On SIGTERM/SIGINT remove the pinned maps and links (detaching the datapath, dropping
     /// established flows). Without it the datapath keeps serving until the next agent adopts it.
     #[arg(long)]
@@ -245,6 +256,17 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// "LOW-HIGH", both ends included, LOW <= HIGH.
+fn parse_port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (low, high) = text.split_once('-').ok_or_else(|| format!("{text:?}: expected LOW-HIGH, e.g. 61000-65535"))?;
+    let port = |p: &str| p.trim().parse::<u16>().map_err(|e| format!("{text:?}: {p:?} is not a port ({e})"));
+    let (low, high) = (port(low)?, port(high)?);
+    if low == 0 || low > high {
+        return Err(format!("{text:?}: the range must run from a port above 0 up to a port no lower"));
+    }
+    Ok(low..=high)
+}
+
 /// The next link event; never, without a subscription.
 async fn link_event(events: &mut Option<LinkEvents>) {
     match events {
@@ -279,6 +301,14 @@ fn start_ebpf(object: &ObjectSource, args: &RunArgs) -> anyhow::Result<Ebpf> {
     if dataplane.maps.capacity != capacity {
         tracing::warn!(pinned = ?dataplane.maps.capacity, requested = ?capacity, "the pinned maps keep their size; `xvs cleanup` (drops flows) to resize");
     }
+    let mut cidrs = args.cluster_cidr.clone();
+    cidrs.sort_by_key(|c| c.addr.is_ipv6());
+    if cidrs.windows(2).any(|w| w[0].addr.is_ipv6() == w[1].addr.is_ipv6()) {
+        anyhow::bail!("--cluster-cidr takes one CIDR per family, as kube-proxy's does: {}", args.cluster_cidr.iter().map(ToString::to_string).collect::<Vec<_>>().join(","));
+    }
+    let nat = NatSettings { cluster_cidrs: cidrs.iter().map(|c| (c.addr, c.prefix)).collect(), masquerade_all: args.masquerade_all, ports: args.snat_ports.clone() };
+    dataplane.maps.set_nat(&nat)?;
+    tracing::info!(cluster_cidr = ?args.cluster_cidr.iter().map(ToString::to_string).collect::<Vec<_>>(), masquerade_all = args.masquerade_all, snat_ports = ?args.snat_ports, "masquerading");
     attachment.attach_all(&mut dataplane)?;
     Ok(Ebpf::adopt(dataplane, attachment, args.drain_timeout)?)
 }

@@ -42,6 +42,11 @@ impl Attachment {
         Ok(Self { pin_dir: pin_dir.to_owned(), lock, ingress, tc, ifaces: ifaces.iter().map(|i| (i.clone(), 0)).collect() })
     }
 
+    /// The interfaces served, by name.
+    pub fn ifaces(&self) -> Vec<String> {
+        self.ifaces.iter().map(|(name, _)| name.clone()).collect()
+    }
+
     /// Attaches to every interface (start-up: any failure is the caller's to report).
     pub fn attach_all(&mut self, dataplane: &mut Dataplane) -> Result<(), DataplaneError> {
         for i in 0..self.ifaces.len() {

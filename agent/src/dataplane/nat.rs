@@ -64,6 +64,57 @@ fn mask(v6: bool, prefix: u8) -> IpAddr {
     }
 }
 
+/// The address each of `ifaces` masquerades to, per family: its first address of the family
+/// that is neither loopback nor link-local (the kernel lists an interface's primary address
+/// first), keyed by (interface index, family). Interfaces that do not exist are left out.
+pub fn interface_addresses(ifaces: &[String]) -> BTreeMap<(u32, u8), IpAddr> {
+    let mut out = BTreeMap::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, freed below; each node is read while the list is alive.
+    if unsafe { libc::getifaddrs(&raw mut list) } != 0 {
+        return out;
+    }
+    let mut node = list;
+    while !node.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let entry = unsafe { &*node };
+        node = entry.ifa_next;
+        if entry.ifa_addr.is_null() || entry.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: a NUL-terminated name owned by the list.
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) }.to_string_lossy();
+        if !ifaces.iter().any(|i| *i == name) {
+            continue;
+        }
+        // SAFETY: ifa_addr points at a sockaddr whose family says which one.
+        let ip = match i32::from(unsafe { (*entry.ifa_addr).sa_family }) {
+            libc::AF_INET => IpAddr::V4(u32::from_be(unsafe { (*entry.ifa_addr.cast::<libc::sockaddr_in>()).sin_addr.s_addr }).into()),
+            libc::AF_INET6 => IpAddr::V6(unsafe { (*entry.ifa_addr.cast::<libc::sockaddr_in6>()).sin6_addr.s6_addr }.into()),
+            _ => continue,
+        };
+        if !masquerades_to(ip) {
+            continue;
+        }
+        // SAFETY: the name is NUL-terminated (see above).
+        let ifindex = unsafe { libc::if_nametoindex(entry.ifa_name) };
+        let family = to_map_addr(ip).1;
+        out.entry((ifindex, family)).or_insert(ip);
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    out
+}
+
+/// Whether the node can masquerade to `ip`: not loopback, not IPv6 link-local (a remote
+/// backend could not answer it).
+fn masquerades_to(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_unspecified(),
+        IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unspecified() && (v6.segments()[0] & 0xffc0) != 0xfe80,
+    }
+}
+
 impl Maps {
     pub fn set_nat(&mut self, settings: &NatSettings) -> Result<(), DataplaneError> {
         self.nat.set(0, settings.config(), 0).map_err(DataplaneError::map(MAP_NAT, "write"))
@@ -115,6 +166,13 @@ mod tests {
         assert_eq!(cfg.cluster_cidr[0].mask, xvs_common::addr_v4([255, 255, 0, 0]));
         assert!(cfg.cluster_cidr[1].contains(&to_map_addr("fd44::1:2".parse().unwrap_or(IpAddr::from([0u8; 16]))).0));
         assert!(!cfg.cluster_cidr[1].contains(&to_map_addr("fd45::1".parse().unwrap_or(IpAddr::from([0u8; 16]))).0));
+    }
+
+    #[test]
+    fn loopback_and_link_local_addresses_are_not_masquerade_addresses() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap_or(IpAddr::from([0u8; 4]));
+        assert!(masquerades_to(ip("10.2.0.1")) && masquerades_to(ip("fd02::1")));
+        assert!(!masquerades_to(ip("127.0.0.1")) && !masquerades_to(ip("::1")) && !masquerades_to(ip("fe80::1")));
     }
 
     #[test]

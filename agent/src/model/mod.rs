@@ -134,6 +134,42 @@ pub struct Service {
     /// Clients allowed to open flows (kube-proxy's `loadBalancerSourceRanges`); empty: all.
     /// Sorted, unique, of the VIP's family.
     pub source_ranges: Vec<Cidr>,
+    /// What kind of address the VIP is, which decides who is masqueraded.
+    pub reach: Reach,
+}
+
+/// What kind of address a VIP is, for masquerading (kube-proxy's rules, see
+/// `xvs_common::snat::masquerades`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Reach {
+    /// A cluster IP: masqueraded from outside `--cluster-cidr`, or with `--masquerade-all`.
+    #[default]
+    Cluster,
+    /// A NodePort, externalIP or LoadBalancer address with `externalTrafficPolicy: Cluster`:
+    /// masqueraded, since the backend may be on another node.
+    External,
+    /// The same with `externalTrafficPolicy: Local`: the client's address is kept.
+    ExternalLocal,
+}
+
+impl Reach {
+    /// Its `SERVICE_F_*` bits.
+    pub const fn flags(self) -> u8 {
+        match self {
+            Self::Cluster => 0,
+            Self::External => xvs_common::SERVICE_F_EXTERNAL,
+            Self::ExternalLocal => xvs_common::SERVICE_F_EXTERNAL | xvs_common::SERVICE_F_KEEP_CLIENT,
+        }
+    }
+
+    /// The services file's name for it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Cluster => "cluster",
+            Self::External => "external",
+            Self::ExternalLocal => "external-local",
+        }
+    }
 }
 
 /// The whole desired state, validated.

@@ -129,6 +129,7 @@ mod tests {
             affinity_timeout: None,
             sh_port: false,
             source_ranges: Vec::new(),
+            reach: crate::model::Reach::Cluster,
             backends: backends
                 .iter()
                 .map(|&(a, port, weight)| Backend {

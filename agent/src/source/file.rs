@@ -25,7 +25,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use xvs_common::Scheduler;
 
-use crate::model::{Backend, BackendState, Cidr, Model, Protocol, Service, ServiceId};
+use crate::model::{Backend, BackendState, Cidr, Model, Protocol, Reach, Service, ServiceId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -65,6 +65,18 @@ struct RawService {
     /// Clients allowed to open flows (kube-proxy's loadBalancerSourceRanges); absent: all.
     #[serde(default)]
     source_ranges: Vec<RawCidr>,
+    /// What kind of address the VIP is, for masquerading; absent: a cluster IP.
+    #[serde(default)]
+    reach: RawReach,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum RawReach {
+    #[default]
+    Cluster,
+    External,
+    ExternalLocal,
 }
 
 /// A CIDR, checked as it is read (a bad one is a syntax error with its line).
@@ -171,6 +183,11 @@ fn into_service(raw: RawService) -> Service {
         affinity_timeout: raw.session_affinity_timeout,
         // One bit in IPVS (SCHED2), as ipvsadm takes either name for it.
         sh_port: raw.flags.contains(&RawFlag::ShPort) || raw.flags.contains(&RawFlag::MhPort),
+        reach: match raw.reach {
+            RawReach::Cluster => Reach::Cluster,
+            RawReach::External => Reach::External,
+            RawReach::ExternalLocal => Reach::ExternalLocal,
+        },
         source_ranges: {
             let mut ranges: Vec<Cidr> = raw.source_ranges.into_iter().map(|r| r.0).collect();
             ranges.sort();

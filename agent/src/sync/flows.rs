@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use xvs_common::{
     flow::{expired, FlowState},
-    FlowEntry, FlowKey, FLOW_FORWARD, FLOW_REPLY, MAP_CONNTRACK,
+    FlowEntry, FlowKey, FLOW_FORWARD, FLOW_MASQ, FLOW_REPLY, FLOW_UNMASQ, MAP_CONNTRACK,
 };
 
 use crate::dataplane::{is_missing, DataplaneError, Maps};
@@ -29,8 +29,10 @@ pub struct FlowScan {
     pub per_backend: HashMap<u32, ConnCounts>,
     /// Forward keys of dead flows, with their entries (to find the reply key).
     pub dead: Vec<(FlowKey, FlowEntry)>,
-    /// Reply entries whose forward entry is gone (LRU eviction, or a crash between deletes).
-    pub orphan_replies: Vec<FlowKey>,
+    /// Entries whose flow is gone (LRU eviction, or a crash between deletes): replies without
+    /// their forward entry, MASQ entries without their reply entry, UNMASQ entries their MASQ
+    /// entry does not point at.
+    pub orphans: Vec<FlowKey>,
 }
 
 /// The reply key a forward entry created.
@@ -38,11 +40,36 @@ pub fn reply_key(fwd: &FlowKey, entry: &FlowEntry) -> FlowKey {
     fwd.reply_of(entry.nat_addr, entry.nat_port)
 }
 
+/// The key of a flow's packets after DNAT (client -> backend), where egress keeps its MASQ
+/// entry (snat.rs), from the forward entry.
+pub fn masq_key(fwd: &FlowKey, entry: &FlowEntry) -> FlowKey {
+    FlowKey { daddr: entry.nat_addr, dport: entry.nat_port, ..*fwd }
+}
+
+/// The key of the replies to a masqueraded flow's SNAT address and port (UNMASQ), from its
+/// MASQ entry; none while the flow keeps its client's address.
+pub fn unmasq_key(masq: &FlowKey, entry: &FlowEntry) -> Option<FlowKey> {
+    (entry.kind == FLOW_MASQ && entry.nat_port != 0)
+        .then_some(FlowKey { saddr: masq.daddr, daddr: entry.nat_addr, sport: masq.dport, dport: entry.nat_port, ..*masq })
+}
+
+/// The MASQ key an UNMASQ entry belongs to.
+fn masq_of_unmasq(unmasq: &FlowKey, entry: &FlowEntry) -> FlowKey {
+    FlowKey { saddr: entry.nat_addr, daddr: unmasq.saddr, sport: entry.nat_port, dport: unmasq.sport, ..*unmasq }
+}
+
+/// The mirror image of a key (the reply of a MASQ key is the flow's reply entry).
+fn mirror(key: &FlowKey) -> FlowKey {
+    FlowKey { saddr: key.daddr, daddr: key.saddr, sport: key.dport, dport: key.sport, ..*key }
+}
+
 /// Walks the whole table once. `now` is CLOCK_MONOTONIC seconds.
 pub fn scan(maps: &Maps, now: u32) -> Result<FlowScan, DataplaneError> {
     let mut out = FlowScan::default();
     let mut replies = Vec::new();
     let mut forwards = std::collections::HashSet::new();
+    let mut masqs = HashMap::new();
+    let mut unmasqs = Vec::new();
     for item in maps.conntrack.iter() {
         let (key, entry) = match item {
             Ok(kv) => kv,
@@ -66,7 +93,27 @@ pub fn scan(maps: &Maps, now: u32) -> Result<FlowScan, DataplaneError> {
                 }
             }
             FLOW_REPLY => replies.push((key, entry)),
+            FLOW_MASQ => {
+                masqs.insert(key, entry);
+            }
+            FLOW_UNMASQ => unmasqs.push((key, entry)),
             _ => {}
+        }
+    }
+    // Each is read again before it is called an orphan: a flow created during the walk may
+    // have put the entry it belongs to where the walk had already passed.
+    let reply_keys: std::collections::HashSet<FlowKey> = replies.iter().map(|(k, _)| *k).collect();
+    for key in masqs.keys() {
+        let reply = mirror(key);
+        if !reply_keys.contains(&reply) && maps.conntrack.get(&reply, 0).is_err() {
+            out.orphans.push(*key);
+        }
+    }
+    for (key, entry) in unmasqs {
+        let masq = masq_of_unmasq(&key, &entry);
+        let owns = |m: &FlowEntry| unmasq_key(&masq, m) == Some(key);
+        if !masqs.get(&masq).is_some_and(owns) && !maps.conntrack.get(&masq, 0).is_ok_and(|m| owns(&m)) {
+            out.orphans.push(key);
         }
     }
     for (key, entry) in replies {
@@ -74,17 +121,17 @@ pub fn scan(maps: &Maps, now: u32) -> Result<FlowScan, DataplaneError> {
         // Seen in this walk: not an orphan. Otherwise look again, since a flow created during
         // the walk may have put its forward entry where the walk had already passed.
         if !forwards.contains(&forward) && maps.conntrack.get(&forward, 0).is_err() {
-            out.orphan_replies.push(key);
+            out.orphans.push(key);
         }
     }
     Ok(out)
 }
 
-/// Deletes dead flows (both entries) and orphaned replies; returns how many entries went. Each
+/// Deletes dead flows (all their entries) and orphans; returns how many entries went. Each
 /// dead flow is read again first: a packet may have revived it since the scan (a new SYN on the
 /// same ports), and a live flow must never lose its entry.
 pub fn collect_garbage(maps: &mut Maps, scan: &FlowScan, now: u32) -> Result<usize, DataplaneError> {
-    let mut keys = Vec::with_capacity(scan.dead.len() * 2 + scan.orphan_replies.len());
+    let mut keys = Vec::with_capacity(scan.dead.len() * 2 + scan.orphans.len());
     for (key, entry) in &scan.dead {
         let still_dead = match maps.conntrack.get(key, 0) {
             Ok(current) => current.kind == FLOW_FORWARD && expired(FlowState::from_u8(current.state), current.last_seen, now),
@@ -93,9 +140,14 @@ pub fn collect_garbage(maps: &mut Maps, scan: &FlowScan, now: u32) -> Result<usi
         if still_dead {
             keys.push(*key);
             keys.push(reply_key(key, entry));
+            let masq = masq_key(key, entry);
+            if let Ok(masq_entry) = maps.conntrack.get(&masq, 0) {
+                keys.push(masq);
+                keys.extend(unmasq_key(&masq, &masq_entry));
+            }
         }
     }
-    keys.extend(scan.orphan_replies.iter().copied());
+    keys.extend(scan.orphans.iter().copied());
     let mut removed = 0;
     for key in keys {
         match maps.conntrack.remove(&key) {

@@ -2,7 +2,7 @@
 use std::collections::BTreeMap;
 
 use xvs_common::{
-    Backend, ServiceKey, ServiceValue, SlotKey, BACKEND_F_PRESENT, MAP_BACKENDS, MAP_DRAINS, MAP_SERVICES, SERVICE_F_SH_PORT, SERVICE_F_SOURCE_RANGES,
+    Backend, ServiceKey, ServiceValue, SlotKey, BACKEND_F_PRESENT, MAP_BACKENDS, MAP_DRAINS, MAP_SERVICES, SERVICE_F_SH_PORT, SERVICE_F_SOURCE_RANGES, SERVICE_F_EXTERNAL, SERVICE_F_KEEP_CLIENT,
 };
 
 use crate::{
@@ -98,7 +98,7 @@ impl LiveState {
             port: svc.id.port,
             proto: svc.id.proto.number(),
             scheduler: xvs_common::Scheduler::from_u8(svc.value.scheduler).unwrap_or(xvs_common::Scheduler::RoundRobin),
-            flags: svc.value.flags & (SERVICE_F_SH_PORT | SERVICE_F_SOURCE_RANGES),
+            flags: svc.value.flags & (SERVICE_F_SH_PORT | SERVICE_F_SOURCE_RANGES | SERVICE_F_EXTERNAL | SERVICE_F_KEEP_CLIENT),
             affinity_timeout: svc.value.affinity_timeout,
             backends,
             source_ranges: self.source_ranges_of(svc),

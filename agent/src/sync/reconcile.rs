@@ -314,7 +314,7 @@ impl Reconciler {
             port: svc.id.port,
             proto: svc.id.proto.number(),
             scheduler: svc.scheduler,
-            flags: if svc.sh_port { SERVICE_F_SH_PORT } else { 0 } | if svc.source_ranges.is_empty() { 0 } else { SERVICE_F_SOURCE_RANGES },
+            flags: if svc.sh_port { SERVICE_F_SH_PORT } else { 0 } | if svc.source_ranges.is_empty() { 0 } else { SERVICE_F_SOURCE_RANGES } | svc.reach.flags(),
             affinity_timeout: svc.affinity_timeout.unwrap_or(0),
             backends,
             source_ranges: svc.source_ranges.iter().map(|c| (c.addr, c.prefix)).collect(),

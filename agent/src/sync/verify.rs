@@ -3,11 +3,11 @@
 //! internal ids, so a restarted agent's maps verify as well as a fresh one's.
 use std::{fmt, net::SocketAddr};
 
-use xvs_common::{maglev::MH_SLOT_ID_MASK, Scheduler, SERVICE_F_SH_PORT, SERVICE_F_SOURCE_RANGES};
+use xvs_common::{maglev::MH_SLOT_ID_MASK, Scheduler, SERVICE_F_EXTERNAL, SERVICE_F_KEEP_CLIENT, SERVICE_F_SH_PORT, SERVICE_F_SOURCE_RANGES};
 
 use super::live::{LiveService, LiveState};
 use crate::{
-    model::{Model, Service, ServiceId},
+    model::{Model, Reach, Service, ServiceId},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +88,9 @@ fn diff_service(svc: &Service, l: &LiveService, live: &LiveState, out: &mut Vec<
     setting("scheduler", svc.scheduler.ipvs_name().into(), have_sched);
     setting("session affinity timeout", svc.affinity_timeout.unwrap_or(0).to_string(), l.value.affinity_timeout.to_string());
     setting("sh-port", svc.sh_port.to_string(), (l.value.flags & SERVICE_F_SH_PORT != 0).to_string());
+    let reach_bits = SERVICE_F_EXTERNAL | SERVICE_F_KEEP_CLIENT;
+    let have_reach = [Reach::Cluster, Reach::External, Reach::ExternalLocal].into_iter().find(|r| r.flags() == l.value.flags & reach_bits);
+    setting("reach", svc.reach.name().into(), have_reach.map_or_else(|| format!("flags {:#x}", l.value.flags & reach_bits), |r| r.name().into()));
     let ranges = |list: Vec<String>, on: bool| if on { list.join(",") } else { "all clients".to_owned() };
     setting(
         "source ranges",

@@ -28,6 +28,7 @@ fn services(n: u32) -> Vec<Service> {
             affinity_timeout: None,
             sh_port: false,
             source_ranges: Vec::new(),
+            reach: xvs::model::Reach::Cluster,
             backends: (0..BACKENDS)
                 .map(|b| Backend { addr: IpAddr::V4(Ipv4Addr::from(0x0ac8_0000 + s * 16 + b)), port: 8080, weight: 1, state: BackendState::Active })
                 .collect(),

@@ -69,6 +69,7 @@ fn services(n: u32, backend: Ipv4Addr) -> (Vec<Service>, ServiceId, ServiceId) {
         affinity_timeout: None,
         sh_port: false,
             source_ranges: Vec::new(),
+            reach: xvs::model::Reach::Cluster,
         backends: vec![Backend { addr: IpAddr::V4(backend), port: UDP_PORT, weight: 1, state: BackendState::Active }],
     });
     (list, http, udp)

@@ -25,7 +25,7 @@ use k8s_openapi::api::{core::v1::Service as KubeService, discovery::v1::Endpoint
 use xvs_common::Scheduler;
 
 use super::endpoints::{backends, Selection};
-use crate::model::{Cidr, Model, Protocol, Service, ServiceId};
+use crate::model::{Cidr, Model, Protocol, Reach, Service, ServiceId};
 
 pub const SCHEDULER_ANNOTATION: &str = "xvs.io/scheduler";
 pub const WEIGHTS_ANNOTATION: &str = "xvs.io/weights";
@@ -246,10 +246,15 @@ pub(super) fn translate_service(svc: &KubeService, mine: &[&EndpointSlice], node
                 Scope::Internal => internal_local,
                 Scope::External => external_local,
             };
+            let reach = match scope {
+                Scope::Internal => Reach::Cluster,
+                Scope::External if external_local => Reach::ExternalLocal,
+                Scope::External => Reach::External,
+            };
             let sel = Selection { v6: vip.is_ipv6(), proto, local, node, weights: &weights };
             let backends = backends(mine, port, &sel, warnings);
             let source_ranges = if lb_ips.contains(&vip) { ranges_for(vip) } else { Vec::new() };
-            part.services.push((object.clone(), Service { id, scheduler, affinity_timeout: affinity, sh_port: false, backends, source_ranges }));
+            part.services.push((object.clone(), Service { id, scheduler, affinity_timeout: affinity, sh_port: false, backends, source_ranges, reach }));
         }
     }
     part

@@ -1,0 +1,129 @@
+//! Masquerading end to end across two nodes (tests/src/cluster.rs): an external client, node a
+//! running the agent on its client, fabric and pod links, node b without xvs, a pod on each.
+//! Node b has no route to the client, so a flow to its pod works only if node a masqueraded it.
+use std::path::PathBuf;
+
+use xvs::dataplane::Maps;
+use xvs_common::Reason;
+use xvs_integration::{
+    agent::Agent,
+    cluster::{Cluster, Family, NODE_A_IFACES, POD_PORT, V4, V6},
+};
+
+const NODE_PORT: u16 = 30080;
+const NODE_PORT_LOCAL: u16 = 30081;
+const NODE_PORT_BOTH: u16 = 30082;
+const CLUSTER_PORT: u16 = 80;
+const HAIRPIN_PORT: u16 = 81;
+
+/// The services of both families, as kube-proxy would have them on node a.
+fn services(f: &Family) -> String {
+    let ep = |addr: &str| format!("{{ endpoint = \"{}\" }}", Family::endpoint(addr, POD_PORT));
+    let svc = |vip: &str, port: u16, reach: &str, backends: &[&str]| {
+        let list: Vec<String> = backends.iter().map(|b| ep(b)).collect();
+        format!("[[service]]\nvip = \"{vip}\"\nport = {port}\nreach = \"{reach}\"\nbackends = [{}]\n\n", list.join(", "))
+    };
+    [
+        svc(f.node_a, NODE_PORT, "external", &[f.pod_b1]),
+        svc(f.node_a, NODE_PORT_LOCAL, "external-local", &[f.pod_a1]),
+        svc(f.node_a, NODE_PORT_BOTH, "external", &[f.pod_a1, f.pod_b1]),
+        svc(f.cluster_ip, CLUSTER_PORT, "cluster", &[f.pod_b1]),
+        svc(f.cluster_ip, HAIRPIN_PORT, "cluster", &[f.pod_a1]),
+    ]
+    .concat()
+}
+
+/// A cluster with both pods serving and the agent on node a.
+fn start(name: &str, fabric_mtu: u32) -> (Cluster, Agent) {
+    let mut cluster = Cluster::create(&format!("xvs-{name}"), fabric_mtu);
+    cluster.start_pods();
+    let config = std::env::temp_dir().join(format!("xvs-test-{name}.toml"));
+    std::fs::write(&config, format!("{}{}", services(&V4), services(&V6))).unwrap_or_else(|e| panic!("{e}"));
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xvs-test-{name}"));
+    let mut extra = vec!["--dataplane", "ebpf", "--cluster-cidr"];
+    let cidrs = format!("{},{}", V4.cluster_cidr, V6.cluster_cidr);
+    extra.push(&cidrs);
+    for iface in &NODE_A_IFACES[1..] {
+        extra.extend(["--iface", iface]);
+    }
+    let agent = Agent::start(&cluster.ns("a"), &config, NODE_A_IFACES[0], &pin_dir, &extra);
+    (cluster, agent)
+}
+
+fn reasons(agent: &Agent) -> Vec<u64> {
+    let maps = Maps::open_pinned(&agent.pin_dir).unwrap_or_else(|e| panic!("{e}"));
+    maps.reason_counts().unwrap_or_else(|e| panic!("{e}")).to_vec()
+}
+
+fn ok(result: Result<String, String>, what: &str) -> String {
+    result.unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+#[test]
+fn node_port_to_a_remote_pod_is_masqueraded_to_the_nodes_fabric_address_v4_v6() {
+    let (cluster, agent) = start("mn-np", 1500);
+    for f in [&V4, &V6] {
+        // The remote pod sees node a's fabric address, and answers through it.
+        let url = Family::url(f.node_a, NODE_PORT, "/");
+        for _ in 0..3 {
+            assert_eq!(ok(cluster.get("client", &url), &url), format!("b1 {}", f.node_a_fabric));
+        }
+        // externalTrafficPolicy Cluster over both pods: the local one is masqueraded too (to
+        // its link's address), as kube-proxy does, and both serve.
+        let url = Family::url(f.node_a, NODE_PORT_BOTH, "/");
+        let mut seen: Vec<String> = (0..4).map(|_| ok(cluster.get("client", &url), &url)).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen, vec![format!("a1 {}", f.node_a_pod_link), format!("b1 {}", f.node_a_fabric)]);
+    }
+    let r = reasons(&agent);
+    assert!(r[Reason::Masquerade as usize] > 0 && r[Reason::Unmasquerade as usize] > 0, "{r:?}");
+    assert_eq!(r[Reason::SnatPortsExhausted as usize] + r[Reason::SnatNoAddress as usize], 0, "{r:?}");
+    drop(agent);
+}
+
+#[test]
+fn external_traffic_policy_local_keeps_the_clients_address_v4_v6() {
+    let (cluster, agent) = start("mn-local", 1500);
+    for f in [&V4, &V6] {
+        let url = Family::url(f.node_a, NODE_PORT_LOCAL, "/");
+        assert_eq!(ok(cluster.get("client", &url), &url), format!("a1 {}", f.client));
+    }
+    drop(agent);
+}
+
+#[test]
+fn cluster_ips_masquerade_outsiders_and_hairpins_but_not_pods_v4_v6() {
+    let (cluster, agent) = start("mn-cip", 1500);
+    for f in [&V4, &V6] {
+        let url = Family::url(f.cluster_ip, CLUSTER_PORT, "/");
+        // From outside the cluster CIDR: masqueraded (the remote pod could not answer otherwise).
+        assert_eq!(ok(cluster.get("client", &url), &url), format!("b1 {}", f.node_a_fabric));
+        // From a pod: its own address, routed back over the fabric.
+        assert_eq!(ok(cluster.get("a1", &url), &url), format!("b1 {}", f.pod_a1));
+        // Hairpin: the pod reaches itself through the cluster IP, masqueraded to its link's
+        // address, and the answer comes from the cluster IP.
+        let url = Family::url(f.cluster_ip, HAIRPIN_PORT, "/");
+        assert_eq!(ok(cluster.get("a1", &url), &url), format!("a1 {}", f.node_a_pod_link));
+    }
+    drop(agent);
+}
+
+/// PMTU through the VIP: the fabric takes 1400-byte packets and the client sends full-size
+/// segments to a NodePort whose pod is on the other node. Node a answers "fragmentation needed"
+/// (IPv6: packet too big) for the DNATed segment before it is masqueraded, TC egress on the
+/// client's link translates the quote back to the client's own packet, and the client's kernel
+/// lowers its path MTU to the NodePort address.
+#[test]
+fn pmtu_through_a_node_port_to_a_remote_pod_across_a_1400_byte_fabric_v4_v6() {
+    let (cluster, agent) = start("mn-pmtu", 1400);
+    for f in [&V4, &V6] {
+        let url = Family::url(f.node_a, NODE_PORT, "/");
+        assert_eq!(ok(cluster.post("client", &url, 6000), &url), format!("b1 {} 6000", f.node_a_fabric));
+        let route = xvs_integration::topology::sh(&["ip", "-n", &cluster.ns("client"), "route", "get", f.node_a]);
+        assert!(route.contains("mtu 1400"), "{route}");
+    }
+    let r = reasons(&agent);
+    assert!(r[Reason::IcmpErrorNat as usize] >= 2, "{r:?}");
+    drop(agent);
+}
