@@ -19,7 +19,12 @@ use crate::{
 pub fn forward<P: Packet + Jump>(packet: &P) -> Result<Reason, Reason> {
     let ip = parse::parse_ip(packet.frame())?;
     if icmp::is_icmp(&ip) {
-        return icmp::translate(packet, &ip, Way::ToService);
+        let translated = icmp::translate(packet, &ip, Way::ToService);
+        // Perhaps an error about a masqueraded packet: the unmasquerade program's.
+        if translated == Err(Reason::NotService) && snat::enabled() {
+            packet.jump(JUMP_UNMASQ);
+        }
+        return translated;
     }
     let meta = parse::parse_l4(packet.frame(), ip)?;
     let Some(svc) = service::lookup(&meta) else {

@@ -10,13 +10,17 @@
 //!   client's packet after DNAT (quoted `client -> backend:port`; port unreachable, say). The
 //!   quote's destination becomes the VIP, and so does the error's source when it is the
 //!   backend.
+//! - to a masquerade address (ingress, the unmasquerade program): a router between the nodes,
+//!   or the remote backend, answers a masqueraded packet (quoted `node:snat_port -> backend`).
+//!   The quote's source becomes the client again and so does the error's destination; the
+//!   error then leaves towards the client, where TC egress translates it as above.
 //!
 //! Checksums, incrementally: the quoted L4 checksum where the quote holds it (a UDP checksum of
 //! 0 stays 0), the quoted IPv4 header's, the ICMP checksum over everything changed in the
 //! message (and, for ICMPv6, its pseudo-header's address), and the error's IPv4 header's.
 //! With every checksum field compensating its own change the packet's whole sum is unchanged,
 //! so a TC skb's CHECKSUM_COMPLETE sum stays valid too.
-use xvs_common::{csum, Reason, FLOW_FORWARD, FLOW_REPLY, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP};
+use xvs_common::{csum, Reason, FLOW_FORWARD, FLOW_REPLY, FLOW_UNMASQ, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP};
 
 use crate::{
     conntrack,
@@ -37,6 +41,8 @@ pub enum Way {
     ToService,
     /// TC egress, towards a client: it quotes a client's packet after DNAT.
     ToClient,
+    /// Ingress, addressed to a masquerade address: it quotes a masqueraded packet.
+    Unmasquerade,
 }
 
 /// Whether `meta` (from `parse::parse_ip`) is ICMP of its own family.
@@ -68,13 +74,17 @@ pub fn translate<P: Packet>(packet: &P, outer: &PacketMeta, way: Way) -> Result<
     let quote = parse::parse_quoted(frame, outer.l4_off + ICMP_HLEN, end, v6)?;
     // The flow's entry, keyed as the packet going the other way was.
     let key = conntrack::key_of(&quote).reply_of(quote.daddr, quote.dport);
+    // Counted once per error: an unmasqueraded one is counted when it leaves to the client.
     let (kind, quoted_end, own_end, dir) = match way {
-        Way::ToService => (FLOW_FORWARD, End::Source, End::Destination, Direction::In { new_conn: false }),
-        Way::ToClient => (FLOW_REPLY, End::Destination, End::Source, Direction::Out),
+        Way::ToService => (FLOW_FORWARD, End::Source, End::Destination, Some(Direction::In { new_conn: false })),
+        Way::ToClient => (FLOW_REPLY, End::Destination, End::Source, Some(Direction::Out)),
+        Way::Unmasquerade => (FLOW_UNMASQ, End::Source, End::Destination, None),
     };
     let entry = conntrack::lookup(&key, kind).ok_or(Reason::NotService)?;
     rewrite(frame.data, frame.data_end, end, outer, &quote, quoted_end, own_end, (&entry.nat_addr, entry.nat_port))?;
-    stats::count_flow(entry.svc_id, entry.backend_id, outer.l3_len, dir);
+    if let Some(dir) = dir {
+        stats::count_flow(entry.svc_id, entry.backend_id, outer.l3_len, dir);
+    }
     Ok(Reason::IcmpErrorNat)
 }
 

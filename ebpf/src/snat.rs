@@ -17,6 +17,7 @@ use xvs_common::{
 
 use crate::{
     clock, conntrack,
+    icmp::{self, Way},
     maps::{XVS_CONNTRACK, XVS_NAT, XVS_NAT_ADDRS, XVS_SERVICES},
     nat::{End, Packet},
     parse::{self, PacketMeta},
@@ -25,6 +26,11 @@ use crate::{
 #[inline(always)]
 fn config() -> Option<&'static NatConfig> {
     XVS_NAT.get(0).filter(|cfg| cfg.flags & NAT_F_ENABLED != 0)
+}
+
+#[inline(always)]
+pub fn enabled() -> bool {
+    config().is_some()
 }
 
 /// TC egress, a packet of a flow whose MASQ entry exists (`entry`, in place): masqueraded to
@@ -114,10 +120,15 @@ pub fn in_port_range(meta: &PacketMeta) -> bool {
 }
 
 /// The unmasquerade program (reached from ingress by tail call): a reply to a masquerade
-/// address and port goes on to the flow's client. Anything else is left alone (`NotService`).
+/// address and port goes on to the flow's client, and so does an ICMP error about a
+/// masqueraded packet (icmp.rs). Anything else is left alone (`NotService`).
 #[inline(always)]
 pub fn unmasquerade<P: Packet>(packet: &P) -> Result<Reason, Reason> {
-    let meta = parse::parse_l4(packet.frame(), parse::parse_ip(packet.frame())?)?;
+    let ip = parse::parse_ip(packet.frame())?;
+    if icmp::is_icmp(&ip) {
+        return icmp::translate(packet, &ip, Way::Unmasquerade);
+    }
+    let meta = parse::parse_l4(packet.frame(), ip)?;
     let entry = conntrack::lookup(&conntrack::key_of(&meta), FLOW_UNMASQ).ok_or(Reason::NotService)?;
     packet.rewrite(&meta, End::Destination, &entry.nat_addr, entry.nat_port)?;
     Ok(Reason::Unmasquerade)

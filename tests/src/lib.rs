@@ -7,6 +7,7 @@ pub mod agent;
 pub mod bench;
 pub mod cluster;
 pub mod differential;
+pub mod icmp_frames;
 pub mod image;
 pub mod kube;
 pub mod pins;

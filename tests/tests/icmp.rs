@@ -5,49 +5,13 @@
 //! header, the quoted TCP/UDP checksum where the quote holds it) is checked independently.
 use std::net::{IpAddr, SocketAddr};
 
-use etherparse::{icmpv4, icmpv6, Icmpv4Type, Icmpv6Type, PacketBuilder};
 use xvs::dataplane::Dataplane;
 use xvs_common::Reason;
-use xvs_integration::{table::*, *};
-
-/// The errors the tests send: PMTU discovery's and a closed port's.
-#[derive(Clone, Copy, Debug)]
-enum Error {
-    /// "Fragmentation needed" (ICMPv6 "packet too big"), MTU 1400.
-    TooBig,
-    PortUnreachable,
-}
-
-/// An ICMP error from `src` to `dst` quoting `quote`.
-fn icmp_error(src: IpAddr, dst: IpAddr, error: Error, quote: &[u8]) -> Vec<u8> {
-    let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 9], [2, 0, 0, 0, 0, 2]);
-    let mut out = Vec::new();
-    let written = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let header = match error {
-                Error::TooBig => icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
-                Error::PortUnreachable => icmpv4::DestUnreachableHeader::Port,
-            };
-            eth.ipv4(s.octets(), d.octets(), 64).icmpv4(Icmpv4Type::DestinationUnreachable(header)).write(&mut out, quote)
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let kind = match error {
-                Error::TooBig => Icmpv6Type::PacketTooBig { mtu: 1400 },
-                Error::PortUnreachable => Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port),
-            };
-            eth.ipv6(s.octets(), d.octets(), 64).icmpv6(kind).write(&mut out, quote)
-        }
-        _ => panic!("mixed families"),
-    };
-    written.unwrap_or_else(|e| panic!("{e}"));
-    out
-}
-
-/// `p`'s IP packet, cut after `cut` bytes (all of it when `None`).
-fn quote(p: &Pkt, cut: Option<usize>) -> Vec<u8> {
-    let ip = p.bytes()[p.l3_offset()..].to_vec();
-    ip[..cut.map_or(ip.len(), |c| c.min(ip.len()))].to_vec()
-}
+use xvs_integration::{
+    icmp_frames::{icmp_error, quote, IcmpError as Error},
+    table::*,
+    *,
+};
 
 fn ip(s: &str) -> IpAddr {
     s.parse::<SocketAddr>().map(|a| a.ip()).or_else(|_| s.parse()).unwrap_or_else(|e| panic!("{s}: {e}"))

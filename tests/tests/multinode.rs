@@ -15,6 +15,9 @@ const NODE_PORT_LOCAL: u16 = 30081;
 const NODE_PORT_BOTH: u16 = 30082;
 const CLUSTER_PORT: u16 = 80;
 const HAIRPIN_PORT: u16 = 81;
+/// UDP to a port the remote pod does not listen on.
+const NODE_PORT_CLOSED: u16 = 30090;
+const CLOSED_POD_PORT: u16 = 9999;
 
 /// The services of both families, as kube-proxy would have them on node a.
 fn services(f: &Family) -> String {
@@ -23,7 +26,13 @@ fn services(f: &Family) -> String {
         let list: Vec<String> = backends.iter().map(|b| ep(b)).collect();
         format!("[[service]]\nvip = \"{vip}\"\nport = {port}\nreach = \"{reach}\"\nbackends = [{}]\n\n", list.join(", "))
     };
+    let closed = format!(
+        "[[service]]\nvip = \"{}\"\nport = {NODE_PORT_CLOSED}\nprotocol = \"udp\"\nreach = \"external\"\nbackends = [{{ endpoint = \"{}\" }}]\n\n",
+        f.node_a,
+        Family::endpoint(f.pod_b1, CLOSED_POD_PORT)
+    );
     [
+        closed,
         svc(f.node_a, NODE_PORT, "external", &[f.pod_b1]),
         svc(f.node_a, NODE_PORT_LOCAL, "external-local", &[f.pod_a1]),
         svc(f.node_a, NODE_PORT_BOTH, "external", &[f.pod_a1, f.pod_b1]),
@@ -106,6 +115,37 @@ fn cluster_ips_masquerade_outsiders_and_hairpins_but_not_pods_v4_v6() {
         let url = Family::url(f.cluster_ip, HAIRPIN_PORT, "/");
         assert_eq!(ok(cluster.get("a1", &url), &url), format!("a1 {}", f.node_a_pod_link));
     }
+    drop(agent);
+}
+
+/// The remote pod's "port unreachable" about a masqueraded datagram is addressed to node a's
+/// fabric address and quotes the datagram as it left node a. Node a sends it on to the client
+/// and translates it back to the client's own datagram, so the client's connected UDP socket
+/// hears ECONNREFUSED instead of waiting for an answer that never comes.
+#[test]
+fn a_remote_pods_port_unreachable_reaches_the_clients_socket_v4_v6() {
+    const PROBE: &str = r#"
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(family, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.connect((sys.argv[1], int(sys.argv[2])))
+try:
+    s.send(b"ping")
+    s.recv(100)
+    print("answered")
+except ConnectionRefusedError:
+    print("refused")
+except socket.timeout:
+    print("timeout")
+"#;
+    let (cluster, agent) = start("mn-icmp", 1500);
+    for f in [&V4, &V6] {
+        let out = xvs_integration::topology::sh(&["ip", "netns", "exec", &cluster.ns("client"), "python3", "-c", PROBE, f.node_a, &NODE_PORT_CLOSED.to_string()]);
+        assert_eq!(out.trim(), "refused", "{}", f.node_a);
+    }
+    let r = reasons(&agent);
+    assert!(r[Reason::IcmpErrorNat as usize] >= 4, "unmasqueraded and translated to the client, both families: {r:?}");
     drop(agent);
 }
 

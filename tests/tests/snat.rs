@@ -212,3 +212,42 @@ fn the_collector_removes_every_entry_of_a_dead_masqueraded_flow_and_orphans_but_
     assert_eq!(collect_garbage(&mut dp.maps, &dead, now).unwrap_or_else(|e| panic!("{e}")), 7);
     assert_eq!(kinds(&dp), Vec::<u8>::new());
 }
+
+/// ICMP errors about masqueraded packets: a router between the nodes (too big) or the remote
+/// backend (port unreachable) answers the packet as it left, `node:port -> backend`. Ingress
+/// sends the error on to the client with the quote's source translated back (the unmasquerade
+/// program); TC egress on the client's side then translates the quote's destination back to the
+/// VIP and, when the backend sent it, the error's own source. Cut quotes and whole ones.
+#[test]
+fn icmp_errors_about_masqueraded_packets_reach_the_client_translated_v4_v6() {
+    use xvs_integration::icmp_frames::{icmp_error, quote, IcmpError};
+    for (client, vip, backend, node, router) in [(OUTSIDE, VIP, BACKEND, NODE, "10.2.0.254"), (OUTSIDE6, VIP6, BACKEND6, NODE6, "fd02::fe")] {
+        for (error, from_backend) in [(IcmpError::TooBig, false), (IcmpError::PortUnreachable, true)] {
+            for cut in [Some(28), Some(48), None] {
+                let mut dp = setup(SERVICE_F_EXTERNAL, 61000..=65535);
+                let snat = masqueraded_flow(&mut dp, xdp, (L4::TcpSyn, L4::TcpAck), client, vip, backend, node);
+                let client_ip = sa(client).ip();
+                let sender = if from_backend { sa(backend).ip() } else { ip(router) };
+                let ack = Pkt::new(L4::TcpAck, client, vip);
+                let cut = cut.map(|c| c + if client_ip.is_ipv6() { 20 } else { 0 });
+                let as_sent = quote(&ack.with_dst(backend).with_src(&snat.to_string()), cut);
+                let error_in = icmp_error(sender, snat.ip(), error, &as_sent);
+                let before = Reasons::read(&dp);
+                let run = xdp(&mut dp, &error_in);
+                assert_eq!(run.verdict, XDP_PASS);
+                assert_eq!(Reasons::read(&dp).since(&before), vec![(Reason::IcmpErrorNat, 1)], "{error:?} {cut:?}");
+                let to_client = icmp_error(sender, client_ip, error, &quote(&ack.with_dst(backend), cut));
+                assert_eq!(run.out, to_client, "{error:?} {cut:?}: unmasqueraded");
+                let out = tc_egress(&mut dp, &to_client);
+                let own_source = if from_backend { sa(vip).ip() } else { sender };
+                assert_eq!(out.out, icmp_error(own_source, client_ip, error, &quote(&ack, cut)), "{error:?} {cut:?}: to the client");
+            }
+        }
+    }
+    // An error about a tuple no flow took passes untouched.
+    let mut dp = setup(SERVICE_F_EXTERNAL, 61000..=65535);
+    let stray = quote(&Pkt::new(L4::TcpAck, "10.2.0.1:61234", BACKEND), None);
+    let frame = icmp_error(ip("10.2.0.254"), ip(NODE), IcmpError::TooBig, &stray);
+    let run = xdp(&mut dp, &frame);
+    assert_eq!((run.verdict, run.out), (XDP_PASS, frame));
+}

@@ -9,6 +9,9 @@
 //! session_affinity_timeout = 10800 # optional: ClientIP affinity (IPVS persistent), seconds
 //! flags = ["sh-port"]              # optional: sh-port (sh) or mh-port (mh): hash the client port
 //! source_ranges = ["10.0.0.0/8"]   # optional: only these clients open flows (eBPF datapath)
+//! reach = "cluster"                # cluster (default) | external | external-local: who is
+//!                                  # masqueraded (a cluster IP, a NodePort/LB address with
+//!                                  # externalTrafficPolicy Cluster, or with Local)
 //! backends = [
 //!   { endpoint = "10.244.1.2:8080" },                      # weight 1, active
 //!   { endpoint = "10.244.1.3:8080", weight = 2 },
@@ -291,6 +294,17 @@ backends = [{ endpoint = "[fd00::2]:5353" }]
         assert!(bad.contains("line 4") && bad.contains("the prefix must be 0..=32"), "{bad}");
         let family = err("[[service]]\nvip = \"10.96.0.1\"\nport = 80\nsource_ranges = [\"fd00::/8\"]\n");
         assert!(family.contains("source range fd00::/8 is not of the VIP's family"), "{family}");
+    }
+
+    #[test]
+    fn reach_defaults_to_a_cluster_ip_and_names_kube_proxys_three_cases() {
+        let text = |reach: &str| format!("[[service]]\nvip = \"10.96.0.1\"\nport = 80\n{reach}\n");
+        let reach_of = |t: String| parse(&t, Path::new("svc.toml")).ok().and_then(|m| m.services().next().map(|s| s.reach));
+        assert_eq!(reach_of(text("")), Some(Reach::Cluster));
+        assert_eq!(reach_of(text("reach = \"external\"")), Some(Reach::External));
+        assert_eq!(reach_of(text("reach = \"external-local\"")), Some(Reach::ExternalLocal));
+        let bad = err(&text("reach = \"local\""));
+        assert!(bad.contains("line 4") && bad.contains("unknown variant `local`"), "{bad}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::model::BackendState;
+use crate::model::{BackendState, Reach};
 
 fn service(v: serde_json::Value) -> KubeService {
     serde_json::from_value(v).unwrap_or_else(|e| panic!("fixture: {e}"))
@@ -135,9 +135,18 @@ fn node_port_external_ips_and_load_balancer_with_local_traffic_policy() {
             "TCP 203.0.113.7:80 rr [10.244.1.2:8080 a, 10.244.1.4:8080 a]",
         ]
     );
+    // Masquerading: the cluster IP is reached from the cluster, the other three are external
+    // addresses whose policy keeps the client's address.
+    let reach: Vec<Reach> = model.services().map(|s| s.reach).collect();
+    assert_eq!(reach, [Reach::Cluster, Reach::ExternalLocal, Reach::ExternalLocal, Reach::ExternalLocal]);
+    let cluster_policy = nginx(json!({"type": "NodePort", "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "web", "nodePort": 30080}]}));
+    let (model, _) = translate(&[cluster_policy], &[three_ready()], &node_a());
+    let reach: Vec<Reach> = model.services().map(|s| s.reach).collect();
+    assert_eq!(reach, [Reach::Cluster, Reach::External]);
     let internal_local = nginx(json!({"internalTrafficPolicy": "Local"}));
     let (model, _) = translate(&[internal_local], &[three_ready()], &Node { name: "node-b".into(), addresses: vec![], zone: None });
     assert_eq!(shown(&model), ["TCP 10.96.0.10:80 rr [10.244.2.3:8080 a]"]);
+    assert_eq!(model.services().next().map(|s| s.reach), Some(Reach::Cluster), "internalTrafficPolicy has no say in masquerading");
 }
 
 /// kube-proxy's loadBalancerSourceRanges: on the LB IPs only (not the clusterIP, externalIPs or
