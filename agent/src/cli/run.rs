@@ -10,7 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use xvs::{
     daemon::{Agent, Ebpf},
     ipvs::mirror::IpvsMirror,
-    dataplane::{detach_tc_filters, unpin_all, Attachment, Capacity, DataplaneError, Ingress, LinkEvents, NatSettings, ObjectSource, TcLinks},
+    dataplane::{detach_tc_filters, ephemeral_overlap, unpin_all, Attachment, Capacity, DataplaneError, Ingress, LinkEvents, NatSettings, ObjectSource, TcLinks},
 };
 
 use super::source::{KubeArgs, NodeArgs, Source, SourceArgs};
@@ -309,6 +309,13 @@ fn start_ebpf(object: &ObjectSource, args: &RunArgs) -> anyhow::Result<Ebpf> {
     let nat = NatSettings { cluster_cidrs: cidrs.iter().map(|c| (c.addr, c.prefix)).collect(), masquerade_all: args.masquerade_all, ports: args.snat_ports.clone() };
     dataplane.maps.set_nat(&nat)?;
     tracing::info!(cluster_cidr = ?args.cluster_cidr.iter().map(ToString::to_string).collect::<Vec<_>>(), masquerade_all = args.masquerade_all, snat_ports = ?args.snat_ports, "masquerading");
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    if let Some(shared) = ephemeral_overlap(&args.snat_ports, &ephemeral) {
+        tracing::warn!(
+            "--snat-ports {}-{} shares ports {}-{} with the node's own ephemeral ports (net.ipv4.ip_local_port_range {}): a connection of the node's to a backend could take a tuple a masqueraded flow holds; move one of the ranges, or list the shared ports in net.ipv4.ip_local_reserved_ports",
+            args.snat_ports.start(), args.snat_ports.end(), shared.start(), shared.end(), ephemeral.split_whitespace().collect::<Vec<_>>().join("-")
+        );
+    }
     attachment.attach_all(&mut dataplane)?;
     Ok(Ebpf::adopt(dataplane, attachment, args.drain_timeout)?)
 }

@@ -25,7 +25,7 @@ pub use link_events::LinkEvents;
 pub use lock::{Holder, PinLock};
 pub use tc_netlink::{detach_tc_filters, TcLinks};
 pub use maps::Maps;
-pub use nat::{interface_addresses, NatSettings, DEFAULT_SNAT_PORTS};
+pub use nat::{ephemeral_overlap, interface_addresses, NatSettings, DEFAULT_SNAT_PORTS};
 pub use pin::{ensure_bpffs, map_pin, unpin_all, DEFAULT_PIN_DIR};
 pub use service::{BackendEntry, ServiceEntry};
 pub use tables::MAX_TABLE_LEN;

@@ -53,6 +53,16 @@ impl NatSettings {
     }
 }
 
+/// Where `ports` meets the node's ephemeral ports (`ip_local_port_range`, as the file reads,
+/// e.g. "32768\t60999"): a node's own connection to a backend could then take a tuple a
+/// masqueraded flow holds. `None`: no overlap, or the text is not a range.
+pub fn ephemeral_overlap(ports: &RangeInclusive<u16>, ip_local_port_range: &str) -> Option<RangeInclusive<u16>> {
+    let mut ends = ip_local_port_range.split_whitespace().map(str::parse::<u16>);
+    let (Some(Ok(low)), Some(Ok(high))) = (ends.next(), ends.next()) else { return None };
+    let (start, end) = (low.max(*ports.start()), high.min(*ports.end()));
+    (start <= end).then_some(start..=end)
+}
+
 /// The netmask of `prefix` bits as an address of the family.
 fn mask(v6: bool, prefix: u8) -> IpAddr {
     if v6 {
@@ -166,6 +176,14 @@ mod tests {
         assert_eq!(cfg.cluster_cidr[0].mask, xvs_common::addr_v4([255, 255, 0, 0]));
         assert!(cfg.cluster_cidr[1].contains(&to_map_addr("fd44::1:2".parse().unwrap_or(IpAddr::from([0u8; 16]))).0));
         assert!(!cfg.cluster_cidr[1].contains(&to_map_addr("fd45::1".parse().unwrap_or(IpAddr::from([0u8; 16]))).0));
+    }
+
+    #[test]
+    fn overlap_with_the_ephemeral_range() {
+        assert_eq!(ephemeral_overlap(&DEFAULT_SNAT_PORTS, "32768\t60999\n"), None);
+        assert_eq!(ephemeral_overlap(&(1024..=65535), "32768\t60999\n"), Some(32768..=60999));
+        assert_eq!(ephemeral_overlap(&(60000..=61000), "32768 60999"), Some(60000..=60999));
+        assert_eq!(ephemeral_overlap(&(1024..=65535), "garbage"), None);
     }
 
     #[test]

@@ -5,5 +5,6 @@
 pub mod control;
 pub mod datapath;
 pub mod floor;
+pub mod nodeport;
 pub mod svg;
 pub mod throughput;

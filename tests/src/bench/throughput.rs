@@ -48,7 +48,16 @@ pub struct Throughput {
     pub http_rps: f64,
 }
 
-fn in_netns<T: Send + 'static>(ns: String, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+/// Where the measured traffic goes: the client's and the backend's namespaces, and for UDP and
+/// HTTP the address the client sends to and the one the backend serves on.
+pub(super) struct Ends {
+    pub client_ns: String,
+    pub backend_ns: String,
+    pub udp: (SocketAddr, SocketAddr),
+    pub http: (SocketAddr, SocketAddr),
+}
+
+pub(super) fn in_netns<T: Send + 'static>(ns: String, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
     std::thread::spawn(move || {
         enter_netns(&ns);
         f()
@@ -141,14 +150,15 @@ fn batch(sock: &UdpSocket, dir: Dir) -> usize {
 }
 
 /// Packets the sink received per second while a sender blasted 18-byte datagrams over 32
-/// flows to `vip:UDP_PORT`, both batching 64 packets per syscall.
-fn udp_pps(topo: &Topology, vip: IpAddr, backend: Ipv4Addr) -> f64 {
+/// flows to the service, both batching 64 packets per syscall.
+pub(super) fn udp_pps(ends: &Ends) -> f64 {
+    let (vip, backend) = ends.udp;
     let stop = Arc::new(AtomicBool::new(false));
     let received = Arc::new(AtomicU64::new(0));
     let (s2, r2) = (stop.clone(), received.clone());
     let (ready_tx, ready_rx) = mpsc::channel();
-    let sink = in_netns(topo.ns("be1"), move || {
-        let sock = UdpSocket::bind((backend, UDP_PORT)).unwrap_or_else(|e| panic!("udp sink: {e}"));
+    let sink = in_netns(ends.backend_ns.clone(), move || {
+        let sock = UdpSocket::bind(backend).unwrap_or_else(|e| panic!("udp sink: {e}"));
         sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap_or_else(|e| panic!("{e}"));
         let _ = ready_tx.send(());
         while !s2.load(Ordering::Relaxed) {
@@ -160,11 +170,11 @@ fn udp_pps(topo: &Topology, vip: IpAddr, backend: Ipv4Addr) -> f64 {
     });
     let _ = ready_rx.recv();
     let s3 = stop.clone();
-    let sender = in_netns(topo.ns("client"), move || {
+    let sender = in_netns(ends.client_ns.clone(), move || {
         let socks: Vec<UdpSocket> = (0..32)
             .map(|_| {
                 let s = UdpSocket::bind("0.0.0.0:0").unwrap_or_else(|e| panic!("{e}"));
-                s.connect(SocketAddr::new(vip, UDP_PORT)).unwrap_or_else(|e| panic!("{e}"));
+                s.connect(vip).unwrap_or_else(|e| panic!("{e}"));
                 s
             })
             .collect();
@@ -187,13 +197,14 @@ fn udp_pps(topo: &Topology, vip: IpAddr, backend: Ipv4Addr) -> f64 {
 }
 
 /// Requests per second of one client doing connect / GET / read / close in a loop against
-/// `vip:80`, served by a minimal HTTP server.
-fn http_rps(topo: &Topology, vip: IpAddr, backend: Ipv4Addr) -> f64 {
+/// the service, served by a minimal HTTP server.
+pub(super) fn http_rps(ends: &Ends) -> f64 {
+    let (target, backend) = ends.http;
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = stop.clone();
     let (ready_tx, ready_rx) = mpsc::channel();
-    let server = in_netns(topo.ns("be1"), move || {
-        let listener = TcpListener::bind((backend, HTTP_PORT)).unwrap_or_else(|e| panic!("http server: {e}"));
+    let server = in_netns(ends.backend_ns.clone(), move || {
+        let listener = TcpListener::bind(backend).unwrap_or_else(|e| panic!("http server: {e}"));
         listener.set_nonblocking(true).unwrap_or_else(|e| panic!("{e}"));
         let _ = ready_tx.send(());
         let mut buf = [0u8; 512];
@@ -209,8 +220,7 @@ fn http_rps(topo: &Topology, vip: IpAddr, backend: Ipv4Addr) -> f64 {
         }
     });
     let _ = ready_rx.recv();
-    let client = in_netns(topo.ns("client"), move || {
-        let target = SocketAddr::new(vip, 80);
+    let client = in_netns(ends.client_ns.clone(), move || {
         let once = || -> std::io::Result<()> {
             let mut c = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
             c.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
@@ -241,8 +251,14 @@ pub fn measure(way: Way, n: u32) -> Throughput {
     let backend: Ipv4Addr = Topology::backend_addr(1).parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
     let (list, http, udp) = services(n, backend);
     let guard = program(way, &topo, list);
-    let udp_pps = udp_pps(&topo, udp.vip, backend);
-    let http_rps = http_rps(&topo, http.vip, backend);
+    let ends = Ends {
+        client_ns: topo.ns("client"),
+        backend_ns: topo.ns("be1"),
+        udp: (SocketAddr::new(udp.vip, udp.port), SocketAddr::new(IpAddr::V4(backend), UDP_PORT)),
+        http: (SocketAddr::new(http.vip, http.port), SocketAddr::new(IpAddr::V4(backend), HTTP_PORT)),
+    };
+    let udp_pps = udp_pps(&ends);
+    let http_rps = http_rps(&ends);
     if let Some((stop, handle)) = guard {
         let _ = stop.send(());
         let _ = handle.join();
