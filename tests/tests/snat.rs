@@ -251,3 +251,45 @@ fn icmp_errors_about_masqueraded_packets_reach_the_client_translated_v4_v6() {
     let run = xdp(&mut dp, &frame);
     assert_eq!((run.verdict, run.out), (XDP_PASS, frame));
 }
+
+#[test]
+fn a_flow_rescheduled_to_another_backend_leaves_orphans_the_collector_finds() {
+    use xvs::sync::flows::{collect_garbage, scan};
+    let mut dp = setup(SERVICE_F_EXTERNAL, 61000..=65535);
+    let old = masqueraded_flow(&mut dp, xdp, (L4::TcpSyn, L4::TcpAck), OUTSIDE, VIP, BACKEND, NODE);
+    // The backend goes; the flow's next packet moves to the new one and is masqueraded anew.
+    let moved = "10.244.3.3:8080";
+    let mut svc = service(1, VIP, IPPROTO_TCP, Scheduler::RoundRobin, &[(4, moved, 1)]);
+    svc.flags = SERVICE_F_EXTERNAL;
+    dp.maps.apply_service(&svc).unwrap_or_else(|e| panic!("{e}"));
+    dp.maps.remove_backend(1).unwrap_or_else(|e| panic!("{e}"));
+    let next = Pkt::new(L4::TcpAck, OUTSIDE, VIP);
+    assert_eq!(run(&mut dp, xdp, &next, XDP_PASS, Reason::Rescheduled), next.with_dst(moved).bytes());
+    run(&mut dp, tc_egress, &next.with_dst(moved), TC_ACT_OK, Reason::Masquerade);
+
+    let now = xvs::sync::datapath_secs(&dp.maps).unwrap_or_else(|e| panic!("{e}"));
+    let found = scan(&dp.maps, now).unwrap_or_else(|e| panic!("{e}"));
+    let mut orphans: Vec<(u8, std::net::SocketAddr, std::net::SocketAddr)> = found
+        .orphans
+        .iter()
+        .map(|k| {
+            let kind = dp.maps.conntrack.get(k, 0).map_or(0, |e| e.kind);
+            let at = |a: &[u32; 4], p: u16| std::net::SocketAddr::new(xvs::dataplane::from_map_addr(a, k.family).unwrap_or_else(|| panic!("family")), u16::from_be(p));
+            (kind, at(&k.saddr, k.sport), at(&k.daddr, k.dport))
+        })
+        .collect();
+    orphans.sort_unstable();
+    use xvs_common::{FLOW_MASQ as M, FLOW_REPLY as R, FLOW_UNMASQ as U};
+    assert_eq!(
+        orphans,
+        vec![(R, sa(BACKEND), sa(OUTSIDE)), (M, sa(OUTSIDE), sa(BACKEND)), (U, sa(BACKEND), old)],
+        "the old backend's reply, MASQ and UNMASQ entries, nothing of the flow's new ones"
+    );
+    assert_eq!(collect_garbage(&mut dp.maps, &found, now).unwrap_or_else(|e| panic!("{e}")), 3);
+    // The moved flow still works both ways.
+    let reply = Pkt::new(L4::TcpAck, moved, &{
+        let masq = dp.maps.conntrack.iter().filter_map(Result::ok).find(|(_, e)| e.kind == U).unwrap_or_else(|| panic!("no UNMASQ entry left"));
+        std::net::SocketAddr::new(ip(NODE), u16::from_be(masq.0.dport)).to_string()
+    });
+    run(&mut dp, xdp, &reply, XDP_PASS, Reason::Unmasquerade);
+}

@@ -67,8 +67,8 @@ fn mirror(key: &FlowKey) -> FlowKey {
 pub fn scan(maps: &Maps, now: u32) -> Result<FlowScan, DataplaneError> {
     let mut out = FlowScan::default();
     let mut replies = Vec::new();
-    let mut forwards = std::collections::HashSet::new();
-    let mut masqs = HashMap::new();
+    let mut forwards = HashMap::new();
+    let mut masqs = Vec::new();
     let mut unmasqs = Vec::new();
     for item in maps.conntrack.iter() {
         let (key, entry) = match item {
@@ -79,7 +79,7 @@ pub fn scan(maps: &Maps, now: u32) -> Result<FlowScan, DataplaneError> {
         };
         match entry.kind {
             FLOW_FORWARD => {
-                forwards.insert(key);
+                forwards.insert(key, entry);
                 let state = FlowState::from_u8(entry.state);
                 if expired(state, entry.last_seen, now) {
                     out.dead.push((key, entry));
@@ -93,38 +93,63 @@ pub fn scan(maps: &Maps, now: u32) -> Result<FlowScan, DataplaneError> {
                 }
             }
             FLOW_REPLY => replies.push((key, entry)),
-            FLOW_MASQ => {
-                masqs.insert(key, entry);
-            }
+            FLOW_MASQ => masqs.push((key, entry)),
             FLOW_UNMASQ => unmasqs.push((key, entry)),
             _ => {}
         }
     }
-    // Each is read again before it is called an orphan: a flow created during the walk may
-    // have put the entry it belongs to where the walk had already passed.
-    let reply_keys: std::collections::HashSet<FlowKey> = replies.iter().map(|(k, _)| *k).collect();
-    for key in masqs.keys() {
-        let reply = mirror(key);
-        if !reply_keys.contains(&reply) && maps.conntrack.get(&reply, 0).is_err() {
-            out.orphans.push(*key);
-        }
+    // Ownership runs forward -> reply -> MASQ -> UNMASQ. An entry is an orphan when the entry it
+    // belongs to is gone or no longer points at it: a flow rescheduled to another backend leaves
+    // its old reply, MASQ and UNMASQ entries behind, and the UNMASQ entry holds an SNAT port.
+    // An owner the walk did not see is read again: a flow created during the walk may have put
+    // it where the walk had already passed.
+    let reply_owned = |fwd: &FlowEntry, reply: &FlowKey| fwd.kind == FLOW_FORWARD && fwd.nat_addr == reply.saddr && fwd.nat_port == reply.sport;
+    let mut judged = Judged::default();
+    for (key, entry) in replies {
+        let forward = key.forward_of(entry.nat_addr, entry.nat_port);
+        let owned = match forwards.get(&forward) {
+            Some(fwd) => reply_owned(fwd, &key),
+            None => maps.conntrack.get(&forward, 0).is_ok_and(|fwd| reply_owned(&fwd, &key)),
+        };
+        judged.file(key, owned, &mut out.orphans);
+    }
+    let mut masq_entries = HashMap::new();
+    for (key, entry) in masqs {
+        let reply = mirror(&key);
+        let owned = judged.live_or(&reply, || maps.conntrack.get(&reply, 0).is_ok_and(|r| r.kind == FLOW_REPLY));
+        judged.file(key, owned, &mut out.orphans);
+        masq_entries.insert(key, entry);
     }
     for (key, entry) in unmasqs {
         let masq = masq_of_unmasq(&key, &entry);
-        let owns = |m: &FlowEntry| unmasq_key(&masq, m) == Some(key);
-        if !masqs.get(&masq).is_some_and(owns) && !maps.conntrack.get(&masq, 0).is_ok_and(|m| owns(&m)) {
-            out.orphans.push(key);
-        }
-    }
-    for (key, entry) in replies {
-        let forward = key.forward_of(entry.nat_addr, entry.nat_port);
-        // Seen in this walk: not an orphan. Otherwise look again, since a flow created during
-        // the walk may have put its forward entry where the walk had already passed.
-        if !forwards.contains(&forward) && maps.conntrack.get(&forward, 0).is_err() {
-            out.orphans.push(key);
-        }
+        let points_here = |m: &FlowEntry| unmasq_key(&masq, m) == Some(key);
+        let owned = judged.live_or(&masq, || maps.conntrack.get(&masq, 0).is_ok_and(|m| points_here(&m))) && masq_entries.get(&masq).is_none_or(points_here);
+        judged.file(key, owned, &mut out.orphans);
     }
     Ok(out)
+}
+
+/// The entries the walk has judged, owner before owned.
+#[derive(Default)]
+struct Judged {
+    seen: std::collections::HashSet<FlowKey>,
+    live: std::collections::HashSet<FlowKey>,
+}
+
+impl Judged {
+    fn file(&mut self, key: FlowKey, owned: bool, orphans: &mut Vec<FlowKey>) {
+        self.seen.insert(key);
+        if owned {
+            self.live.insert(key);
+        } else {
+            orphans.push(key);
+        }
+    }
+
+    /// Whether `owner` is live: as judged, or, if the walk did not see it, as `reread` finds it.
+    fn live_or(&self, owner: &FlowKey, reread: impl FnOnce() -> bool) -> bool {
+        if self.seen.contains(owner) { self.live.contains(owner) } else { reread() }
+    }
 }
 
 /// Deletes dead flows (all their entries) and orphans; returns how many entries went. Each
