@@ -190,6 +190,39 @@ impl Cluster {
         }
     }
 
+    /// Starts a line echo server on `port` in `pod` ("a1" or "b1"), both families: each line
+    /// comes back as `<pod> <peer address>:<line>`, so a long-lived connection shows where it
+    /// lands and what source address the pod sees.
+    pub fn start_echo(&mut self, pod: &str, port: u16) {
+        const ECHO: &str = r#"
+import socket, socketserver, sys
+class H(socketserver.StreamRequestHandler):
+    def handle(self):
+        peer = self.client_address[0].removeprefix("::ffff:")
+        for line in self.rfile:
+            self.wfile.write(f"{sys.argv[1]} {peer}:".encode() + line)
+class S(socketserver.ThreadingTCPServer):
+    address_family = socket.AF_INET6
+    allow_reuse_address = True
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+S(("::", int(sys.argv[2])), H).serve_forever()
+"#;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(pod), "python3", "-c", ECHO, pod, &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start python3: {e}"));
+        self.servers.push(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !sh(&["ip", "netns", "exec", &self.ns(pod), "ss", "-Htln", &format!("sport = :{port}")]).contains(&port.to_string()) {
+            assert!(Instant::now() < deadline, "the echo server in {pod} did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// One HTTP GET from namespace `from` (a short name: "client", "a1", ...): the body, trimmed.
     pub fn get(&self, from: &str, url: &str) -> Result<String, String> {
         self.curl(from, &[url])

@@ -15,6 +15,9 @@ const NODE_PORT_LOCAL: u16 = 30081;
 const NODE_PORT_BOTH: u16 = 30082;
 const CLUSTER_PORT: u16 = 80;
 const HAIRPIN_PORT: u16 = 81;
+/// A long-lived TCP connection to the remote pod's echo server.
+const NODE_PORT_ECHO: u16 = 30085;
+const ECHO_POD_PORT: u16 = 9000;
 /// UDP to a port the remote pod does not listen on.
 const NODE_PORT_CLOSED: u16 = 30090;
 const CLOSED_POD_PORT: u16 = 9999;
@@ -31,8 +34,14 @@ fn services(f: &Family) -> String {
         f.node_a,
         Family::endpoint(f.pod_b1, CLOSED_POD_PORT)
     );
+    let echo = format!(
+        "[[service]]\nvip = \"{}\"\nport = {NODE_PORT_ECHO}\nreach = \"external\"\nbackends = [{{ endpoint = \"{}\" }}]\n\n",
+        f.node_a,
+        Family::endpoint(f.pod_b1, ECHO_POD_PORT)
+    );
     [
         closed,
+        echo,
         svc(f.node_a, NODE_PORT, "external", &[f.pod_b1]),
         svc(f.node_a, NODE_PORT_LOCAL, "external-local", &[f.pod_a1]),
         svc(f.node_a, NODE_PORT_BOTH, "external", &[f.pod_a1, f.pod_b1]),
@@ -42,12 +51,19 @@ fn services(f: &Family) -> String {
     .concat()
 }
 
-/// A cluster with both pods serving and the agent on node a.
-fn start(name: &str, fabric_mtu: u32) -> (Cluster, Agent) {
+/// A cluster with both pods serving and the agent on node a (with `more` arguments).
+fn start(name: &str, fabric_mtu: u32, more: &[&str]) -> (Cluster, Agent) {
     let mut cluster = Cluster::create(&format!("xvs-{name}"), fabric_mtu);
     cluster.start_pods();
     let config = std::env::temp_dir().join(format!("xvs-test-{name}.toml"));
     std::fs::write(&config, format!("{}{}", services(&V4), services(&V6))).unwrap_or_else(|e| panic!("{e}"));
+    let agent = start_agent(&cluster, name, more);
+    (cluster, agent)
+}
+
+/// `xvs run` on node a over the services file of `start`, with `more` arguments.
+fn start_agent(cluster: &Cluster, name: &str, more: &[&str]) -> Agent {
+    let config = std::env::temp_dir().join(format!("xvs-test-{name}.toml"));
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xvs-test-{name}"));
     let mut extra = vec!["--dataplane", "ebpf", "--cluster-cidr"];
     let cidrs = format!("{},{}", V4.cluster_cidr, V6.cluster_cidr);
@@ -55,8 +71,8 @@ fn start(name: &str, fabric_mtu: u32) -> (Cluster, Agent) {
     for iface in &NODE_A_IFACES[1..] {
         extra.extend(["--iface", iface]);
     }
-    let agent = Agent::start(&cluster.ns("a"), &config, NODE_A_IFACES[0], &pin_dir, &extra);
-    (cluster, agent)
+    extra.extend(more);
+    Agent::start(&cluster.ns("a"), &config, NODE_A_IFACES[0], &pin_dir, &extra)
 }
 
 fn reasons(agent: &Agent) -> Vec<u64> {
@@ -70,7 +86,7 @@ fn ok(result: Result<String, String>, what: &str) -> String {
 
 #[test]
 fn node_port_to_a_remote_pod_is_masqueraded_to_the_nodes_fabric_address_v4_v6() {
-    let (cluster, agent) = start("mn-np", 1500);
+    let (cluster, agent) = start("mn-np", 1500, &[]);
     for f in [&V4, &V6] {
         // The remote pod sees node a's fabric address, and answers through it.
         let url = Family::url(f.node_a, NODE_PORT, "/");
@@ -93,7 +109,7 @@ fn node_port_to_a_remote_pod_is_masqueraded_to_the_nodes_fabric_address_v4_v6() 
 
 #[test]
 fn external_traffic_policy_local_keeps_the_clients_address_v4_v6() {
-    let (cluster, agent) = start("mn-local", 1500);
+    let (cluster, agent) = start("mn-local", 1500, &[]);
     for f in [&V4, &V6] {
         let url = Family::url(f.node_a, NODE_PORT_LOCAL, "/");
         assert_eq!(ok(cluster.get("client", &url), &url), format!("a1 {}", f.client));
@@ -103,7 +119,7 @@ fn external_traffic_policy_local_keeps_the_clients_address_v4_v6() {
 
 #[test]
 fn cluster_ips_masquerade_outsiders_and_hairpins_but_not_pods_v4_v6() {
-    let (cluster, agent) = start("mn-cip", 1500);
+    let (cluster, agent) = start("mn-cip", 1500, &[]);
     for f in [&V4, &V6] {
         let url = Family::url(f.cluster_ip, CLUSTER_PORT, "/");
         // From outside the cluster CIDR: masqueraded (the remote pod could not answer otherwise).
@@ -115,6 +131,34 @@ fn cluster_ips_masquerade_outsiders_and_hairpins_but_not_pods_v4_v6() {
         let url = Family::url(f.cluster_ip, HAIRPIN_PORT, "/");
         assert_eq!(ok(cluster.get("a1", &url), &url), format!("a1 {}", f.node_a_pod_link));
     }
+    drop(agent);
+}
+
+/// A masqueraded connection lives through the agent's collector (every second here: it must
+/// never take a live flow's MASQ or UNMASQ entry), a kill -9 (the pinned datapath goes on
+/// serving) and a restart that adopts the pins and writes the NAT settings again.
+#[test]
+fn a_masqueraded_connection_survives_the_collector_kill_9_and_a_restart_v4_v6() {
+    use xvs_integration::agent::Conn;
+    let (mut cluster, mut agent) = start("mn-restart", 1500, &["--flow-interval", "1"]);
+    cluster.start_echo("b1", ECHO_POD_PORT);
+    let mut conns: Vec<(Conn, String)> = [&V4, &V6].iter().map(|f| (Conn::open(&cluster.ns("client"), f.node_a, NODE_PORT_ECHO), format!("b1 {}", f.node_a_fabric))).collect();
+    let check = |conns: &mut Vec<(Conn, String)>, line: &str| {
+        for (conn, seen) in conns.iter_mut() {
+            assert_eq!(conn.send(line), format!("{seen}:{line}"), "{line}");
+        }
+    };
+    check(&mut conns, "before");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    check(&mut conns, "after-two-collections");
+    agent.kill9();
+    check(&mut conns, "agent-gone");
+    let agent = start_agent(&cluster, "mn-restart", &["--flow-interval", "1"]);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    check(&mut conns, "after-restart");
+    let r = reasons(&agent);
+    assert_eq!(r[Reason::SnatPortsExhausted as usize] + r[Reason::ConntrackFull as usize], 0, "{r:?}");
+    drop(conns);
     drop(agent);
 }
 
@@ -139,7 +183,7 @@ except ConnectionRefusedError:
 except socket.timeout:
     print("timeout")
 "#;
-    let (cluster, agent) = start("mn-icmp", 1500);
+    let (cluster, agent) = start("mn-icmp", 1500, &[]);
     for f in [&V4, &V6] {
         let out = xvs_integration::topology::sh(&["ip", "netns", "exec", &cluster.ns("client"), "python3", "-c", PROBE, f.node_a, &NODE_PORT_CLOSED.to_string()]);
         assert_eq!(out.trim(), "refused", "{}", f.node_a);
@@ -156,7 +200,7 @@ except socket.timeout:
 /// lowers its path MTU to the NodePort address.
 #[test]
 fn pmtu_through_a_node_port_to_a_remote_pod_across_a_1400_byte_fabric_v4_v6() {
-    let (cluster, agent) = start("mn-pmtu", 1400);
+    let (cluster, agent) = start("mn-pmtu", 1400, &[]);
     for f in [&V4, &V6] {
         let url = Family::url(f.node_a, NODE_PORT, "/");
         assert_eq!(ok(cluster.post("client", &url, 6000), &url), format!("b1 {} 6000", f.node_a_fabric));
