@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::topology::sh;
+use crate::topology::{curl, sh};
 
 pub const POD_PORT: u16 = 8080;
 /// The interfaces of node a, in the order xvs serves them.
@@ -233,17 +233,9 @@ S(("::", int(sys.argv[2])), H).serve_forever()
         self.curl(from, &["--data-binary", &"x".repeat(bytes), url])
     }
 
+    /// `-g`: IPv6 addresses in brackets are taken literally.
     fn curl(&self, from: &str, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns(from), "curl", "-sS", "-g", "--max-time", "5"])
-            .args(args)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
+        curl(&self.ns(from), &[&["-g"], args].concat())
     }
 }
 

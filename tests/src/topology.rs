@@ -172,15 +172,21 @@ socketserver.ThreadingTCPServer((sys.argv[2], int(sys.argv[3])), H).serve_foreve
 
     /// One HTTP GET from the client namespace; the body (trimmed) or the error.
     pub fn client_get(&self, url: &str) -> Result<String, String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns("client"), "curl", "-sS", "--max-time", "5", url])
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
+        curl(&self.ns("client"), &[url])
+    }
+}
+
+/// `curl -sS --max-time 5 <args>` in namespace `ns`: the body (trimmed) or curl's error.
+pub fn curl(ns: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sS", "--max-time", "5"])
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
     }
 }
 

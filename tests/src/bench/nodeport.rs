@@ -13,16 +13,14 @@ use std::{
     thread::JoinHandle,
 };
 
-use aya::programs::{TcAttachType, XdpMode};
 use xvs::{
     dataplane::{interface_addresses, NatSettings},
-    model::{Backend, BackendState, Model, Protocol, Reach, Service, ServiceId},
+    model::{Backend, BackendState, Protocol, Reach, Service, ServiceId},
 };
 
 use super::{
     control,
-    datapath::fresh,
-    throughput::{http_rps, in_netns, udp_pps, Ends, Throughput, Way},
+    throughput::{http_rps, serve_with_xvs, udp_pps, Ends, Throughput, Way},
 };
 use crate::cluster::{Cluster, V4};
 
@@ -90,29 +88,16 @@ fn nft_rules(list: &[Service]) -> String {
 fn program(way: Way, cluster: &Cluster, list: Vec<Service>, snat_ports: RangeInclusive<u16>) -> Option<(mpsc::Sender<()>, JoinHandle<()>)> {
     let node = cluster.ns("a");
     match way {
-        Way::Xvs => {
-            let (ready_tx, ready_rx) = mpsc::channel();
-            let (stop_tx, stop_rx) = mpsc::channel::<()>();
-            let guard = in_netns(node, move || {
-                let model = Model::new(list).unwrap_or_else(|e| panic!("{e:?}"));
-                let mut dp = fresh(control::capacity(2));
-                let mut r = xvs::sync::Reconciler::new(30, dp.maps.capacity);
-                let (_, errors) = r.sync(&model, &mut dp.maps, xvs::sync::monotonic_secs());
-                assert!(errors.is_empty(), "{errors:?}");
+        Way::Xvs => Some(serve_with_xvs(
+            node,
+            list,
+            move |dp| {
                 dp.maps.set_nat(&NatSettings { ports: snat_ports, ..NatSettings::default() }).unwrap_or_else(|e| panic!("{e}"));
                 let served: Vec<String> = SERVED.iter().map(|s| (*s).to_owned()).collect();
                 dp.maps.set_nat_addrs(&interface_addresses(&served)).unwrap_or_else(|e| panic!("{e}"));
-                for iface in SERVED {
-                    dp.attach_xdp(iface, XdpMode::Driver).unwrap_or_else(|e| panic!("{e}"));
-                    dp.attach_tc(iface, xvs::dataplane::PROG_TC_EGRESS, TcAttachType::Egress).unwrap_or_else(|e| panic!("{e}"));
-                }
-                let _ = ready_tx.send(());
-                let _ = stop_rx.recv();
-                drop(dp);
-            });
-            let _ = ready_rx.recv();
-            Some((stop_tx, guard))
-        }
+            },
+            &SERVED,
+        )),
         Way::Iptables => {
             control::iptables_restore(&node, &iptables_rules(&list), &[]);
             None

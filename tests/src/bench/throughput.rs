@@ -87,25 +87,7 @@ fn services(n: u32, backend: Ipv4Addr) -> (Vec<Service>, ServiceId, ServiceId) {
 /// Programs the node namespace one way; the returned guard keeps the datapath attached.
 fn program(way: Way, topo: &Topology, list: Vec<Service>) -> Option<(mpsc::Sender<()>, JoinHandle<()>)> {
     match way {
-        Way::Xvs => {
-            let (ready_tx, ready_rx) = mpsc::channel();
-            let (stop_tx, stop_rx) = mpsc::channel::<()>();
-            let n = list.len() as u32;
-            let guard = in_netns(topo.ns("node"), move || {
-                let model = xvs::model::Model::new(list).unwrap_or_else(|e| panic!("{e:?}"));
-                let mut dp = fresh(control::capacity(n));
-                let mut r = xvs::sync::Reconciler::new(30, dp.maps.capacity);
-                let (_, errors) = r.sync(&model, &mut dp.maps, xvs::sync::monotonic_secs());
-                assert!(errors.is_empty(), "{errors:?}");
-                dp.attach_xdp(NODE_IFACE, XdpMode::Driver).unwrap_or_else(|e| panic!("{e}"));
-                dp.attach_tc(NODE_IFACE, xvs::dataplane::PROG_TC_EGRESS, TcAttachType::Egress).unwrap_or_else(|e| panic!("{e}"));
-                let _ = ready_tx.send(());
-                let _ = stop_rx.recv();
-                drop(dp);
-            });
-            let _ = ready_rx.recv();
-            Some((stop_tx, guard))
-        }
+        Way::Xvs => Some(serve_with_xvs(topo.ns("node"), list, |_| {}, &[NODE_IFACE])),
         Way::Iptables => {
             let rules = control::iptables_rules(&list, None).replace("COMMIT\n", "-A PREROUTING -j KUBE-SERVICES\nCOMMIT\n");
             control::iptables_restore(&topo.ns("node"), &rules, &[]);
@@ -116,6 +98,37 @@ fn program(way: Way, topo: &Topology, list: Vec<Service>) -> Option<(mpsc::Sende
             None
         }
     }
+}
+
+/// Loads xvs in namespace `ns`, writes `list` with the agent's reconciler, lets `setup` do
+/// the rest, and attaches XDP and TC egress to `ifaces`. Send on the returned channel (or
+/// drop it) and join the handle to detach.
+pub(super) fn serve_with_xvs(
+    ns: String,
+    list: Vec<Service>,
+    setup: impl FnOnce(&mut xvs::dataplane::Dataplane) + Send + 'static,
+    ifaces: &'static [&'static str],
+) -> (mpsc::Sender<()>, JoinHandle<()>) {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let n = list.len() as u32;
+    let guard = in_netns(ns, move || {
+        let model = xvs::model::Model::new(list).unwrap_or_else(|e| panic!("{e:?}"));
+        let mut dp = fresh(control::capacity(n));
+        let mut r = xvs::sync::Reconciler::new(30, dp.maps.capacity);
+        let (_, errors) = r.sync(&model, &mut dp.maps, xvs::sync::monotonic_secs());
+        assert!(errors.is_empty(), "{errors:?}");
+        setup(&mut dp);
+        for iface in ifaces {
+            dp.attach_xdp(iface, XdpMode::Driver).unwrap_or_else(|e| panic!("{e}"));
+            dp.attach_tc(iface, xvs::dataplane::PROG_TC_EGRESS, TcAttachType::Egress).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let _ = ready_tx.send(());
+        let _ = stop_rx.recv();
+        drop(dp);
+    });
+    let _ = ready_rx.recv();
+    (stop_tx, guard)
 }
 
 const BATCH: usize = 64;
