@@ -174,13 +174,7 @@ impl Cluster {
     /// Starts the HTTP server of both pods and waits until each answers from its node.
     pub fn start_pods(&mut self) {
         for (pod, node, addr) in [("a1", "a", V4.pod_a1), ("b1", "b", V4.pod_b1)] {
-            let child = Command::new("ip")
-                .args(["netns", "exec", &self.ns(pod), "python3", "-c", POD_SERVER, pod, &POD_PORT.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start python3: {e}"));
-            self.servers.push(child);
+            self.serve(pod, POD_SERVER, POD_PORT);
             let url = Family::url(addr, POD_PORT, "/");
             let deadline = Instant::now() + Duration::from_secs(20);
             while self.get(node, &url).is_err() {
@@ -209,18 +203,24 @@ class S(socketserver.ThreadingTCPServer):
         super().server_bind()
 S(("::", int(sys.argv[2])), H).serve_forever()
 "#;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(pod), "python3", "-c", ECHO, pod, &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start python3: {e}"));
-        self.servers.push(child);
+        self.serve(pod, ECHO, port);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !sh(&["ip", "netns", "exec", &self.ns(pod), "ss", "-Htln", &format!("sport = :{port}")]).contains(&port.to_string()) {
             assert!(Instant::now() < deadline, "the echo server in {pod} did not listen on {port}");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Runs the Python server `script` in `pod` with the pod's name and `port` as arguments,
+    /// until the cluster is dropped.
+    fn serve(&mut self, pod: &str, script: &str, port: u16) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(pod), "python3", "-c", script, pod, &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start python3: {e}"));
+        self.servers.push(child);
     }
 
     /// One HTTP GET from namespace `from` (a short name: "client", "a1", ...): the body, trimmed.
