@@ -261,3 +261,16 @@ fn sctp_services_never_reach_the_ebpf_maps_and_are_not_drift() {
     assert!(super::fit::check(&model(&with_sctp), &Capacity { services: 2, ..Capacity::default() }).is_ok());
     assert!(super::fit::check(&model(&with_sctp), &Capacity { services: 1, ..Capacity::default() }).is_err());
 }
+
+#[test]
+fn a_change_of_reach_alone_rewrites_the_service_flags() {
+    let mut w = Recorder::default();
+    let mut r = Reconciler::new(30, Capacity::default());
+    let text = |reach: &str| format!("[[service]]\nvip = \"10.1.0.1\"\nport = 30080\nreach = \"{reach}\"\nbackends = [{{ endpoint = \"10.244.2.2:8080\" }}]\n");
+    r.sync(&model(&text("external")), &mut w, 100);
+    w.ops.clear();
+    let (report, errors) = r.sync(&model(&text("external-local")), &mut w, 101);
+    assert!(errors.is_empty());
+    assert_eq!((report.updated, report.unchanged), (1, 0), "{:?}", w.ops);
+    assert_eq!(w.ops, ["update TCP 10.1.0.1:30080 #1 RoundRobin aff=0 [1=10.244.2.2:8080/w1]"]);
+}
