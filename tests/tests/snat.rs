@@ -22,8 +22,12 @@ const BACKEND: &str = "10.244.2.2:8080";
 const BACKEND6: &str = "[fd44:2::2]:8080";
 
 fn setup(flags: u8, ports: std::ops::RangeInclusive<u16>) -> Dataplane {
+    setup_with(flags, ports, false)
+}
+
+fn setup_with(flags: u8, ports: std::ops::RangeInclusive<u16>, masquerade_all: bool) -> Dataplane {
     let mut dp = load();
-    let settings = NatSettings { cluster_cidrs: vec![(ip("10.244.0.0"), 16), (ip("fd44::"), 16)], masquerade_all: false, ports };
+    let settings = NatSettings { cluster_cidrs: vec![(ip("10.244.0.0"), 16), (ip("fd44::"), 16)], masquerade_all, ports };
     dp.maps.set_nat(&settings).unwrap_or_else(|e| panic!("{e}"));
     let addrs = BTreeMap::from([((TEST_IFINDEX, xvs_common::AF_INET), ip(NODE)), ((TEST_IFINDEX, xvs_common::AF_INET6), ip(NODE6))]);
     dp.maps.set_nat_addrs(&addrs).unwrap_or_else(|e| panic!("{e}"));
@@ -126,11 +130,17 @@ fn kube_proxys_rules_decide_who_is_masqueraded() {
     let hairpin_client = "10.244.2.2:40000";
     masqueraded_flow(&mut dp, xdp, (L4::TcpSyn, L4::TcpAck), hairpin_client, VIP, BACKEND, NODE);
 
-    // externalTrafficPolicy Local keeps the client's address.
-    let mut dp = setup(SERVICE_F_EXTERNAL | SERVICE_F_KEEP_CLIENT, 61000..=65535);
-    let outside = Pkt::new(L4::TcpSyn, OUTSIDE, VIP);
-    run(&mut dp, xdp, &outside, XDP_PASS, Reason::NewFlow);
-    assert_eq!(run(&mut dp, tc_egress, &outside.with_dst(BACKEND), TC_ACT_OK, Reason::NotService), outside.with_dst(BACKEND).bytes());
+    // --masquerade-all: a cluster IP's flows from pods too.
+    let mut dp = setup_with(0, 61000..=65535, true);
+    masqueraded_flow(&mut dp, xdp, (L4::TcpSyn, L4::TcpAck), POD, VIP, BACKEND, NODE);
+
+    // externalTrafficPolicy Local keeps the client's address, --masquerade-all or not.
+    for masquerade_all in [false, true] {
+        let mut dp = setup_with(SERVICE_F_EXTERNAL | SERVICE_F_KEEP_CLIENT, 61000..=65535, masquerade_all);
+        let outside = Pkt::new(L4::TcpSyn, OUTSIDE, VIP);
+        run(&mut dp, xdp, &outside, XDP_PASS, Reason::NewFlow);
+        assert_eq!(run(&mut dp, tc_egress, &outside.with_dst(BACKEND), TC_ACT_OK, Reason::NotService), outside.with_dst(BACKEND).bytes());
+    }
 }
 
 #[test]
