@@ -319,3 +319,19 @@ fn start_ebpf(object: &ObjectSource, args: &RunArgs) -> anyhow::Result<Ebpf> {
     attachment.attach_all(&mut dataplane)?;
     Ok(Ebpf::adopt(dataplane, attachment, args.drain_timeout)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_port_range;
+
+    #[test]
+    fn snat_ports_are_a_non_empty_range_above_zero() {
+        assert_eq!(parse_port_range("61000-65535"), Ok(61000..=65535));
+        assert_eq!(parse_port_range(" 7 - 7 "), Ok(7..=7));
+        for bad in ["61000", "0-100", "200-100", "1-65536", "a-b", "-5"] {
+            assert!(parse_port_range(bad).is_err(), "{bad}");
+        }
+        let e = parse_port_range("65535-1").unwrap_err();
+        assert!(e.contains("65535-1"), "names the value: {e}");
+    }
+}
