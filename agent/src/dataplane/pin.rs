@@ -63,8 +63,24 @@ impl Maps {
     /// Pins again every map whose pin is gone (removed behind the agent's back); returns their
     /// names. The maps themselves live on in this process and its programs.
     pub fn pin_missing(&self, dir: &Path) -> Result<Vec<&'static str>, DataplaneError> {
+        let mut pinned = Vec::new();
+        for (name, map) in self.all() {
+            let path = map_pin(dir, name);
+            if path.exists() {
+                continue;
+            }
+            map.pin(&path).map_err(|e| DataplaneError::Pin { path: path.clone(), what: "pin the map again".into(), source: std::io::Error::other(e) })?;
+            pinned.push(name);
+        }
+        Ok(pinned)
+    }
+
+    /// Every map with its name, in `ALL_MAPS`' order. The array is as long as `ALL_MAPS`, so a
+    /// map added there and not here fails the build (a map missing here was once never pinned
+    /// again after its pin was removed).
+    fn all(&self) -> [(&'static str, &MapData); xvs_common::ALL_MAPS.len()] {
         use aya::maps::IterableMap as _;
-        let all: [(&'static str, &MapData); 12] = [
+        let all = [
             (xvs_common::MAP_SERVICES, self.services.map()),
             (xvs_common::MAP_SLOTS, self.slots.map()),
             (xvs_common::MAP_BACKENDS, self.backends.map()),
@@ -77,17 +93,11 @@ impl Maps {
             (xvs_common::MAP_DRAINS, self.drains.map()),
             (xvs_common::MAP_STAMP, self.stamp.map()),
             (xvs_common::MAP_SOURCE_RANGES, self.source_ranges.map()),
+            (xvs_common::MAP_NAT, self.nat.map()),
+            (xvs_common::MAP_NAT_ADDRS, self.nat_addrs.map()),
         ];
-        let mut pinned = Vec::new();
-        for (name, map) in all {
-            let path = map_pin(dir, name);
-            if path.exists() {
-                continue;
-            }
-            map.pin(&path).map_err(|e| DataplaneError::Pin { path: path.clone(), what: "pin the map again".into(), source: std::io::Error::other(e) })?;
-            pinned.push(name);
-        }
-        Ok(pinned)
+        debug_assert!(all.iter().map(|(name, _)| *name).eq(xvs_common::ALL_MAPS), "Maps::all and ALL_MAPS disagree");
+        all
     }
 
     /// Opens the maps a running (or stopped) agent pinned under `dir`, without loading programs:
