@@ -308,9 +308,9 @@ pub struct AffinityEntry {
 
 pub const FLOW_FORWARD: u8 = 1;
 pub const FLOW_REPLY: u8 = 2;
-/// A masqueraded flow's packets after DNAT (client -> backend), as TC egress sees them:
-/// `nat_addr`/`nat_port` are the source to masquerade to; port 0 until the egress interface
-/// allocates one (snat.rs). Lives and dies with its forward entry.
+/// A flow's packets after DNAT (client -> backend), as TC egress sees them, recorded by the
+/// flow's first packet out (snat.rs): `nat_addr`/`nat_port` are the source to masquerade to,
+/// or port 0 when the flow keeps its client's address. Lives and dies with its flow.
 pub const FLOW_MASQ: u8 = 3;
 /// Replies to a masquerade address and port (backend -> node:port), as ingress sees them:
 /// `nat_addr`/`nat_port` are the client's address and port to send them on to.
