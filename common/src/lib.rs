@@ -13,6 +13,7 @@ pub mod maps;
 pub mod reason;
 pub mod sched;
 pub mod snat;
+pub mod sock;
 
 pub use maps::*;
 pub use reason::Reason;

@@ -62,7 +62,7 @@ pub const MAP_NAT_ADDRS: &str = "XVS_NAT_ADDRS";
 pub const MAX_NAT_ADDRS: u32 = 1024;
 
 /// Every map, in the order the agent pins and reports them.
-pub const ALL_MAPS: [&str; 14] = [
+pub const ALL_MAPS: [&str; 17] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -77,6 +77,9 @@ pub const ALL_MAPS: [&str; 14] = [
     MAP_SOURCE_RANGES,
     MAP_NAT,
     MAP_NAT_ADDRS,
+    crate::sock::MAP_SOCK_NAT,
+    crate::sock::MAP_SOCK_EVENTS,
+    crate::sock::MAP_SOCK_CONFIG,
 ];
 
 /// Default capacities. The agent may raise them at load time (aya `set_max_entries`).

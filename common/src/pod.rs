@@ -1,5 +1,5 @@
 //! aya `Pod` impls so the agent can read and write these types in maps.
-use crate::{AffinityEntry, AffinityKey, Backend, Counters, FlowEntry, FlowKey, NatAddrKey, NatConfig, ServiceKey, ServiceValue, SlotKey, SourceRange};
+use crate::{AffinityEntry, AffinityKey, Backend, Counters, FlowEntry, FlowKey, NatAddrKey, NatConfig, ServiceKey, ServiceValue, SlotKey, SourceRange, sock::{SockConfig, SockEntry, SockKey}};
 
 // SAFETY (all): `#[repr(C)]`, only integer fields, no implicit padding (sizes pinned in maps.rs),
 // so every bit pattern is a valid value.
@@ -18,4 +18,7 @@ mod impls {
     unsafe impl aya::Pod for SourceRange {}
     unsafe impl aya::Pod for NatConfig {}
     unsafe impl aya::Pod for NatAddrKey {}
+    unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for SockEntry {}
+    unsafe impl aya::Pod for SockConfig {}
 }

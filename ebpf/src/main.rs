@@ -22,13 +22,15 @@ mod reply;
 mod select;
 mod service;
 mod snat;
+mod sock;
 mod stats;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock, cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, SockContext, TcContext, XdpContext},
 };
+use sock::Family;
 use xvs_common::Reason;
 
 /// Counts how the pipeline ended and tells whether the packet must be dropped.
@@ -88,6 +90,57 @@ pub fn xvs_tc_unmasq(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn xvs_tc_egress(ctx: TcContext) -> i32 {
     if settle(reply::egress(&ctx)) { TC_ACT_SHOT } else { TC_ACT_OK }
+}
+
+/// Socket-level load balancing (sock.rs), attached to a cgroup v2: a connect to a cluster IP
+/// goes to a backend.
+#[cgroup_sock_addr(connect4)]
+pub fn xvs_sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::connect(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn xvs_sock_connect6(ctx: SockAddrContext) -> i32 {
+    sock::connect(&ctx, Family::V6)
+}
+
+/// An unconnected UDP socket's datagram to a cluster IP goes to the socket's backend for it.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn xvs_sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::sendmsg(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn xvs_sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::sendmsg(&ctx, Family::V6)
+}
+
+/// A datagram from such a backend shows the VIP as its source.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn xvs_sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::recvmsg(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn xvs_sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::recvmsg(&ctx, Family::V6)
+}
+
+/// A socket connected through a VIP has the VIP as its peer.
+#[cgroup_sock_addr(getpeername4)]
+pub fn xvs_sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::getpeername(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn xvs_sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock::getpeername(&ctx, Family::V6)
+}
+
+/// A released socket's translations are removed.
+#[cgroup_sock(sock_release)]
+pub fn xvs_sock_release(ctx: SockContext) -> i32 {
+    sock::release(&ctx)
 }
 
 /// The bench's floor for an established packet (floor.rs); the agent never attaches it.

@@ -9,6 +9,7 @@ use xvs_common::{
     reason::REASON_COUNT, AffinityEntry, AffinityKey, Backend, Counters, FlowEntry, FlowKey, NatAddrKey, NatConfig, ServiceKey,
     ServiceValue, SlotKey, SourceRange, MAX_AFFINITY, MAX_BACKENDS, MAX_FLOWS, MAX_NAT_ADDRS, MAX_SERVICES, MAX_SLOTS,
     MAX_SOURCE_RANGES,
+    sock::{SockConfig, SockEntry, SockKey, MAX_SOCK_NAT, SOCK_EVENT_COUNT},
 };
 
 // Written by the agent only, so entries can be allocated on update (no prealloc): the map
@@ -61,6 +62,17 @@ pub static XVS_NAT: Array<NatConfig> = Array::with_max_entries(1, 0);
 #[map(name = "XVS_NAT_ADDRS")]
 pub static XVS_NAT_ADDRS: HashMap<NatAddrKey, [u32; 4]> = HashMap::with_max_entries(MAX_NAT_ADDRS, BPF_F_NO_PREALLOC);
 
+// Socket-level load balancing (sock.rs): each socket's translations (LRU: sockets that predate
+// the programs are never released through them), what the hooks did, and the agent's settings.
+#[map(name = "XVS_SOCK_NAT")]
+pub static XVS_SOCK_NAT: LruHashMap<SockKey, SockEntry> = LruHashMap::with_max_entries(MAX_SOCK_NAT, 0);
+
+#[map(name = "XVS_SOCK_EVENTS")]
+pub static XVS_SOCK_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SOCK_EVENT_COUNT, 0);
+
+#[map(name = "XVS_SOCK_CONFIG")]
+pub static XVS_SOCK_CONFIG: Array<SockConfig> = Array::with_max_entries(1, 0);
+
 // The ABI stamp of the build that created the pins (the datapath never reads it).
 #[map(name = "XVS_STAMP")]
 pub static XVS_STAMP: Array<u64> = Array::with_max_entries(1, 0);
@@ -69,7 +81,7 @@ pub static XVS_STAMP: Array<u64> = Array::with_max_entries(1, 0);
 pub static XVS_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
 
 // mh's long walks (maglev.rs): the walker and the ingress program of each program type (a jump
-// table serves one type), and each CPU's walk in progress (XDP, TC). Not pinned: set by the
+// table serves one type), and each CPU's walk in progress (XDP, TC, socket hooks). Not pinned: set by the
 // agent that loaded the programs, they are cleared when it exits, and the datapath then takes
 // the precomputed fallback until the next agent loads its own.
 #[map(name = "XVS_XDP_JUMP")]
@@ -79,4 +91,4 @@ pub static XVS_XDP_JUMP: ProgramArray = ProgramArray::with_max_entries(JUMP_ENTR
 pub static XVS_TC_JUMP: ProgramArray = ProgramArray::with_max_entries(JUMP_ENTRIES, 0);
 
 #[map(name = "XVS_MH_WALK")]
-pub static XVS_MH_WALK: PerCpuArray<MhWalk> = PerCpuArray::with_max_entries(2, 0);
+pub static XVS_MH_WALK: PerCpuArray<MhWalk> = PerCpuArray::with_max_entries(3, 0);

@@ -33,6 +33,21 @@ pub fn count_flow(svc_id: u32, backend_id: u32, bytes: u32, dir: Direction) {
     }
 }
 
+/// A connection the socket hooks sent to a backend: counted as a new connection, like the
+/// packet path's first packet of a flow; its packets never pass the packet path, so no packet
+/// or byte is counted.
+#[inline(always)]
+pub fn count_socket_conn(svc_id: u32, backend_id: u32) {
+    if let Some(c) = XVS_SERVICE_STATS.get_ptr_mut(svc_id) {
+        // SAFETY: as above.
+        unsafe { (*c).conns += 1 };
+    }
+    if let Some(c) = XVS_BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: as above.
+        unsafe { (*c).conns += 1 };
+    }
+}
+
 #[inline(always)]
 fn bump(c: &mut Counters, bytes: u32, dir: Direction) {
     match dir {

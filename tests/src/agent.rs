@@ -111,6 +111,12 @@ impl Agent {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/var/run/netns/{netns}")).args(wrap).arg(xvs_bin()).arg("run").args(source);
         cmd.args(["--iface", iface, "--pin-dir"]).arg(pin_dir).args(extra);
+        // The socket hooks would attach to the machine's root cgroup and take the test's
+        // clients off the packet path these tests watch: only the socket tests turn them on
+        // (in a cgroup of their own).
+        if !extra.iter().any(|a| a.starts_with("--socket-lb")) {
+            cmd.args(["--socket-lb", "off"]);
+        }
         Self::spawn(cmd, pin_dir)
     }
 

@@ -10,7 +10,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use xvs::{
     daemon::{Agent, Ebpf},
     ipvs::mirror::IpvsMirror,
-    dataplane::{detach_tc_filters, ephemeral_overlap, unpin_all, Attachment, Capacity, DataplaneError, Ingress, LinkEvents, NatSettings, ObjectSource, TcLinks},
+    dataplane::{
+        cgroup2_root, detach_socket_lb, detach_tc_filters, ephemeral_overlap, unpin_all, Attachment, Capacity, DataplaneError, Ingress, LinkEvents, NatSettings,
+        ObjectSource, SocketLb, TcLinks,
+    },
 };
 
 use super::source::{KubeArgs, NodeArgs, Source, SourceArgs};
@@ -92,6 +95,21 @@ pub struct RunArgs {
     /// (net.ipv4.ip_local_port_range) so the node's own connections never take the same tuple.
     #[arg(long, default_value = "61000-65535", value_parser = parse_port_range)]
     snat_ports: std::ops::RangeInclusive<u16>,
+    /// Socket-level load balancing for east-west traffic (pods and the node's own processes
+    /// connecting to a cluster IP): the connection goes to a backend when the socket connects,
+    /// so its packets need no NAT. auto: on where the kernel supports it (cgroup v2, the
+    /// hooks load); on: fail when it cannot be; off: detach the hooks.
+    #[arg(long, value_enum, default_value_t = SocketLbMode::Auto)]
+    socket_lb: SocketLbMode,
+    /// The cgroup v2 the socket hooks attach to; it and every cgroup below it are covered.
+    /// Default: the root of the host's cgroup v2 hierarchy (all processes and pods).
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+    /// Translate only sockets of the host's network namespace: pods' connections keep the VIP
+    /// and take the packet path (for service meshes whose sidecars redirect by the VIP;
+    /// Cilium's bpf-lb-sock-hostns-only).
+    #[arg(long)]
+    socket_lb_hostns_only: bool,
     /// On SIGTERM/SIGINT remove the pinned maps and links (detaching the datapath, dropping
     /// established flows). Without it the datapath keeps serving until the next agent adopts it.
     #[arg(long)]
@@ -104,6 +122,13 @@ enum DataplaneMode {
     Ipvs,
     Both,
     Auto,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SocketLbMode {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -277,8 +302,8 @@ async fn link_event(events: &mut Option<LinkEvents>) {
 
 /// Loads (or adopts) the pinned datapath and attaches it to every interface.
 fn start_ebpf(object: &ObjectSource, args: &RunArgs) -> anyhow::Result<Ebpf> {
-    if args.ifaces.is_empty() {
-        anyhow::bail!("the eBPF datapath needs at least one --iface to attach to (or run with --dataplane ipvs)");
+    if args.ifaces.is_empty() && args.socket_lb == SocketLbMode::Off {
+        anyhow::bail!("the eBPF datapath needs at least one --iface to attach to, or socket-level load balancing (or run with --dataplane ipvs)");
     }
     let ingress = match args.attach {
         Attach::Xdp => Ingress::Xdp(match args.xdp_mode {
@@ -294,7 +319,7 @@ fn start_ebpf(object: &ObjectSource, args: &RunArgs) -> anyhow::Result<Ebpf> {
         TcAttach::Netlink => TcLinks::Netlink,
     };
     tracing::info!(?tc, "TC programs attach through {}", if tc == TcLinks::Tcx { "TCX links" } else { "netlink filters (no TCX in this kernel)" });
-    let mut attachment = Attachment::claim(&args.pin_dir, ingress, tc, &args.ifaces)?;
+    let attachment = Attachment::claim(&args.pin_dir, ingress, tc, &args.ifaces)?;
     tracing::info!(object = %object.describe(), pin_dir = %args.pin_dir.display(), "loading the datapath");
     let capacity = Capacity { services: args.max_services, backends: args.max_backends, slots: args.max_slots, flows: args.max_flows };
     let mut dataplane = object.load_with(Some(&args.pin_dir), capacity)?;
@@ -316,8 +341,46 @@ fn start_ebpf(object: &ObjectSource, args: &RunArgs) -> anyhow::Result<Ebpf> {
             args.snat_ports.start(), args.snat_ports.end(), shared.start(), shared.end(), ephemeral.split_whitespace().collect::<Vec<_>>().join("-")
         );
     }
+    let socket_lb = socket_lb(&mut dataplane, args)?;
+    if args.ifaces.is_empty() && socket_lb.is_none() {
+        anyhow::bail!("no --iface and no socket-level load balancing: the eBPF datapath would serve nothing");
+    }
+    dataplane.maps.set_socket_lb(socket_lb.as_ref())?;
+    let mut attachment = attachment.with_socket_lb(socket_lb);
     attachment.attach_all(&mut dataplane)?;
     Ok(Ebpf::adopt(dataplane, attachment, args.drain_timeout)?)
+}
+
+/// Where socket-level load balancing attaches, after checking this kernel runs its hooks; None
+/// when it is off (its pinned hooks, from an earlier agent, are detached then).
+fn socket_lb(dataplane: &mut xvs::dataplane::Dataplane, args: &RunArgs) -> anyhow::Result<Option<SocketLb>> {
+    let off = |why: Option<String>| {
+        if let Some(why) = why {
+            tracing::warn!("socket-level load balancing is off: {why}; pods' and the node's connections to cluster IPs are served only where they cross an --iface (or by IPVS)");
+        }
+        let detached = detach_socket_lb(&args.pin_dir);
+        if detached > 0 {
+            tracing::info!(detached, "socket hooks of an earlier agent detached");
+        }
+        Ok(None)
+    };
+    if args.socket_lb == SocketLbMode::Off {
+        return off(None);
+    }
+    let required = args.socket_lb == SocketLbMode::On;
+    let Some(cgroup) = args.cgroup_root.clone().or_else(cgroup2_root) else {
+        if required {
+            anyhow::bail!("--socket-lb on: no cgroup v2 is mounted (mount one, or name it with --cgroup-root)");
+        }
+        return off(Some("no cgroup v2 is mounted".into()));
+    };
+    if let Err(e) = dataplane.load_socket_lb() {
+        if required {
+            return Err(anyhow::Error::new(e).context("--socket-lb on: this kernel does not run the socket hooks"));
+        }
+        return off(Some(format!("this kernel does not run the socket hooks ({})", xvs::error_chain(&e))));
+    }
+    Ok(Some(SocketLb { cgroup, host_ns_only: args.socket_lb_hostns_only }))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use super::{
     loader::{Dataplane, PROG_TC_EGRESS, PROG_TC_INGRESS},
     lock::PinLock,
     pin::{ensure_bpffs, link_pin},
+    sock::{socket_lb_pinned, SocketLb},
 };
 
 /// Which program takes the interface's ingress.
@@ -32,6 +33,8 @@ pub struct Attachment {
     tc: TcLinks,
     /// Each interface with the index it had when the datapath was attached (0: not attached).
     ifaces: Vec<(String, u32)>,
+    /// Where the socket hooks attach, when socket-level load balancing is on.
+    socket_lb: Option<SocketLb>,
 }
 
 impl Attachment {
@@ -39,7 +42,13 @@ impl Attachment {
     pub fn claim(pin_dir: &Path, ingress: Ingress, tc: TcLinks, ifaces: &[String]) -> Result<Self, DataplaneError> {
         ensure_bpffs(pin_dir)?;
         let lock = PinLock::acquire(pin_dir)?;
-        Ok(Self { pin_dir: pin_dir.to_owned(), lock, ingress, tc, ifaces: ifaces.iter().map(|i| (i.clone(), 0)).collect() })
+        Ok(Self { pin_dir: pin_dir.to_owned(), lock, ingress, tc, ifaces: ifaces.iter().map(|i| (i.clone(), 0)).collect(), socket_lb: None })
+    }
+
+    /// Socket-level load balancing to attach (with `attach_all`) and keep attached.
+    pub fn with_socket_lb(mut self, socket_lb: Option<SocketLb>) -> Self {
+        self.socket_lb = socket_lb;
+        self
     }
 
     /// The interfaces served, by name.
@@ -54,6 +63,11 @@ impl Attachment {
             self.attach(dataplane, &iface)?;
             self.ifaces[i].1 = ifindex(&iface);
             tracing::info!(iface, "datapath attached");
+        }
+        if let Some(lb) = &self.socket_lb {
+            let created = dataplane.attach_socket_lb_pinned(&lb.cgroup, &self.pin_dir)?;
+            let how = if created == 0 { "adopted" } else { "attached" };
+            tracing::info!(cgroup = %lb.cgroup.display(), host_ns_only = lb.host_ns_only, "socket-level load balancing {how}");
         }
         Ok(())
     }
@@ -76,6 +90,14 @@ impl Attachment {
             Ok(names) if names.is_empty() => {}
             Ok(names) => done.push(Ok(format!("map pins removed behind the agent: pinned again ({})", names.join(", ")))),
             Err(e) => done.push(Err(e)),
+        }
+        if let Some(lb) = &self.socket_lb
+            && !socket_lb_pinned(&self.pin_dir)
+        {
+            match dataplane.attach_socket_lb_pinned(&lb.cgroup, &self.pin_dir) {
+                Ok(_) => done.push(Ok(format!("socket hook pins removed behind the agent: attached to {} again", lb.cgroup.display()))),
+                Err(e) => done.push(Err(e)),
+            }
         }
         for i in 0..self.ifaces.len() {
             let (iface, attached) = self.ifaces[i].clone();

@@ -10,6 +10,7 @@ use xvs_common::{
     MAP_AFFINITY, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CLOCK, MAP_CONNTRACK, MAP_DRAINS, MAP_REASONS, MAP_SERVICES,
     MAP_SERVICE_STATS, MAP_SLOTS, MAP_SOURCE_RANGES, MAP_STAMP, ABI_VERSION, SourceRange, NatAddrKey, NatConfig, MAP_NAT,
     MAP_NAT_ADDRS,
+    sock::{SockConfig, SockEntry, SockKey, MAP_SOCK_CONFIG, MAP_SOCK_EVENTS, MAP_SOCK_NAT, SOCK_EVENT_COUNT},
 };
 
 use super::error::DataplaneError;
@@ -28,7 +29,7 @@ const fn layout(name: &'static str, kind: MapType, key: usize, value: usize, ent
     Layout { name, kind, key, value, entries }
 }
 
-const LAYOUTS: [Layout; 14] = [
+const LAYOUTS: [Layout; 17] = [
     layout(MAP_SERVICES, MapType::Hash, size_of::<ServiceKey>(), size_of::<ServiceValue>(), None),
     layout(MAP_SLOTS, MapType::Hash, size_of::<SlotKey>(), size_of::<u32>(), None),
     layout(MAP_BACKENDS, MapType::Array, size_of::<u32>(), size_of::<Backend>(), None),
@@ -43,6 +44,9 @@ const LAYOUTS: [Layout; 14] = [
     layout(MAP_SOURCE_RANGES, MapType::LpmTrie, size_of::<u32>() + size_of::<SourceRange>(), size_of::<u8>(), None),
     layout(MAP_NAT, MapType::Array, size_of::<u32>(), size_of::<NatConfig>(), Some(1)),
     layout(MAP_NAT_ADDRS, MapType::Hash, size_of::<NatAddrKey>(), size_of::<[u32; 4]>(), None),
+    layout(MAP_SOCK_NAT, MapType::LruHash, size_of::<SockKey>(), size_of::<SockEntry>(), None),
+    layout(MAP_SOCK_EVENTS, MapType::PerCpuArray, size_of::<u32>(), size_of::<u64>(), Some(SOCK_EVENT_COUNT)),
+    layout(MAP_SOCK_CONFIG, MapType::Array, size_of::<u32>(), size_of::<SockConfig>(), Some(1)),
 ];
 
 /// Checks the map pinned at `path` (named `name`) against this build's layout.

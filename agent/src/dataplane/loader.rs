@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     maps::ProgramArray,
-    programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{tc, CgroupSock, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 
@@ -208,7 +208,7 @@ impl Dataplane {
         table.set(JUMP_UNMASQ, &unmasq_fd, 0).map_err(failed)
     }
 
-    fn program<T>(&mut self, name: &'static str) -> Result<&mut T, DataplaneError>
+    pub(super) fn program<T>(&mut self, name: &'static str) -> Result<&mut T, DataplaneError>
     where
         for<'a> &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
         T: Loadable,
@@ -252,8 +252,8 @@ impl Dataplane {
     }
 }
 
-/// The two program types' "is it loaded / load it" pair, so `program()` serves both.
-trait Loadable {
+/// The program types' "is it loaded / load it" pair, so `program()` serves them all.
+pub(super) trait Loadable {
     fn is_loaded(&self) -> bool;
     fn load_program(&mut self) -> Result<(), aya::programs::ProgramError>;
 }
@@ -268,6 +268,24 @@ impl Loadable for Xdp {
 }
 
 impl Loadable for SchedClassifier {
+    fn is_loaded(&self) -> bool {
+        self.fd().is_ok()
+    }
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+impl Loadable for CgroupSockAddr {
+    fn is_loaded(&self) -> bool {
+        self.fd().is_ok()
+    }
+    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+        self.load()
+    }
+}
+
+impl Loadable for CgroupSock {
     fn is_loaded(&self) -> bool {
         self.fd().is_ok()
     }

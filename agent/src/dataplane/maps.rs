@@ -8,6 +8,7 @@ use xvs_common::{
     ServiceValue, SlotKey, MAP_AFFINITY, MAP_BACKENDS, MAP_BACKEND_STATS, MAP_CLOCK, MAP_CONNTRACK, MAP_DRAINS, MAP_REASONS,
     MAP_SERVICES, MAP_SERVICE_STATS, MAP_SLOTS, MAP_SOURCE_RANGES, MAP_STAMP, SourceRange, NatAddrKey, NatConfig, MAP_NAT,
     MAP_NAT_ADDRS,
+    sock::{SockConfig, SockEntry, SockEvent, SockKey, MAP_SOCK_CONFIG, MAP_SOCK_EVENTS, MAP_SOCK_NAT, SOCK_EVENT_COUNT},
 };
 
 use super::{capacity::Capacity, error::DataplaneError};
@@ -33,6 +34,12 @@ pub struct Maps {
     pub nat: Array<MapData, NatConfig>,
     /// The address each served interface masquerades to, per family (see [`MAP_NAT_ADDRS`]).
     pub nat_addrs: HashMap<MapData, NatAddrKey, [u32; 4]>,
+    /// What each socket was translated to by the socket hooks (see [`MAP_SOCK_NAT`]).
+    pub sock_nat: HashMap<MapData, SockKey, SockEntry>,
+    /// What the socket hooks did, per [`SockEvent`].
+    pub sock_events: PerCpuArray<MapData, u64>,
+    /// Whether the socket hooks translate, and for which namespaces (see [`MAP_SOCK_CONFIG`]).
+    pub sock_config: Array<MapData, SockConfig>,
     /// The maps' real sizes, read back from the kernel.
     pub capacity: Capacity,
 }
@@ -68,6 +75,9 @@ impl Maps {
             source_ranges: typed(source, MAP_SOURCE_RANGES)?,
             nat: typed(source, MAP_NAT)?,
             nat_addrs: typed(source, MAP_NAT_ADDRS)?,
+            sock_nat: typed(source, MAP_SOCK_NAT)?,
+            sock_events: typed(source, MAP_SOCK_EVENTS)?,
+            sock_config: typed(source, MAP_SOCK_CONFIG)?,
             capacity: Capacity::default(),
         };
         maps.capacity = Capacity::of(&maps)?;
@@ -83,6 +93,16 @@ impl Maps {
                 .get(&(r as u32), 0)
                 .map_err(DataplaneError::map(MAP_REASONS, "read"))?;
             out[r as usize] = per_cpu.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// What the socket hooks did, summed over CPUs, indexed by `SockEvent as usize`.
+    pub fn sock_event_counts(&self) -> Result<[u64; SOCK_EVENT_COUNT as usize], DataplaneError> {
+        let mut out = [0u64; SOCK_EVENT_COUNT as usize];
+        for e in SockEvent::ALL {
+            let per_cpu = self.sock_events.get(&(e as u32), 0).map_err(DataplaneError::map(MAP_SOCK_EVENTS, "read"))?;
+            out[e as usize] = per_cpu.iter().sum();
         }
         Ok(out)
     }

@@ -95,6 +95,9 @@ impl Maps {
             (xvs_common::MAP_SOURCE_RANGES, self.source_ranges.map()),
             (xvs_common::MAP_NAT, self.nat.map()),
             (xvs_common::MAP_NAT_ADDRS, self.nat_addrs.map()),
+            (xvs_common::sock::MAP_SOCK_NAT, self.sock_nat.map()),
+            (xvs_common::sock::MAP_SOCK_EVENTS, self.sock_events.map()),
+            (xvs_common::sock::MAP_SOCK_CONFIG, self.sock_config.map()),
         ];
         debug_assert!(all.iter().map(|(name, _)| *name).eq(xvs_common::ALL_MAPS), "Maps::all and ALL_MAPS disagree");
         all
