@@ -11,6 +11,7 @@ pub mod icmp_frames;
 pub mod image;
 pub mod kube;
 pub mod pins;
+pub mod sockets;
 pub mod topology;
 
 use std::net::{IpAddr, SocketAddr};

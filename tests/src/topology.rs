@@ -170,6 +170,79 @@ socketserver.ThreadingTCPServer((sys.argv[2], int(sys.argv[3])), H).serve_foreve
         }
     }
 
+    /// Gives the topology IPv6 as well: the client fd00:1::2/64 behind the node's fd00:1::1, and
+    /// backend i at [`Topology::backend_addr6`] behind fd00:<10+i>::1, with default routes and
+    /// forwarding as for IPv4.
+    pub fn add_ipv6(&self) {
+        let node = self.ns("node");
+        let pair = |ns: &str, inner: &str, outer: &str, net: &str| {
+            sh(&["ip", "-n", ns, "addr", "add", &format!("{net}::2/64"), "dev", inner, "nodad"]);
+            sh(&["ip", "-n", &node, "addr", "add", &format!("{net}::1/64"), "dev", outer, "nodad"]);
+            sh(&["ip", "-n", ns, "-6", "route", "add", "default", "via", &format!("{net}::1")]);
+        };
+        pair(&self.ns("client"), "c0", NODE_IFACE, "fd00:1");
+        for i in 1..=self.backends {
+            pair(&self.ns(&format!("be{i}")), "b0", &format!("nb{i}"), &format!("fd00:{}", 10 + i));
+        }
+        sh(&["ip", "netns", "exec", &node, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]);
+    }
+
+    pub fn backend_addr6(i: usize) -> String {
+        format!("fd00:{}::2", 10 + i)
+    }
+
+    /// Starts a server on `port` in every backend namespace, TCP and UDP, IPv4 and IPv6, that
+    /// answers each request (a TCP connection's first bytes, a datagram) with `backend-<i>`;
+    /// waits until each one answers TCP from the node namespace.
+    pub fn start_name_backends(&mut self, port: u16) {
+        const SERVER: &str = r#"
+import socket, sys, threading
+name, port = sys.argv[1].encode(), int(sys.argv[2])
+def bound(kind):
+    s = socket.socket(socket.AF_INET6, kind)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("::", port))
+    return s
+def tcp():
+    s = bound(socket.SOCK_STREAM)
+    s.listen(512)
+    while True:
+        c, _ = s.accept()
+        try:
+            c.settimeout(5)
+            c.recv(100)
+            c.sendall(name)
+        except OSError:
+            pass
+        c.close()
+threading.Thread(target=tcp, daemon=True).start()
+u = bound(socket.SOCK_DGRAM)
+while True:
+    _, peer = u.recvfrom(100)
+    u.sendto(name, peer)
+"#;
+        for i in 1..=self.backends {
+            let child = Command::new("ip")
+                .args(["netns", "exec", &self.ns(&format!("be{i}")), "python3", "-c", SERVER])
+                .args([&format!("backend-{i}"), &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start the name server: {e}"));
+            self.servers.push(child);
+        }
+        let node = self.ns("node");
+        for i in 1..=self.backends {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let probe = format!("import socket;socket.create_connection(('{}',{port}),1).close()", Self::backend_addr(i));
+            while !Command::new("ip").args(["netns", "exec", &node, "python3", "-c", &probe]).output().is_ok_and(|o| o.status.success()) {
+                assert!(Instant::now() < deadline, "name server of backend {i} did not start");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
     /// One HTTP GET from the client namespace; the body (trimmed) or the error.
     pub fn client_get(&self, url: &str) -> Result<String, String> {
         curl(&self.ns("client"), &[url])

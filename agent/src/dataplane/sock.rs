@@ -171,15 +171,17 @@ impl Dataplane {
             what: "open the cgroup v2 for socket-level load balancing (--cgroup-root)".into(),
             source,
         })?;
+        // `Single` is aya's "no flags": a cgroup BPF link takes none (EINVAL), yet always sits
+        // beside the cgroup's other programs, as BPF_F_ALLOW_MULTI would.
         let mut created = 0;
         for (name, hook) in SOCK_ADDR_PROGRAMS {
             let program = self.program::<CgroupSockAddr>(name)?;
-            let attach = |p: &mut CgroupSockAddr| p.attach(&cgroup_fd, CgroupAttachMode::AllowMultiple).and_then(|id| p.take_link(id)).map(|l| FdLink::try_from(l).ok());
+            let attach = |p: &mut CgroupSockAddr| p.attach(&cgroup_fd, CgroupAttachMode::Single).and_then(|id| p.take_link(id)).map(|l| FdLink::try_from(l).ok());
             created += usize::from(hook_up(program, CgroupSockAddr::fd, attach, (name, hook), cgroup, dir)?);
         }
         let (name, hook) = PROG_SOCK_RELEASE;
         let program = self.program::<CgroupSock>(name)?;
-        let attach = |p: &mut CgroupSock| p.attach(&cgroup_fd, CgroupAttachMode::AllowMultiple).and_then(|id| p.take_link(id)).map(|l| FdLink::try_from(l).ok());
+        let attach = |p: &mut CgroupSock| p.attach(&cgroup_fd, CgroupAttachMode::Single).and_then(|id| p.take_link(id)).map(|l| FdLink::try_from(l).ok());
         created += usize::from(hook_up(program, CgroupSock::fd, attach, (name, hook), cgroup, dir)?);
         Ok(created)
     }

@@ -22,6 +22,12 @@ impl ConnCounts {
     pub const fn total(&self) -> u32 {
         self.active + self.inactive
     }
+
+    /// Both counts of `self` and `other` together.
+    #[must_use]
+    pub const fn plus(self, other: Self) -> Self {
+        Self { active: self.active + other.active, inactive: self.inactive + other.inactive }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -64,6 +70,30 @@ fn mirror(key: &FlowKey) -> FlowKey {
 }
 
 /// Walks the whole table once. `now` is CLOCK_MONOTONIC seconds.
+/// Connections the socket hooks sent to each backend and whose sockets are still open (a
+/// released socket's entries are removed): TCP ones count as active, UDP ones (connected, or a
+/// service an unconnected socket sends to) as inactive, as IPVS counts its UDP connections.
+pub fn socket_conns(maps: &Maps) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
+    let mut out: HashMap<u32, ConnCounts> = HashMap::new();
+    for item in maps.sock_nat.iter() {
+        let entry = match item {
+            Ok((_, entry)) => entry,
+            Err(e) if is_missing(&e) => continue,
+            Err(e) => return Err(DataplaneError::map(xvs_common::sock::MAP_SOCK_NAT, "read")(e)),
+        };
+        if entry.flags & xvs_common::sock::SOCK_F_TRANSLATED == 0 {
+            continue;
+        }
+        let counts = out.entry(entry.backend_id).or_default();
+        if entry.proto == xvs_common::IPPROTO_TCP {
+            counts.active += 1;
+        } else {
+            counts.inactive += 1;
+        }
+    }
+    Ok(out)
+}
+
 pub fn scan(maps: &Maps, now: u32) -> Result<FlowScan, DataplaneError> {
     let mut out = FlowScan::default();
     let mut replies = Vec::new();

@@ -98,6 +98,7 @@ impl Listing {
     pub fn read(maps: &Maps) -> Result<Self, DataplaneError> {
         let live = LiveState::read(maps)?;
         let scan = flows::scan(maps, datapath_secs(maps)?)?;
+        let sockets = flows::socket_conns(maps)?;
         let mut services = Vec::with_capacity(live.services.len());
         for l in live.services.values() {
             let entry = live.entry(l);
@@ -106,7 +107,7 @@ impl Listing {
                 backends.push(ListedBackend {
                     endpoint: SocketAddr::new(b.addr, b.port),
                     weight: b.weight,
-                    conns: scan.per_backend.get(&b.id).copied().unwrap_or_default(),
+                    conns: scan.per_backend.get(&b.id).copied().unwrap_or_default().plus(sockets.get(&b.id).copied().unwrap_or_default()),
                     stats: maps.backend_counters(b.id)?,
                 });
             }
