@@ -95,6 +95,12 @@ for _ in range(count):
         print("error", errno.errorcode.get(e.errno, str(e)) if e.errno else type(e).__name__, flush=True)
 "#;
 
+/// Runs `args` in network namespace `netns` from a process in `cgroup`; its output.
+pub fn run_in(cgroup: &TestCgroup, netns: &str, args: &[&str]) -> std::process::Output {
+    let script = format!("echo $$ > '{}/cgroup.procs' && exec ip netns exec \"$@\"", cgroup.path.display());
+    Command::new("sh").args(["-c", &script, "sh", netns]).args(args).output().unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+}
+
 /// Runs `count` requests of `mode` to `host:port` from a process in `cgroup` (None: the
 /// caller's) and network namespace `netns`, one after the other.
 pub fn requests(cgroup: Option<&TestCgroup>, netns: &str, mode: Mode, host: &str, port: u16, count: usize) -> Vec<Answer> {

@@ -8,6 +8,7 @@ use std::{collections::BTreeMap, path::PathBuf, process::Command};
 use xvs_integration::{
     agent::{eventually, list, Agent},
     image::{image_archive, run_options, Podman},
+    sockets::TestCgroup,
     kube::{daemonset_pod, ready, secure_api_server_in},
     topology::{Topology, NODE_IFACE},
 };
@@ -98,7 +99,10 @@ fn the_image_runs_as_the_daemonset_runs_it_and_serves_the_demo_scenario() {
     std::fs::create_dir_all(&no_modules).unwrap_or_else(|e| panic!("{e}"));
     let modules = if std::path::Path::new("/lib/modules").is_dir() { PathBuf::from("/lib/modules") } else { no_modules };
     let bpffs = NodeBpffs::new();
-    let host_paths = [("run-xvs", run_xvs.as_path()), ("lib-modules", modules.as_path()), ("bpffs", bpffs.0.as_path())];
+    // The socket hooks attach to a cgroup of the test's, not to the machine's root one: the
+    // test's client is outside it and takes the packet path this test watches.
+    let cgroup = TestCgroup::create("xvs-test-img");
+    let host_paths = [("run-xvs", run_xvs.as_path()), ("lib-modules", modules.as_path()), ("bpffs", bpffs.0.as_path()), ("host-cgroup", cgroup.path.as_path())];
     let pod = daemonset_pod();
 
     // The init container, privileged, with the image's own sh, grep and mount.
@@ -125,6 +129,8 @@ fn the_image_runs_as_the_daemonset_runs_it_and_serves_the_demo_scenario() {
     let mut running = Running { podman: &podman, name: xvs.name.clone(), agent: Agent::start_command(cmd, &pin) };
 
     eventually(20, "service-nginx with three backends", || list(&pin, &[]).matches("Masq").count() == 3);
+    // The DaemonSet's hostPath of the host's cgroups takes the socket hooks.
+    running.agent.wait_log("socket-level load balancing attached", 5);
     let mut served: BTreeMap<String, usize> = BTreeMap::new();
     for n in 0..30 {
         let body = topo.client_get("http://10.96.0.10/").unwrap_or_else(|e| panic!("request {n}: {e}\n{}", running.agent.log()));

@@ -64,7 +64,7 @@ pub fn build(xvs: &Path) -> anyhow::Result<PathBuf> {
     }
     // The agent records the IPVS services it made under /run/xvs (a hostPath mount); /tmp for
     // anything else that wants one on a read-only root.
-    for d in ["run/xvs", "tmp", "sys/fs/bpf", "lib/modules", "var/run/secrets/kubernetes.io/serviceaccount"] {
+    for d in ["run/xvs", "tmp", "sys/fs/bpf", "lib/modules", "host/sys/fs/cgroup", "var/run/secrets/kubernetes.io/serviceaccount"] {
         std::fs::create_dir_all(rootfs.join(d))?;
     }
 

@@ -11,7 +11,7 @@ use xvs::{
     daemon::{Agent, Ebpf},
     ipvs::mirror::IpvsMirror,
     dataplane::{
-        cgroup2_root, detach_socket_lb, detach_tc_filters, ephemeral_overlap, unpin_all, Attachment, Capacity, DataplaneError, Ingress, LinkEvents, NatSettings,
+        cgroup2_root, detach_socket_lb, resolve_cgroup2, detach_tc_filters, ephemeral_overlap, unpin_all, Attachment, Capacity, DataplaneError, Ingress, LinkEvents, NatSettings,
         ObjectSource, SocketLb, TcLinks,
     },
 };
@@ -101,8 +101,10 @@ pub struct RunArgs {
     /// hooks load); on: fail when it cannot be; off: detach the hooks.
     #[arg(long, value_enum, default_value_t = SocketLbMode::Auto)]
     socket_lb: SocketLbMode,
-    /// The cgroup v2 the socket hooks attach to; it and every cgroup below it are covered.
-    /// Default: the root of the host's cgroup v2 hierarchy (all processes and pods).
+    /// The cgroup v2 the socket hooks attach to; it and every cgroup below it are covered. A
+    /// cgroup v1 hierarchy's root (a hybrid host's /sys/fs/cgroup) means its unified/ v2.
+    /// Default: the cgroup v2 mounted in the agent's mount namespace, which in a pod is the
+    /// pod's own: the DaemonSet names the host's (a hostPath of /sys/fs/cgroup).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
     /// Translate only sockets of the host's network namespace: pods' connections keep the VIP
@@ -368,11 +370,16 @@ fn socket_lb(dataplane: &mut xvs::dataplane::Dataplane, args: &RunArgs) -> anyho
         return off(None);
     }
     let required = args.socket_lb == SocketLbMode::On;
-    let Some(cgroup) = args.cgroup_root.clone().or_else(cgroup2_root) else {
-        if required {
-            anyhow::bail!("--socket-lb on: no cgroup v2 is mounted (mount one, or name it with --cgroup-root)");
-        }
-        return off(Some("no cgroup v2 is mounted".into()));
+    let cgroup = match &args.cgroup_root {
+        Some(path) => resolve_cgroup2(path).map(Some),
+        None => Ok(cgroup2_root()),
+    };
+    let cgroup = match cgroup {
+        Ok(Some(cgroup)) => cgroup,
+        Ok(None) if required => anyhow::bail!("--socket-lb on: no cgroup v2 is mounted (mount one, or name it with --cgroup-root)"),
+        Ok(None) => return off(Some("no cgroup v2 is mounted".into())),
+        Err(e) if required => anyhow::bail!("--socket-lb on: --cgroup-root: {e}"),
+        Err(e) => return off(Some(format!("--cgroup-root: {e}"))),
     };
     if let Err(e) = dataplane.load_socket_lb() {
         if required {

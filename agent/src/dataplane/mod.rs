@@ -29,5 +29,5 @@ pub use maps::Maps;
 pub use nat::{ephemeral_overlap, interface_addresses, NatSettings, DEFAULT_SNAT_PORTS};
 pub use pin::{ensure_bpffs, map_pin, unpin_all, DEFAULT_PIN_DIR};
 pub use service::{BackendEntry, ServiceEntry};
-pub use sock::{cgroup2_root, detach_socket_lb, netns_cookie, socket_lb_pinned, SocketLb, PROG_SOCK_RELEASE, SOCK_ADDR_PROGRAMS};
+pub use sock::{cgroup2_root, resolve_cgroup2, detach_socket_lb, netns_cookie, socket_lb_pinned, SocketLb, PROG_SOCK_RELEASE, SOCK_ADDR_PROGRAMS};
 pub use tables::MAX_TABLE_LEN;

@@ -55,6 +55,28 @@ pub fn cgroup2_root() -> Option<PathBuf> {
     })
 }
 
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+fn is_cgroup2(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else { return false };
+    // SAFETY: zeroed statfs is a valid out-buffer; `c` is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0) && st.f_type as i64 == CGROUP2_SUPER_MAGIC
+}
+
+/// The cgroup v2 `path` names: itself, or, for a host's /sys/fs/cgroup mounted into a pod
+/// from a hybrid host (cgroup v1 controllers with v2 beside them), its `unified` directory.
+pub fn resolve_cgroup2(path: &Path) -> Result<PathBuf, String> {
+    if is_cgroup2(path) {
+        return Ok(path.to_owned());
+    }
+    let unified = path.join("unified");
+    if is_cgroup2(&unified) {
+        return Ok(unified);
+    }
+    Err(format!("{} is not a cgroup v2 (nor a cgroup v1 hierarchy with one at unified/)", path.display()))
+}
+
 /// mountinfo's octal escapes (`\040` for a space) in a path.
 fn unescape(field: &str) -> String {
     let bytes = field.as_bytes();
