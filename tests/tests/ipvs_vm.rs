@@ -682,6 +682,43 @@ fn both_dataplanes_on_6_1_the_ebpf_datapath_serves_and_ipvs_mirrors_it() {
     assert!(String::from_utf8_lossy(&cleanup.stdout).contains("removed xvs's TC filters from n0"), "{}", String::from_utf8_lossy(&cleanup.stdout));
 }
 
+/// Debian 12's kernel (6.1) runs the socket hooks: a process in a cgroup of the test's, in a
+/// pod's namespace, reaches the cluster IP by socket alone (IPVS off, no interface served).
+#[test]
+#[ignore = "needs the VM's older kernel: run by `cargo xtask vm-test`"]
+fn socket_lb_on_6_1_serves_a_cluster_ip_by_socket_alone() {
+    let _servers = topology(3);
+    if !std::path::Path::new("/sys/fs/cgroup/cgroup.procs").exists() {
+        sh(&["mount", "-t", "cgroup2", "none", "/sys/fs/cgroup"]);
+    }
+    let cgroup = "/sys/fs/cgroup/xvs-vm";
+    std::fs::create_dir_all(cgroup).unwrap_or_else(|e| panic!("{e}"));
+    let config = "/tmp/sock.toml";
+    write(config, THREE_BACKENDS);
+    let pin = "/sys/fs/bpf/xvs-sock";
+    let log = std::fs::File::create("/tmp/sock.log").unwrap_or_else(|e| panic!("{e}"));
+    let agent = Agent::start_with(&["--dataplane", "ebpf", "--socket-lb", "on", "--cgroup-root", cgroup, "--config", config, "--pin-dir", pin], log.into());
+    backends_answer();
+    wait_for_agent("/tmp/sock.log", "running", true);
+    let said = std::fs::read_to_string("/tmp/sock.log").unwrap_or_default();
+    assert!(said.contains("socket-level load balancing attached"), "{said}");
+    let mut served = std::collections::BTreeMap::new();
+    for n in 0..30 {
+        let script = format!("echo $$ > {cgroup}/cgroup.procs && exec /sbin/ip netns exec client wget -q -O - http://10.96.0.10/");
+        let out = Command::new("sh").args(["-c", &script]).output().unwrap_or_else(|e| panic!("{e}"));
+        assert!(out.status.success(), "request {n}: {}\n{said}", String::from_utf8_lossy(&out.stderr));
+        *served.entry(String::from_utf8_lossy(&out.stdout).trim().to_owned()).or_insert(0) += 1;
+    }
+    let expected: std::collections::BTreeMap<String, i32> = (1..=3).map(|i| (format!("backend-{i}"), 10)).collect();
+    assert_eq!(served, expected);
+    let stats = String::from_utf8_lossy(&xvs(&["list", "-n", "--stats", "--pin-dir", pin]).stdout).into_owned();
+    assert_eq!(conns(&stats, "TCP  10.96.0.10:80"), Some(30), "{stats}");
+    agent.stop();
+    let cleanup = xvs(&["cleanup", "--pin-dir", pin]);
+    assert!(cleanup.status.success(), "{}", String::from_utf8_lossy(&cleanup.stderr));
+    let _ = std::fs::remove_dir(cgroup);
+}
+
 #[test]
 #[ignore = "needs a kernel with IPVS: run by `cargo xtask vm-test`"]
 fn auto_mode_serves_with_ipvs_alone_when_the_ebpf_datapath_cannot_attach() {

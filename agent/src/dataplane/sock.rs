@@ -184,15 +184,24 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attaches every socket hook to `cgroup` without pins: the hooks go when this Dataplane is
+    /// dropped (the bench's way; the agent pins them).
+    pub fn attach_socket_lb(&mut self, cgroup: &Path) -> Result<(), DataplaneError> {
+        let cgroup_fd = open_cgroup(cgroup)?;
+        let failed = |name: &'static str| move |source| DataplaneError::Program { program: name, op: format!("attach to the cgroup {}", cgroup.display()), source: Box::new(source) };
+        for (name, _) in SOCK_ADDR_PROGRAMS {
+            self.program::<CgroupSockAddr>(name)?.attach(&cgroup_fd, CgroupAttachMode::Single).map_err(failed(name))?;
+        }
+        let (name, _) = PROG_SOCK_RELEASE;
+        self.program::<CgroupSock>(name)?.attach(&cgroup_fd, CgroupAttachMode::Single).map_err(failed(name))?;
+        Ok(())
+    }
+
     /// Attaches every socket hook to `cgroup` through links pinned under `dir`: a link a
     /// previous agent pinned is adopted (this load's program swapped in), a missing one is
     /// created and pinned. Returns how many were created.
     pub fn attach_socket_lb_pinned(&mut self, cgroup: &Path, dir: &Path) -> Result<usize, DataplaneError> {
-        let cgroup_fd = std::fs::File::open(cgroup).map_err(|source| DataplaneError::Pin {
-            path: cgroup.to_owned(),
-            what: "open the cgroup v2 for socket-level load balancing (--cgroup-root)".into(),
-            source,
-        })?;
+        let cgroup_fd = open_cgroup(cgroup)?;
         // `Single` is aya's "no flags": a cgroup BPF link takes none (EINVAL), yet always sits
         // beside the cgroup's other programs, as BPF_F_ALLOW_MULTI would.
         let mut created = 0;
@@ -207,6 +216,14 @@ impl Dataplane {
         created += usize::from(hook_up(program, CgroupSock::fd, attach, (name, hook), cgroup, dir)?);
         Ok(created)
     }
+}
+
+fn open_cgroup(cgroup: &Path) -> Result<std::fs::File, DataplaneError> {
+    std::fs::File::open(cgroup).map_err(|source| DataplaneError::Pin {
+        path: cgroup.to_owned(),
+        what: "open the cgroup v2 for socket-level load balancing (--cgroup-root)".into(),
+        source,
+    })
 }
 
 /// One hook: adopts its pinned link, or attaches `program` to `cgroup` and pins the new link

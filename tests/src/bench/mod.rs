@@ -4,6 +4,7 @@
 //! memory). Benchmarks, not tests: nothing here fails on a slow machine.
 pub mod control;
 pub mod datapath;
+pub mod eastwest;
 pub mod floor;
 pub mod nodeport;
 pub mod svg;

@@ -23,8 +23,8 @@ use super::{control, datapath::fresh};
 use crate::topology::{enter_netns, Topology, NODE_IFACE};
 
 const UDP_PORT: u16 = 9000;
-const HTTP_PORT: u16 = 8080;
-const MEASURE: Duration = Duration::from_secs(2);
+pub(super) const HTTP_PORT: u16 = 8080;
+pub(super) const MEASURE: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Way {
@@ -66,7 +66,7 @@ pub(super) fn in_netns<T: Send + 'static>(ns: String, f: impl FnOnce() -> T + Se
 
 /// The services: `n` TCP services (the last one is served by the real HTTP backend, the others
 /// by addresses nobody uses) and one UDP service to the real UDP sink.
-fn services(n: u32, backend: Ipv4Addr) -> (Vec<Service>, ServiceId, ServiceId) {
+pub(super) fn services(n: u32, backend: Ipv4Addr) -> (Vec<Service>, ServiceId, ServiceId) {
     let mut list: Vec<Service> = control::model(n).services().cloned().collect();
     let last = list.len() - 1;
     list[last].backends = vec![Backend { addr: IpAddr::V4(backend), port: HTTP_PORT, weight: 1, state: BackendState::Active }];
@@ -85,7 +85,7 @@ fn services(n: u32, backend: Ipv4Addr) -> (Vec<Service>, ServiceId, ServiceId) {
 }
 
 /// Programs the node namespace one way; the returned guard keeps the datapath attached.
-fn program(way: Way, topo: &Topology, list: Vec<Service>) -> Option<(mpsc::Sender<()>, JoinHandle<()>)> {
+pub(super) fn program(way: Way, topo: &Topology, list: Vec<Service>) -> Option<(mpsc::Sender<()>, JoinHandle<()>)> {
     match way {
         Way::Xvs => Some(serve_with_xvs(topo.ns("node"), list, |_| {}, &[NODE_IFACE])),
         Way::Iptables => {

@@ -31,6 +31,10 @@ fn main() {
         throughput();
         return;
     }
+    if args.get(1).map(String::as_str) == Some("eastwest") {
+        east_west();
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("nodeport") {
         node_port_remote();
         return;
@@ -99,6 +103,7 @@ fn main() {
 
     report.push_str(&control_plane());
     report.push_str(&throughput());
+    report.push_str(&east_west());
     report.push_str(&node_port_remote());
     report.push_str(&memory());
     std::fs::write(out_dir.join("report.md"), &report).unwrap_or_else(|e| panic!("{e}"));
@@ -122,6 +127,36 @@ fn throughput() -> String {
             x.udp_pps, i.udp_pps, f.udp_pps, r(x.udp_pps, i.udp_pps), r(x.udp_pps, f.udp_pps),
             x.http_rps, i.http_rps, f.http_rps, r(x.http_rps, i.http_rps), r(x.http_rps, f.http_rps)
         );
+    }
+    print!("{s}");
+    s
+}
+
+fn east_west() -> String {
+    use xvs_integration::bench::{
+        eastwest::{measure, Way},
+        throughput::Way as Packet,
+    };
+    println!("\n== east-west: a pod to a cluster IP, new connections/s and requests/s over one connection");
+    let mut s = String::from("\n## East-west: a pod to a cluster IP (socket LB against the packet path)\n\npod ns -> node ns -> backend ns over veth, to the last of N TCP services. **conn/s**: one client connecting and closing in a loop (the backend accepts and closes); **req/s**: 32-byte ping-pong over one open connection. xvs socket LB: the hooks on a cgroup the client is in, nothing on the interfaces; xvs packet path: XDP + TC egress on the node's interface; kube-proxy: its rules in the node namespace. Ratios are socket LB's against each other way.\n\n| services | way | conn/s | req/s | socket LB conn/s x | socket LB req/s x |\n|---:|---|---:|---:|---:|---:|\n");
+    for n in [1, 10_000] {
+        let ways = [Way::Socket, Way::Packet(Packet::Xvs), Way::Packet(Packet::Iptables), Way::Packet(Packet::Nftables)];
+        let figures: Vec<_> = ways
+            .iter()
+            .map(|&w| {
+                let f = measure(w, n);
+                println!("   {n:>6} services, {}: {:.0} conn/s, {:.0} req/s", w.name(), f.conns_per_sec, f.requests_per_sec);
+                (w, f)
+            })
+            .collect();
+        let socket = &figures[0].1;
+        for (w, f) in &figures {
+            let _ = writeln!(
+                s,
+                "| {n} | {} | {:.0} | {:.0} | {:.2} | {:.2} |",
+                w.name(), f.conns_per_sec, f.requests_per_sec, socket.conns_per_sec / f.conns_per_sec.max(1.0), socket.requests_per_sec / f.requests_per_sec.max(1.0)
+            );
+        }
     }
     print!("{s}");
     s
