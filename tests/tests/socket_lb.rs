@@ -77,13 +77,20 @@ fn setup(name: &str, services: &str, extra: &[&str]) -> Setup {
     let cgroup = TestCgroup::create(&format!("xvs-test-{name}"));
     let config = std::env::temp_dir().join(format!("xvs-test-{name}.toml"));
     std::fs::write(&config, services).unwrap_or_else(|e| panic!("{e}"));
+    let agent = start_agent(name, &topo, &cgroup, extra);
+    agent.wait_log("socket-level load balancing attached", 10);
+    Setup { topo, cgroup, agent }
+}
+
+/// `xvs run` for test `name` (its services file and pin directory), IPVS off, the socket hooks
+/// on `cgroup`.
+fn start_agent(name: &str, topo: &Topology, cgroup: &TestCgroup, extra: &[&str]) -> Agent {
+    let config = std::env::temp_dir().join(format!("xvs-test-{name}.toml"));
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xvs-test-{name}"));
     let cg = cgroup.path.to_string_lossy().into_owned();
     let mut args = vec!["--dataplane", "ebpf", "--socket-lb", "on", "--cgroup-root", &cg];
     args.extend_from_slice(extra);
-    let agent = Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin_dir, &args);
-    agent.wait_log("socket-level load balancing attached", 10);
-    Setup { topo, cgroup, agent }
+    Agent::start(&topo.ns("node"), &config, NODE_IFACE, &pin_dir, &args)
 }
 
 impl Setup {
@@ -255,4 +262,39 @@ fn open_sockets_are_listed_as_connections_and_removed_when_released() {
     xvs_integration::agent::eventually(5, "the released socket's translation is removed", || s.maps().sock_nat.keys().count() == 0);
     let listing = list(&s.agent.pin_dir, &[]);
     assert!(listing.lines().filter(|l| l.contains("-> 10.0.1")).all(|l| l.split_whitespace().nth(4) == Some("0")), "{listing}");
+}
+
+#[test]
+fn socket_hooks_outlive_the_agent_are_adopted_by_the_next_and_go_with_cleanup() {
+    let mut s = setup("sock6", &service(V4.vip, 80, &V4, "", [None; 3]), &[]);
+    let (pod, node) = (s.topo.ns("client"), s.topo.ns("node"));
+    assert_eq!(spread(&s.ask(&pod, Mode::Tcp, V4.vip, 80, 3), "10.96.0.10:80"), even(1));
+    s.agent.kill9();
+    // No agent: the pinned links keep the hooks, the pinned maps their services.
+    assert_eq!(spread(&s.ask(&pod, Mode::Tcp, V4.vip, 80, 3), "10.96.0.10:80"), even(1));
+    let again = start_agent("sock6", &s.topo, &s.cgroup, &[]);
+    again.wait_log("socket-level load balancing adopted", 10);
+    assert_eq!(spread(&s.ask(&node, Mode::Tcp, V4.vip, 80, 3), "10.96.0.10:80"), even(1), "served after the restart:\n{}", again.log());
+    assert_eq!(s.events()[SockEvent::Connect as usize], 9, "one set of maps all along");
+    // Turned off: the next agent detaches the hooks it finds.
+    let mut off = again;
+    off.kill9();
+    let config = std::env::temp_dir().join("xvs-test-sock6.toml");
+    let quiet = Agent::start(&node, &config, NODE_IFACE, &s.agent.pin_dir, &["--dataplane", "ebpf", "--socket-lb", "off"]);
+    quiet.wait_log("socket hooks of an earlier agent detached", 10);
+    // Nothing translates the VIP now, and the node has no route to it.
+    let refused = s.ask(&node, Mode::Tcp, V4.vip, 80, 1);
+    assert!(matches!(&refused[..], [Answer::Failed(_)]), "{refused:?}");
+    // Back on, then `xvs cleanup`: the hooks go with the pins.
+    let mut on = quiet;
+    on.kill9();
+    let last = start_agent("sock6", &s.topo, &s.cgroup, &[]);
+    last.wait_log("socket-level load balancing attached", 10);
+    assert_eq!(spread(&s.ask(&node, Mode::Tcp, V4.vip, 80, 3), "10.96.0.10:80"), even(1));
+    let mut last = last;
+    last.kill9();
+    let out = xvs_integration::agent::xvs(&["cleanup", "--pin-dir", &s.agent.pin_dir.to_string_lossy()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let after = s.ask(&node, Mode::Tcp, V4.vip, 80, 1);
+    assert!(matches!(&after[..], [Answer::Failed(_)]), "still translated after cleanup: {after:?}");
 }
