@@ -10,11 +10,14 @@ use xvs_common::{
     sock::{SockEvent, SOCK_EVENT_COUNT},
     Reason,
 };
+use serde_json::json;
 use xvs_integration::{
-    agent::{list, Agent},
-    sockets::{requests, spread, Answer, Mode, TestCgroup},
+    agent::{eventually, list, Agent},
+    kube::{api_server_in, ready},
+    sockets::{requests, run_in, spread, Answer, Mode, TestCgroup},
     topology::{Topology, NODE_IFACE},
 };
+use xvs_test_apiserver::fixture;
 
 const PORT: u16 = 9100;
 
@@ -276,14 +279,23 @@ fn socket_hooks_outlive_the_agent_are_adopted_by_the_next_and_go_with_cleanup() 
     again.wait_log("socket-level load balancing adopted", 10);
     assert_eq!(spread(&s.ask(&node, Mode::Tcp, V4.vip, 80, 3), "10.96.0.10:80"), even(1), "served after the restart:\n{}", again.log());
     assert_eq!(s.events()[SockEvent::Connect as usize], 9, "one set of maps all along");
+    // Another --cgroup-root: the next agent moves the hooks there.
+    let mut moved = again;
+    moved.kill9();
+    let other = TestCgroup::create("xvs-test-sock6-other");
+    let elsewhere = start_agent("sock6", &s.topo, &other, &[]);
+    elsewhere.wait_log("the pinned socket hook is on another cgroup", 10);
+    assert_eq!(spread(&requests(Some(&other), &node, Mode::Tcp, V4.vip, 80, 3), "10.96.0.10:80"), even(1));
+    let left = s.ask(&node, Mode::Tcp, V4.vip, 80, 1);
+    assert!(matches!(&left[..], [Answer::Failed(_)]), "the old cgroup is still translated: {left:?}");
     // Turned off: the next agent detaches the hooks it finds.
-    let mut off = again;
+    let mut off = elsewhere;
     off.kill9();
     let config = std::env::temp_dir().join("xvs-test-sock6.toml");
     let quiet = Agent::start(&node, &config, NODE_IFACE, &s.agent.pin_dir, &["--dataplane", "ebpf", "--socket-lb", "off"]);
     quiet.wait_log("socket hooks of an earlier agent detached", 10);
     // Nothing translates the VIP now, and the node has no route to it.
-    let refused = s.ask(&node, Mode::Tcp, V4.vip, 80, 1);
+    let refused = requests(Some(&other), &node, Mode::Tcp, V4.vip, 80, 1);
     assert!(matches!(&refused[..], [Answer::Failed(_)]), "{refused:?}");
     // Back on, then `xvs cleanup`: the hooks go with the pins.
     let mut on = quiet;
@@ -297,4 +309,37 @@ fn socket_hooks_outlive_the_agent_are_adopted_by_the_next_and_go_with_cleanup() 
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let after = s.ask(&node, Mode::Tcp, V4.vip, 80, 1);
     assert!(matches!(&after[..], [Answer::Failed(_)]), "still translated after cleanup: {after:?}");
+}
+
+/// From the Kubernetes API: service-nginx with internalTrafficPolicy Local, endpoints 1 and 2
+/// on this node (node-a) and 3 on node-b. A pod's connections to the cluster IP stay on this
+/// node's endpoints, by socket alone.
+#[test]
+fn internal_traffic_policy_local_keeps_a_pod_on_this_node_s_endpoints_from_the_kubernetes_api() {
+    let mut topo = Topology::create("xvs-sock7", 3);
+    topo.start_http_backends();
+    let cgroup = TestCgroup::create("xvs-test-sock7");
+    let server = api_server_in(&topo.ns("node"));
+    let mut svc = fixture("service-nginx.json");
+    svc["spec"]["internalTrafficPolicy"] = json!("Local");
+    for object in [fixture("node-a.json"), svc, ready(&[1, 2, 3])] {
+        server.apply(object).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let kubeconfig = std::env::temp_dir().join("xvs-test-sock7.kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap_or_else(|e| panic!("{e}"));
+    let pin = PathBuf::from("/sys/fs/bpf/xvs-test-sock7");
+    let cg = cgroup.path.to_string_lossy().into_owned();
+    let args = ["--debounce-ms", "50", "--dataplane", "ebpf", "--socket-lb", "on", "--cgroup-root", &cg];
+    let _agent = Agent::start_kube(&topo.ns("node"), &kubeconfig, "node-a", &[], NODE_IFACE, &pin, &args);
+    eventually(10, "service-nginx is programmed with this node's two endpoints", || list(&pin, &[]).matches("Masq").count() == 2);
+    let mut served: BTreeMap<String, usize> = BTreeMap::new();
+    for n in 0..30 {
+        let out = run_in(&cgroup, &topo.ns("client"), &["curl", "-sS", "--max-time", "5", "http://10.96.0.10/"]);
+        assert!(out.status.success(), "request {n}: {}", String::from_utf8_lossy(&out.stderr));
+        *served.entry(String::from_utf8_lossy(&out.stdout).trim().to_owned()).or_insert(0) += 1;
+    }
+    let expected: BTreeMap<String, usize> = [("backend-1", 15), ("backend-2", 15)].map(|(b, n)| (b.to_owned(), n)).into();
+    assert_eq!(served, expected, "node-b's endpoint takes no connection of this node's pods");
+    let maps = Maps::open_pinned(&pin).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(packet_path_flows(&maps), [0; 4]);
 }

@@ -258,38 +258,18 @@ pub(super) trait Loadable {
     fn load_program(&mut self) -> Result<(), aya::programs::ProgramError>;
 }
 
-impl Loadable for Xdp {
-    fn is_loaded(&self) -> bool {
-        self.fd().is_ok()
-    }
-    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
-        self.load()
-    }
+/// Every program type loads the same way: aya gives each its own `load`.
+macro_rules! loadable {
+    ($($program:ty),*) => {$(
+        impl Loadable for $program {
+            fn is_loaded(&self) -> bool {
+                self.fd().is_ok()
+            }
+            fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
+                self.load()
+            }
+        }
+    )*};
 }
 
-impl Loadable for SchedClassifier {
-    fn is_loaded(&self) -> bool {
-        self.fd().is_ok()
-    }
-    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
-        self.load()
-    }
-}
-
-impl Loadable for CgroupSockAddr {
-    fn is_loaded(&self) -> bool {
-        self.fd().is_ok()
-    }
-    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
-        self.load()
-    }
-}
-
-impl Loadable for CgroupSock {
-    fn is_loaded(&self) -> bool {
-        self.fd().is_ok()
-    }
-    fn load_program(&mut self) -> Result<(), aya::programs::ProgramError> {
-        self.load()
-    }
-}
+loadable!(Xdp, SchedClassifier, CgroupSockAddr, CgroupSock);

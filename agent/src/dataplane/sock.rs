@@ -158,6 +158,43 @@ fn open_pinned_link(path: &Path) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// The id of the cgroup a cgroup link is attached to (BPF_OBJ_GET_INFO_BY_FD), which is the
+/// inode number of its directory on the cgroup v2 filesystem.
+fn link_cgroup_id(link: &OwnedFd) -> std::io::Result<u64> {
+    /// `struct bpf_link_info` up to its cgroup member (type, id, prog_id, then the union at 16).
+    #[repr(C)]
+    #[derive(Default)]
+    struct LinkInfo {
+        kind: u32,
+        id: u32,
+        prog_id: u32,
+        _pad: u32,
+        cgroup_id: u64,
+        attach_type: u32,
+        _rest: [u32; 9],
+    }
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_TYPE_CGROUP: u32 = 3;
+    let mut info = LinkInfo::default();
+    let attr = InfoByFd { bpf_fd: link.as_raw_fd() as u32, info_len: std::mem::size_of::<LinkInfo>() as u32, info: (&raw mut info) as u64 };
+    // SAFETY: bpf(2) with a fully initialised attribute; the kernel writes at most `info_len`
+    // bytes into `info`, which outlives the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &raw const attr, std::mem::size_of::<InfoByFd>()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if info.kind != BPF_LINK_TYPE_CGROUP {
+        return Err(std::io::Error::other(format!("link type {} is not a cgroup link", info.kind)));
+    }
+    Ok(info.cgroup_id)
+}
+
 /// Swaps `program` into `link` (BPF_LINK_UPDATE): the hook runs the old program or the new
 /// one, never none. Fails for a link whose cgroup is gone.
 fn update_link(link: &OwnedFd, program: impl AsFd) -> std::io::Result<()> {
@@ -238,7 +275,7 @@ fn hook_up<P>(
 ) -> Result<bool, DataplaneError> {
     let path = link_pin(dir, LINK_PREFIX, hook);
     let program_fd = fd(program).map_err(|source| DataplaneError::Program { program: name, op: "take its fd".into(), source: Box::new(source) })?;
-    if adopt(&path, program_fd)? {
+    if adopt(&path, program_fd, cgroup)? {
         return Ok(false);
     }
     let link = attach(program).map_err(|source| DataplaneError::Program { program: name, op: format!("attach to the cgroup {}", cgroup.display()), source: Box::new(source) })?;
@@ -247,13 +284,21 @@ fn hook_up<P>(
     Ok(true)
 }
 
-/// Swaps `program` into the link pinned at `path`; false when there is none to adopt (a stale
-/// pin is removed).
-fn adopt(path: &Path, program: impl AsFd) -> Result<bool, DataplaneError> {
+/// Swaps `program` into the link pinned at `path` if it is attached to `cgroup`; false when
+/// there is none to adopt (a stale pin, or one on another cgroup after `--cgroup-root`
+/// changed, is removed, which detaches it).
+fn adopt(path: &Path, program: impl AsFd, cgroup: &Path) -> Result<bool, DataplaneError> {
     let Ok(link) = open_pinned_link(path) else {
         let _ = std::fs::remove_file(path);
         return Ok(false);
     };
+    let wanted = std::fs::metadata(cgroup).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
+    let attached = link_cgroup_id(&link).ok();
+    if attached != wanted {
+        tracing::info!(pin = %path.display(), cgroup = %cgroup.display(), "the pinned socket hook is on another cgroup: detached, attaching to this one");
+        let _ = std::fs::remove_file(path);
+        return Ok(false);
+    }
     match update_link(&link, program) {
         Ok(()) => Ok(true),
         // Its cgroup is gone (ENOLINK) or the link cannot take this program: attach anew.
