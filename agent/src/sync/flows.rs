@@ -69,7 +69,6 @@ fn mirror(key: &FlowKey) -> FlowKey {
     FlowKey { saddr: key.daddr, daddr: key.saddr, sport: key.dport, dport: key.sport, ..*key }
 }
 
-/// Walks the whole table once. `now` is CLOCK_MONOTONIC seconds.
 /// Connections the socket hooks sent to each backend and whose sockets are still open (a
 /// released socket's entries are removed): TCP ones count as active, UDP ones (connected, or a
 /// service an unconnected socket sends to) as inactive, as IPVS counts its UDP connections.
@@ -94,6 +93,7 @@ pub fn socket_conns(maps: &Maps) -> Result<HashMap<u32, ConnCounts>, DataplaneEr
     Ok(out)
 }
 
+/// Walks the whole table once. `now` is CLOCK_MONOTONIC seconds.
 pub fn scan(maps: &Maps, now: u32) -> Result<FlowScan, DataplaneError> {
     let mut out = FlowScan::default();
     let mut replies = Vec::new();
