@@ -41,6 +41,12 @@ pub struct SockKey {
     pub _pad: u32,
 }
 
+impl SockKey {
+    pub const fn new(cookie: u64, index: u32) -> Self {
+        Self { cookie, index, _pad: 0 }
+    }
+}
+
 /// Value of [`MAP_SOCK_NAT`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -178,7 +178,7 @@ fn refuse() -> i32 {
 }
 
 #[inline(always)]
-fn entry_of(svc: &ServiceValue, dest: &SockAddr, port_be: u16, proto: u8, backend_id: u32, backend: &Backend, now: u32) -> SockEntry {
+fn entry_of(svc_id: u32, dest: &SockAddr, port_be: u16, proto: u8, backend_id: u32, backend: &Backend, now: u32) -> SockEntry {
     SockEntry {
         vip: dest.addr,
         backend: backend.addr,
@@ -188,7 +188,7 @@ fn entry_of(svc: &ServiceValue, dest: &SockAddr, port_be: u16, proto: u8, backen
         proto,
         flags: SOCK_F_TRANSLATED,
         datagram_peers: 0,
-        svc_id: svc.svc_id,
+        svc_id,
         backend_id,
         last_seen: now,
         _pad: 0,
@@ -206,10 +206,10 @@ pub fn connect(ctx: &SockAddrContext, family: Family) -> i32 {
     let Some((svc, client)) = service_of(ctx, &dest, port_be, proto) else { return PROCEED };
     let now = clock::now_secs();
     let Ok((backend_id, backend)) = schedule(ctx, svc, client, &dest, port_be, proto, now) else { return refuse() };
-    // SAFETY: a live map value, copied.
-    let value = unsafe { *svc };
-    let key = SockKey { cookie: cookie(ctx), index: SOCK_PEER, _pad: 0 };
-    let mut entry = entry_of(&value, &dest, port_be, proto, backend_id, &backend, now);
+    // SAFETY: a live map value; one field read.
+    let svc_id = unsafe { (*svc).svc_id };
+    let key = SockKey::new(cookie(ctx), SOCK_PEER);
+    let mut entry = entry_of(svc_id, &dest, port_be, proto, backend_id, &backend, now);
     // A UDP socket may have sent unconnected before: its peers stay listed.
     // SAFETY: the value is copied out at once.
     entry.datagram_peers = unsafe { XVS_SOCK_NAT.get(&key) }.map_or(0, |e| e.datagram_peers);
@@ -217,7 +217,7 @@ pub fn connect(ctx: &SockAddrContext, family: Family) -> i32 {
         count(SockEvent::TableFull);
     }
     write_addr(ctx, family, &dest, &backend.addr, backend.port);
-    stats::count_socket_conn(value.svc_id, backend_id);
+    stats::count_socket_conn(svc_id, backend_id);
     count(SockEvent::Connect);
     PROCEED
 }
@@ -237,7 +237,7 @@ pub fn sendmsg(ctx: &SockAddrContext, family: Family) -> i32 {
     let svc_id = unsafe { (*svc).svc_id };
     let now = clock::now_secs();
     let cookie = cookie(ctx);
-    let header_key = SockKey { cookie, index: SOCK_PEER, _pad: 0 };
+    let header_key = SockKey::new(cookie, SOCK_PEER);
     // Read into a zeroed value rather than through an Option: LLVM once left part of the
     // `None` case's copy uninitialised, which the verifier refuses (sendmsg6: "!read_ok").
     let mut head = SockEntry::default();
@@ -252,7 +252,7 @@ pub fn sendmsg(ctx: &SockAddrContext, family: Family) -> i32 {
         if in_use & (1 << i) == 0 {
             continue;
         }
-        let key = SockKey { cookie, index: i + 1, _pad: 0 };
+        let key = SockKey::new(cookie, i + 1);
         let Some(peer) = XVS_SOCK_NAT.get_ptr_mut(&key) else {
             // Evicted: free again.
             in_use &= !(1 << i);
@@ -278,12 +278,10 @@ pub fn sendmsg(ctx: &SockAddrContext, family: Family) -> i32 {
         reuse = i + 1;
     }
     let Ok((backend_id, backend)) = schedule(ctx, svc, client, &dest, port_be, proto, now) else { return refuse() };
-    // SAFETY: a live map value, copied.
-    let value = unsafe { *svc };
     let index = if reuse != 0 { reuse } else { datagram_slot(in_use, &last_seen) };
-    let entry = entry_of(&value, &dest, port_be, proto, backend_id, &backend, now);
+    let entry = entry_of(svc_id, &dest, port_be, proto, backend_id, &backend, now);
     head.datagram_peers = in_use | 1 << (index - 1);
-    let recorded = XVS_SOCK_NAT.insert(&SockKey { cookie, index, _pad: 0 }, &entry, 0).is_ok()
+    let recorded = XVS_SOCK_NAT.insert(&SockKey::new(cookie, index), &entry, 0).is_ok()
         && XVS_SOCK_NAT.insert(&header_key, &head, 0).is_ok();
     if !recorded {
         count(SockEvent::TableFull);
@@ -301,7 +299,7 @@ fn restore(ctx: &SockAddrContext, family: Family, datagrams: bool) -> Option<()>
     let (peer, port_be) = read_addr(ctx, family);
     let cookie = cookie(ctx);
     // SAFETY: copied out at once.
-    let header = unsafe { XVS_SOCK_NAT.get(&SockKey { cookie, index: SOCK_PEER, _pad: 0 }) }.copied()?;
+    let header = unsafe { XVS_SOCK_NAT.get(&SockKey::new(cookie, SOCK_PEER)) }.copied()?;
     if translated_to(&header, peer.family, &peer.addr, port_be) {
         write_addr(ctx, family, &peer, &header.vip, header.vport);
         return Some(());
@@ -314,7 +312,7 @@ fn restore(ctx: &SockAddrContext, family: Family, datagrams: bool) -> Option<()>
             continue;
         }
         // SAFETY: copied out at once.
-        let Some(e) = (unsafe { XVS_SOCK_NAT.get(&SockKey { cookie, index: i + 1, _pad: 0 }) }).copied() else { continue };
+        let Some(e) = (unsafe { XVS_SOCK_NAT.get(&SockKey::new(cookie, i + 1)) }).copied() else { continue };
         if translated_to(&e, peer.family, &peer.addr, port_be) {
             write_addr(ctx, family, &peer, &e.vip, e.vport);
             return Some(());
@@ -345,12 +343,12 @@ pub fn getpeername(ctx: &SockAddrContext, family: Family) -> i32 {
 #[inline(always)]
 pub fn release(ctx: &SockContext) -> i32 {
     let cookie = cookie(ctx);
-    let key = SockKey { cookie, index: SOCK_PEER, _pad: 0 };
+    let key = SockKey::new(cookie, SOCK_PEER);
     // SAFETY: copied out at once.
     let Some(header) = (unsafe { XVS_SOCK_NAT.get(&key) }).copied() else { return PROCEED };
     for i in 0..SOCK_DATAGRAM_PEERS {
         if header.datagram_peers & (1 << i) != 0 {
-            let _ = XVS_SOCK_NAT.remove(&SockKey { cookie, index: i + 1, _pad: 0 });
+            let _ = XVS_SOCK_NAT.remove(&SockKey::new(cookie, i + 1));
         }
     }
     let _ = XVS_SOCK_NAT.remove(&key);

@@ -95,21 +95,25 @@ for _ in range(count):
         print("error", errno.errorcode.get(e.errno, str(e)) if e.errno else type(e).__name__, flush=True)
 "#;
 
+/// `args` as a command in network namespace `netns`, from a process in `cgroup` (None: the
+/// caller's). The shell moves itself into the cgroup before it becomes the command, so every
+/// socket the command opens is under the hooks.
+pub fn command_in(cgroup: Option<&TestCgroup>, netns: &str, args: &[&str]) -> Command {
+    let join = cgroup.map_or_else(String::new, |c| format!("echo $$ > '{}/cgroup.procs' && ", c.path.display()));
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &format!("{join}exec ip netns exec \"$@\""), "sh", netns]).args(args);
+    cmd
+}
+
 /// Runs `args` in network namespace `netns` from a process in `cgroup`; its output.
 pub fn run_in(cgroup: &TestCgroup, netns: &str, args: &[&str]) -> std::process::Output {
-    let script = format!("echo $$ > '{}/cgroup.procs' && exec ip netns exec \"$@\"", cgroup.path.display());
-    Command::new("sh").args(["-c", &script, "sh", netns]).args(args).output().unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+    command_in(Some(cgroup), netns, args).output().unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
 }
 
 /// Runs `count` requests of `mode` to `host:port` from a process in `cgroup` (None: the
 /// caller's) and network namespace `netns`, one after the other.
 pub fn requests(cgroup: Option<&TestCgroup>, netns: &str, mode: Mode, host: &str, port: u16, count: usize) -> Vec<Answer> {
-    // The shell moves itself into the cgroup before it becomes the client, so every socket the
-    // client opens is under the hooks.
-    let join = cgroup.map_or_else(String::new, |c| format!("echo $$ > '{}/cgroup.procs' && ", c.path.display()));
-    let script = format!("{join}exec ip netns exec \"$0\" python3 -c \"$1\" \"$2\" \"$3\" \"$4\" \"$5\"");
-    let out = Command::new("sh")
-        .args(["-c", &script, netns, CLIENT, mode.arg(), host, &port.to_string(), &count.to_string()])
+    let out = command_in(cgroup, netns, &["python3", "-c", CLIENT, mode.arg(), host, &port.to_string(), &count.to_string()])
         .stderr(Stdio::inherit())
         .output()
         .unwrap_or_else(|e| panic!("cannot run the client: {e}"));

@@ -14,7 +14,7 @@ use serde_json::json;
 use xvs_integration::{
     agent::{eventually, list, Agent},
     kube::{api_server_in, ready},
-    sockets::{requests, run_in, spread, Answer, Mode, TestCgroup},
+    sockets::{command_in, requests, run_in, spread, Answer, Mode, TestCgroup},
     topology::{Topology, NODE_IFACE},
 };
 use xvs_test_apiserver::fixture;
@@ -243,10 +243,8 @@ fn hostns_only_translates_the_node_and_leaves_pods_to_the_packet_path() {
 fn open_sockets_are_listed_as_connections_and_removed_when_released() {
     let s = setup("sock5", &service(V4.vip, 80, &V4, "", [None; 3]), &[]);
     // A connection held open, from the pod.
-    let join = format!("echo $$ > '{}/cgroup.procs' && ", s.cgroup.path.display());
     let hold = "import socket,sys\ns=socket.create_connection(('10.96.0.10',80),3)\nprint(s.getpeername()[0],flush=True)\nsys.stdin.read()";
-    let mut child = std::process::Command::new("sh")
-        .args(["-c", &format!("{join}exec ip netns exec \"$0\" python3 -c \"$1\""), &s.topo.ns("client"), hold])
+    let mut child = command_in(Some(&s.cgroup), &s.topo.ns("client"), &["python3", "-c", hold])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -310,15 +310,20 @@ fn adopt(path: &Path, program: impl AsFd, cgroup: &Path) -> Result<bool, Datapla
     }
 }
 
+/// The link pin of every socket hook under `dir`.
+fn hook_pins(dir: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    SOCK_ADDR_PROGRAMS.iter().chain([&PROG_SOCK_RELEASE]).map(move |(_, hook)| link_pin(dir, LINK_PREFIX, hook))
+}
+
 /// Whether every socket hook's link is pinned under `dir`.
 pub fn socket_lb_pinned(dir: &Path) -> bool {
-    SOCK_ADDR_PROGRAMS.iter().chain([&PROG_SOCK_RELEASE]).all(|(_, hook)| link_pin(dir, LINK_PREFIX, hook).exists())
+    hook_pins(dir).all(|pin| pin.exists())
 }
 
 /// Detaches the socket hooks a previous agent pinned under `dir` (`--socket-lb off`); returns
 /// how many there were.
 pub fn detach_socket_lb(dir: &Path) -> usize {
-    SOCK_ADDR_PROGRAMS.iter().chain([&PROG_SOCK_RELEASE]).filter(|(_, hook)| std::fs::remove_file(link_pin(dir, LINK_PREFIX, hook)).is_ok()).count()
+    hook_pins(dir).filter(|pin| std::fs::remove_file(pin).is_ok()).count()
 }
 
 #[cfg(test)]
