@@ -8,7 +8,7 @@ use crate::{
     dataplane::{interface_addresses, Attachment, Dataplane, DataplaneError},
     error_chain,
     ipvs::mirror::IpvsMirror,
-    model::{Model, ServiceId},
+    model::{Model, Patch, ServiceId},
     sync::{datapath_secs, fit, flows, monotonic_secs, verify, LiveState, Reconciler, Writer},
 };
 
@@ -48,6 +48,19 @@ pub struct Agent {
     pub ipvs: Option<IpvsMirror>,
     /// The last valid model: what the dataplanes are kept equal to.
     model: Model,
+    /// What `model` takes of the maps, kept up to date by patches.
+    usage: fit::Usage,
+}
+
+/// What became of a patch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Patched {
+    Applied,
+    /// Every service in it was already as it says.
+    Unchanged,
+    /// Invalid, or more than the maps hold: nothing applied, the last good state stays. The
+    /// source should hand over a whole model next.
+    Refused,
 }
 
 impl Agent {
@@ -57,7 +70,8 @@ impl Agent {
         if let Some(ebpf) = &ebpf {
             fit::check(&model, &ebpf.dataplane.maps.capacity)?;
         }
-        let mut agent = Self { ebpf, ipvs, model };
+        let usage = fit::Usage::of(&model);
+        let mut agent = Self { ebpf, ipvs, model, usage };
         agent.apply();
         // What was adopted is checked as `xvs verify` checks it, and repaired now rather than
         // at the first periodic resync: a map whose pin was removed while no agent ran comes
@@ -77,15 +91,54 @@ impl Agent {
         if model == self.model && !force {
             return false;
         }
+        let usage = fit::Usage::of(&model);
         if let Some(ebpf) = &self.ebpf
-            && let Err(e) = fit::check(&model, &ebpf.dataplane.maps.capacity)
+            && let Err(e) = usage.check(&ebpf.dataplane.maps.capacity)
         {
             tracing::error!("{e}");
             return false;
         }
         self.model = model;
+        self.usage = usage;
         self.apply();
         true
+    }
+
+    /// Applies what an event-driven source says changed: the model is patched and only those
+    /// services are reconciled into the maps, at a cost that does not grow with the model.
+    /// (The IPVS mirror, which reads the kernel's whole table to diff, is synced in full.)
+    /// A patch that does not validate or that the maps cannot hold is refused whole.
+    pub fn patch(&mut self, mut patch: Patch) -> Patched {
+        patch.retain(|id, svc| self.model.get(id) != svc.as_ref());
+        if patch.is_empty() {
+            return Patched::Unchanged;
+        }
+        let mut usage = self.usage.clone();
+        for (id, svc) in &patch {
+            if let Some(old) = self.model.get(id) {
+                usage.remove(old);
+            }
+            if let Some(new) = svc {
+                usage.add(new);
+            }
+        }
+        if let Some(ebpf) = &self.ebpf
+            && let Err(e) = usage.check(&ebpf.dataplane.maps.capacity)
+        {
+            tracing::error!("{e}");
+            return Patched::Refused;
+        }
+        let changed: Vec<ServiceId> = patch.keys().copied().collect();
+        if let Err(errors) = self.model.apply(patch) {
+            for e in &errors {
+                tracing::error!("refused change: {e}");
+            }
+            return Patched::Refused;
+        }
+        self.usage = usage;
+        self.apply_to_dataplanes(Some(&changed));
+        self.warn_unserved(changed.iter().filter_map(|id| self.model.get(id)));
+        Patched::Applied
     }
 
     pub fn model(&self) -> &Model {
@@ -93,43 +146,46 @@ impl Agent {
     }
 
     fn apply(&mut self) {
-        self.apply_to_dataplanes();
-        self.warn_unenforced_ranges();
-        self.warn_unserved_sctp();
+        self.apply_to_dataplanes(None);
+        self.warn_unserved(self.model.services());
         release_freed_memory();
     }
 
-    /// IPVS has no source filter (kube-proxy adds ipset and iptables rules for it; xvs leaves
-    /// the node's firewall alone): with IPVS alone, source ranges are not enforced. Say so.
-    fn warn_unenforced_ranges(&self) {
-        if self.ebpf.is_some() || self.ipvs.is_none() {
-            return;
+    /// What one dataplane alone leaves unserved, for `services` (the model, or a patch's).
+    fn warn_unserved<'m>(&self, services: impl Iterator<Item = &'m crate::model::Service>) {
+        let (mut unenforced, mut unserved) = (Vec::new(), Vec::new());
+        for s in services {
+            // IPVS has no source filter (kube-proxy adds ipset and iptables rules for it; xvs
+            // leaves the node's firewall alone): with IPVS alone, source ranges are not enforced.
+            if self.ebpf.is_none() && self.ipvs.is_some() && !s.source_ranges.is_empty() {
+                unenforced.push(s.id.to_string());
+            }
+            // SCTP is served by the IPVS mirror alone (see `Protocol::in_ebpf`): with the eBPF
+            // datapath alone these services are not served at all.
+            if self.ipvs.is_none() && !s.id.proto.in_ebpf() {
+                unserved.push(s.id.to_string());
+            }
         }
-        let unenforced: Vec<String> = self.model.services().filter(|s| !s.source_ranges.is_empty()).map(|s| s.id.to_string()).collect();
         if !unenforced.is_empty() {
             tracing::warn!(services = ?unenforced, "source ranges (loadBalancerSourceRanges) are enforced by the eBPF datapath only: with IPVS alone these services admit every client");
         }
-    }
-
-    /// SCTP is served by the IPVS mirror alone (see `Protocol::in_ebpf`): with the eBPF
-    /// datapath alone these services are not served at all. Say so, naming them.
-    fn warn_unserved_sctp(&self) {
-        if self.ipvs.is_some() {
-            return;
-        }
-        let unserved: Vec<String> = self.model.services().filter(|s| !s.id.proto.in_ebpf()).map(|s| s.id.to_string()).collect();
         if !unserved.is_empty() {
             tracing::warn!(services = ?unserved, "SCTP services are served by the IPVS mirror only (--dataplane ipvs or both): the eBPF datapath passes SCTP to the kernel, and these services are not served");
         }
     }
 
-    fn apply_to_dataplanes(&mut self) {
+    /// Syncs the dataplanes to the model: every service, or only those `changed` names.
+    fn apply_to_dataplanes(&mut self, changed: Option<&[ServiceId]>) {
         if let Some(ebpf) = &mut self.ebpf {
             let now = datapath_secs(&ebpf.dataplane.maps).unwrap_or_else(|e| {
                 tracing::warn!("{}; drains are timed by CLOCK_MONOTONIC alone", error_chain(&e));
                 monotonic_secs()
             });
-            let (report, errors) = ebpf.reconciler.sync(&self.model, &mut ebpf.dataplane.maps, now);
+            let maps = &mut ebpf.dataplane.maps;
+            let (report, errors) = match changed {
+                Some(ids) => ebpf.reconciler.sync_changed(&self.model, ids.iter().copied(), maps, now),
+                None => ebpf.reconciler.sync(&self.model, maps, now),
+            };
             for e in &errors {
                 tracing::error!("{}", error_chain(e));
             }

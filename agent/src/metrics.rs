@@ -58,10 +58,13 @@ impl Metrics {
     }
 
     /// A desired state was applied: its size and the objects skipped in it.
-    pub fn synced(&self, services: usize, backends: usize, warnings: usize) {
+    pub fn synced(&self, services: usize, backends: usize) {
         self.syncs.fetch_add(1, Relaxed);
         self.services.store(services as u64, Relaxed);
         self.backends.store(backends as u64, Relaxed);
+    }
+
+    pub fn warnings(&self, warnings: usize) {
         self.warnings.store(warnings as u64, Relaxed);
     }
 

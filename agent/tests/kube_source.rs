@@ -2,8 +2,9 @@
 //! (tests/apiserver): the reflectors list, watch, resume, relist on 410 Gone and ride out
 //! outages, and every state they hand over is translated by kube-proxy's rules.
 //!
-//! Each test follows the source as the daemon does (changed -> snapshot) and keeps every model
-//! it produced, so "never flushed" is checked on the whole history, not on the last state.
+//! Each test follows the source as the daemon does (changed -> snapshot: a whole model, or a
+//! patch of what the watch events changed, applied to the last one) and keeps every model it
+//! produced, so "never flushed" is checked on the whole history, not on the last state.
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
@@ -12,7 +13,7 @@ use std::{
 use serde_json::{json, Value};
 use xvs::{
     model::{BackendState, Model},
-    source::kube::{client, events::EventPublisher, KubeSource, NodePortAddresses},
+    source::kube::{client, events::EventPublisher, Desired, KubeSource, NodePortAddresses, Snapshot},
 };
 use xvs_test_apiserver::{fixture, ApiServer, Resource};
 
@@ -34,6 +35,24 @@ fn shown(model: &Model) -> Vec<String> {
         .collect()
 }
 
+/// What the daemon holds after `snapshot`: its model, replaced by a full one or patched.
+fn follow(model: &mut Model, snapshot: Snapshot) -> Vec<String> {
+    match snapshot.desired {
+        Desired::Full(full) => *model = full,
+        Desired::Patch(patch) => {
+            if let Err(e) = model.apply(patch) {
+                panic!("the source patched in what the model refuses: {e:?}");
+            }
+        }
+    }
+    shown(model)
+}
+
+/// Everything the stores hold, translated.
+fn everything(source: &KubeSource) -> Vec<String> {
+    follow(&mut Model::default(), source.snapshot_everything())
+}
+
 /// The source, followed like the daemon follows it; every model it produced is kept.
 struct Followed {
     source: Arc<KubeSource>,
@@ -49,13 +68,14 @@ impl Followed {
         server.write_kubeconfig(&kubeconfig)?;
         let source = Arc::new(KubeSource::start(client(Some(&kubeconfig)).await?, node.to_owned(), NodePortAddresses::Primary, Arc::new(Vec::new)));
         tokio::time::timeout(Duration::from_secs(10), source.ready()).await??;
-        let history = Arc::new(Mutex::new(vec![shown(&source.snapshot().model)]));
+        let mut followed = Model::default();
+        let history = Arc::new(Mutex::new(vec![follow(&mut followed, source.snapshot())]));
         let (s, h) = (source.clone(), history.clone());
         let task = tokio::spawn(async move {
             loop {
                 s.changed().await;
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                let model = shown(&s.snapshot().model);
+                let model = follow(&mut followed, s.snapshot());
                 if let Ok(mut h) = h.lock() {
                     h.push(model);
                 }
@@ -396,9 +416,9 @@ async fn malformed_objects_are_named_skipped_and_reported_as_events() -> Result 
     assert_eq!(
         warnings,
         [
+            "EndpointSlice default/service-nginx-bad01: endpoint address \"10.244.1.999\" is not an IP address; skipped",
             "Service default/broken: clusterIP \"10.96.0.300\" is not an IP address; skipped",
             "Service default/no-spec: no spec",
-            "EndpointSlice default/service-nginx-bad01: endpoint address \"10.244.1.999\" is not an IP address; skipped",
             "Service default/sticky: annotation xvs.io/scheduler=\"lc\" is not rr, wrr, sh or mh; using rr",
         ]
     );
@@ -453,7 +473,7 @@ async fn a_change_stays_pending_until_a_snapshot_takes_it() -> Result {
     let first = tokio::time::timeout(Duration::from_secs(5), source.changed()).await?;
     let again = tokio::time::timeout(Duration::from_millis(200), source.changed()).await.map_err(|_| "a dropped wait lost the change")?;
     assert_eq!(first, again, "the oldest pending change is reported");
-    assert_eq!(shown(&source.snapshot().model), ["TCP 10.96.0.10:80 rr [10.244.1.1:8080 1 a]"]);
+    assert_eq!(everything(&source), ["TCP 10.96.0.10:80 rr [10.244.1.1:8080 1 a]"]);
     assert!(tokio::time::timeout(Duration::from_millis(200), source.changed()).await.is_err(), "taken by the snapshot");
     Ok(())
 }
@@ -474,7 +494,7 @@ async fn node_ports_follow_the_node_s_interface_addresses() -> Result {
     let interfaces = Arc::new(Mutex::new(vec![ip("127.0.0.1"), ip("10.0.1.1"), ip("fe80::1"), ip("172.18.0.5")]));
     let read = interfaces.clone();
     let local = Arc::new(move || read.lock().map(|l| l.clone()).unwrap_or_default());
-    let node_ports = |source: &KubeSource| -> Vec<String> { shown(&source.snapshot().model).into_iter().filter(|s| s.contains(":30080 ")).map(|s| s[..s.find(" rr").unwrap_or(0)].to_owned()).collect() };
+    let node_ports = |source: &KubeSource| -> Vec<String> { everything(source).into_iter().filter(|s| s.contains(":30080 ")).map(|s| s[..s.find(" rr").unwrap_or(0)].to_owned()).collect() };
 
     let source = KubeSource::start(client(Some(&dir.join("kubeconfig"))).await?, "node-a".into(), NodePortAddresses::All, local.clone());
     tokio::time::timeout(Duration::from_secs(10), source.ready()).await??;

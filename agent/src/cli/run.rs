@@ -59,7 +59,8 @@ pub struct RunArgs {
     /// are acted on at once anyway (rtnetlink link events); the check also finds pins removed.
     #[arg(long, default_value_t = 1)]
     link_check_interval: u64,
-    /// How often the maps are compared with the desired state and drift is repaired, in seconds.
+    /// How often the maps are compared with the desired state and drift is repaired, and (with
+    /// Kubernetes) everything is translated again as a check on the event-driven sync, in seconds.
     #[arg(long, default_value_t = 60)]
     resync_interval: u64,
     /// Which dataplanes to program: the eBPF datapath, the kernel IPVS mirror, both, or auto
@@ -244,6 +245,7 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
                 }
             }
             _ = resync.tick() => {
+                source.resync_kube(&mut agent);
                 if let Err(e) = agent.repair_drift() {
                     tracing::error!("{}", xvs::error_chain(&e));
                 }

@@ -1,5 +1,7 @@
 //! Where `xvs run` takes its desired state from: the services file, or the Kubernetes API.
-//! Both hand the daemon a whole `Model`; the daemon diffs it against what it applied.
+//! The file hands the daemon a whole `Model`, which it diffs against what it applied; the
+//! Kubernetes API a patch of what its watch events changed (a whole model on relists, node
+//! changes and the periodic resync).
 use std::{
     net::SocketAddr,
     sync::Arc,
@@ -10,14 +12,14 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 use xvs::{
-    daemon::Agent,
+    daemon::{Agent, Patched},
     error_chain,
     health::HealthServer,
     metrics::METRICS,
     model::Model,
     source::{
         file::FileWatch,
-        kube::{self, events::EventPublisher, KubeSource, LocalAddresses, NodePortAddresses},
+        kube::{self, events::EventPublisher, Desired, KubeSource, LocalAddresses, NodePortAddresses},
     },
 };
 
@@ -92,7 +94,10 @@ impl Source {
         let (source, client, node_name) = start_kube(args, node, dummy).await?;
         let events = EventPublisher::new(client, &node_name);
         let mut source = Source::Kube { source: Box::new(source), events, debounce: Duration::from_millis(kube_args.debounce_ms), node_missing_told: false, health: HealthServer::default() };
-        let (model, _) = source.kube_snapshot().unwrap_or_default();
+        let model = match source.kube_snapshot(true) {
+            Some((Desired::Full(model), _)) => model,
+            _ => Model::default(),
+        };
         Ok((source, model))
     }
 
@@ -124,12 +129,14 @@ impl Source {
         }
     }
 
-    /// Translates the stores, with the time of the oldest change in them; logs and publishes
-    /// the problems not reported yet.
-    fn kube_snapshot(&mut self) -> Option<(Model, Option<Instant>)> {
+    /// Translates what changed in the stores (everything, when `everything`), with the time
+    /// of the oldest change; logs and publishes the problems not reported yet.
+    fn kube_snapshot(&mut self, everything: bool) -> Option<(Desired, Option<Instant>)> {
         let Source::Kube { source, events, node_missing_told, health, .. } = self else { return None };
-        let snapshot = source.snapshot();
-        health.update(snapshot.health);
+        let snapshot = if everything { source.snapshot_everything() } else { source.snapshot() };
+        if let Some(checks) = snapshot.health {
+            health.update(checks);
+        }
         if snapshot.node_found {
             *node_missing_told = false;
         } else if !*node_missing_told {
@@ -141,8 +148,8 @@ impl Source {
             tracing::warn!(object = %w.object, "skipped: {}", w.cause);
         }
         events.publish(fresh);
-        METRICS.synced(snapshot.model.len(), snapshot.model.services().map(|s| s.backends.len()).sum(), snapshot.warnings.len());
-        Some((snapshot.model, snapshot.pending_since))
+        METRICS.warnings(snapshot.warnings.len());
+        Some((snapshot.desired, snapshot.pending_since))
     }
 
     /// Re-applies the Kubernetes state when the node's interface addresses moved: NodePorts go
@@ -152,20 +159,50 @@ impl Source {
             && source.local_addresses_changed()
         {
             tracing::info!("the node's addresses changed: NodePorts follow");
+            source.translate_everything_next();
             self.apply_kube(agent, false);
         }
     }
 
-    /// Applies the current Kubernetes state and records the sync latency.
+    /// Applies what changed in the Kubernetes state (everything, re-asserted, on `force`) and
+    /// records the sync latency.
     pub fn apply_kube(&mut self, agent: &mut Agent, force: bool) {
-        let Some((model, pending)) = self.kube_snapshot() else { return };
-        let services = model.len();
-        if agent.update(model, force)
-            && let Some(since) = pending
-        {
+        let Some((desired, pending)) = self.kube_snapshot(force) else { return };
+        let applied = match desired {
+            Desired::Full(model) => agent.update(model, force),
+            Desired::Patch(patch) => match agent.patch(patch) {
+                Patched::Applied => true,
+                Patched::Unchanged => false,
+                Patched::Refused => {
+                    // The translation moved on without the agent: hand it everything next.
+                    if let Source::Kube { source, .. } = self {
+                        source.translate_everything_next();
+                    }
+                    false
+                }
+            },
+        };
+        self.applied(agent, applied.then_some(pending).flatten());
+    }
+
+    /// The periodic resync: everything translated again and compared with what the agent
+    /// holds. Any difference the watch events did not account for is applied and reported.
+    pub fn resync_kube(&mut self, agent: &mut Agent) {
+        let Some((Desired::Full(model), pending)) = self.kube_snapshot(true) else { return };
+        let applied = agent.update(model, false);
+        if applied && pending.is_none() {
+            tracing::warn!("the full translation of the Kubernetes state differed from the event-driven one; applied the full one");
+        }
+        self.applied(agent, applied.then_some(pending).flatten());
+    }
+
+    fn applied(&self, agent: &Agent, pending: Option<Instant>) {
+        let model = agent.model();
+        METRICS.synced(model.len(), model.services().map(|s| s.backends.len()).sum());
+        if let Some(since) = pending {
             let latency = since.elapsed();
             METRICS.observe_sync_latency(latency);
-            tracing::info!(services, latency_ms = latency.as_millis() as u64, "Kubernetes changes applied");
+            tracing::info!(services = model.len(), latency_ms = latency.as_millis() as u64, "Kubernetes changes applied");
         }
     }
 }
@@ -207,11 +244,12 @@ pub fn load_once(args: &SourceArgs, node: &NodeArgs, dummy: &str) -> anyhow::Res
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;
     runtime.block_on(async {
         let (source, _, node_name) = tokio::time::timeout(Duration::from_secs(60), start_kube(args, node, dummy)).await.context("no complete list from the API server within 60 s")??;
-        let snapshot = source.snapshot();
+        let snapshot = source.snapshot_everything();
         for w in &snapshot.warnings {
             eprintln!("skipped: {w}");
         }
-        Ok((snapshot.model, format!("Kubernetes (node {node_name})")))
+        let Desired::Full(model) = snapshot.desired else { anyhow::bail!("a full snapshot gave a patch") };
+        Ok((model, format!("Kubernetes (node {node_name})")))
     })
 }
 

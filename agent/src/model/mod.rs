@@ -172,6 +172,10 @@ impl Reach {
     }
 }
 
+/// Changes to a model by service id: the new service, or None for one that goes. What an
+/// event-driven source hands over instead of a whole model; in id order, the model's order.
+pub type Patch = BTreeMap<ServiceId, Option<Service>>;
+
 /// The whole desired state, validated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Model {
@@ -194,6 +198,44 @@ impl Model {
             })
             .collect();
         Ok(Self { services })
+    }
+
+    /// Everything wrong with `svc` on its own: a patch is validated service by service.
+    pub fn issues(svc: &Service) -> Vec<ModelIssue> {
+        let mut issues = Vec::new();
+        validate::check_service(svc, &mut |issue| issues.push(issue));
+        issues
+    }
+
+    /// Applies `patch`, all or nothing: every service in it is validated first (the errors
+    /// index the patch in id order). Returns what it replaced: the patch that undoes it.
+    pub fn apply(&mut self, patch: Patch) -> Result<Patch, Vec<ModelError>> {
+        let mut errors = Vec::new();
+        for (index, (id, svc)) in patch.iter().enumerate() {
+            let Some(svc) = svc else { continue };
+            let mut err = |issue| errors.push(ModelError { index, service: id.to_string(), issue });
+            if svc.id != *id {
+                err(ModelIssue::PatchedUnder(svc.id));
+            }
+            validate::check_service(svc, &mut err);
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let undo = patch
+            .into_iter()
+            .map(|(id, svc)| {
+                let old = match svc {
+                    Some(mut svc) => {
+                        svc.backends.sort_by_key(|b| (b.addr, b.port));
+                        self.services.insert(id, svc)
+                    }
+                    None => self.services.remove(&id),
+                };
+                (id, old)
+            })
+            .collect();
+        Ok(undo)
     }
 
     pub fn services(&self) -> impl ExactSizeIterator<Item = &Service> {

@@ -45,6 +45,8 @@ pub enum ModelIssue {
     ShPortWithoutSh,
     #[error("source range {range} is not of the VIP's family")]
     SourceRangeFamily { range: String },
+    #[error("a patch holds it under another service's id ({0})")]
+    PatchedUnder(ServiceId),
     #[error("wrr weights need a {len}-slot cycle, more than {MAX_TABLE_LEN}: use weights with a larger common divisor")]
     WrrTooLong { len: u64 },
 }
@@ -64,55 +66,60 @@ pub(super) fn check(services: &[Service]) -> Vec<ModelError> {
         } else {
             first_seen.insert(svc.id, index);
         }
-        if svc.id.port == 0 {
-            err(ModelIssue::ZeroPort);
-        }
-        if unusable(svc.id.vip) {
-            err(ModelIssue::BadVip(svc.id.vip));
-        }
-        if let Some(t) = svc.affinity_timeout
-            && !(1..=MAX_AFFINITY_TIMEOUT).contains(&t)
-        {
-            err(ModelIssue::AffinityTimeout(t));
-        }
-        if svc.sh_port && !matches!(svc.scheduler, Scheduler::SourceHash | Scheduler::MaglevHash) {
-            err(ModelIssue::ShPortWithoutSh);
-        }
-        for range in svc.source_ranges.iter().filter(|r| r.addr.is_ipv6() != svc.id.vip.is_ipv6()) {
-            err(ModelIssue::SourceRangeFamily { range: range.to_string() });
-        }
-        let mut seen = HashSet::with_capacity(svc.backends.len());
-        let mut weights_ok = true;
-        for b in &svc.backends {
-            // Named only when something is wrong: formatting every endpoint costs more than
-            // checking it (100k backends per sync from Kubernetes).
-            let backend = || b.endpoint().to_string();
-            if !seen.insert((b.addr, b.port)) {
-                err(ModelIssue::DuplicateBackend { backend: backend() });
-            }
-            if b.addr.is_ipv6() != svc.id.vip.is_ipv6() {
-                err(ModelIssue::FamilyMismatch { backend: backend() });
-            }
-            if b.port == 0 {
-                err(ModelIssue::BackendZeroPort { backend: backend() });
-            }
-            if unusable(b.addr) {
-                err(ModelIssue::BadBackendAddr { backend: backend() });
-            }
-            if b.weight > MAX_WEIGHT {
-                weights_ok = false;
-                err(ModelIssue::Weight { backend: backend(), weight: b.weight });
-            }
-        }
-        if weights_ok && svc.scheduler == Scheduler::WeightedRoundRobin {
-            let weights: Vec<u32> = svc.backends.iter().map(|b| b.effective_weight()).collect();
-            let len = WrrCycle::len_hint(&weights);
-            if len > MAX_TABLE_LEN {
-                err(ModelIssue::WrrTooLong { len });
-            }
-        }
+        check_service(svc, &mut err);
     }
     errors
+}
+
+/// Everything wrong with one service on its own (all but duplicates, which take the list).
+pub(super) fn check_service(svc: &Service, err: &mut impl FnMut(ModelIssue)) {
+    if svc.id.port == 0 {
+        err(ModelIssue::ZeroPort);
+    }
+    if unusable(svc.id.vip) {
+        err(ModelIssue::BadVip(svc.id.vip));
+    }
+    if let Some(t) = svc.affinity_timeout
+        && !(1..=MAX_AFFINITY_TIMEOUT).contains(&t)
+    {
+        err(ModelIssue::AffinityTimeout(t));
+    }
+    if svc.sh_port && !matches!(svc.scheduler, Scheduler::SourceHash | Scheduler::MaglevHash) {
+        err(ModelIssue::ShPortWithoutSh);
+    }
+    for range in svc.source_ranges.iter().filter(|r| r.addr.is_ipv6() != svc.id.vip.is_ipv6()) {
+        err(ModelIssue::SourceRangeFamily { range: range.to_string() });
+    }
+    let mut seen = HashSet::with_capacity(svc.backends.len());
+    let mut weights_ok = true;
+    for b in &svc.backends {
+        // Named only when something is wrong: formatting every endpoint costs more than
+        // checking it (100k backends per sync from Kubernetes).
+        let backend = || b.endpoint().to_string();
+        if !seen.insert((b.addr, b.port)) {
+            err(ModelIssue::DuplicateBackend { backend: backend() });
+        }
+        if b.addr.is_ipv6() != svc.id.vip.is_ipv6() {
+            err(ModelIssue::FamilyMismatch { backend: backend() });
+        }
+        if b.port == 0 {
+            err(ModelIssue::BackendZeroPort { backend: backend() });
+        }
+        if unusable(b.addr) {
+            err(ModelIssue::BadBackendAddr { backend: backend() });
+        }
+        if b.weight > MAX_WEIGHT {
+            weights_ok = false;
+            err(ModelIssue::Weight { backend: backend(), weight: b.weight });
+        }
+    }
+    if weights_ok && svc.scheduler == Scheduler::WeightedRoundRobin {
+        let weights: Vec<u32> = svc.backends.iter().map(|b| b.effective_weight()).collect();
+        let len = WrrCycle::len_hint(&weights);
+        if len > MAX_TABLE_LEN {
+            err(ModelIssue::WrrTooLong { len });
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,12 @@
 //! in the log on every resync).
 use xvs_common::{sched::WrrCycle, Scheduler};
 
-use crate::{dataplane::Capacity, model::Model};
+use std::collections::BTreeMap;
+
+use crate::{
+    dataplane::Capacity,
+    model::{Model, Service},
+};
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -20,25 +25,74 @@ pub struct OverCapacity {
 
 /// Checks services, backends and selection-table slots against `capacity`.
 pub fn check(model: &Model, capacity: &Capacity) -> Result<(), OverCapacity> {
-    let services = model.in_ebpf().count() as u64;
-    let backends: u64 = model.in_ebpf().map(|s| s.backends.len() as u64).sum();
-    // Make-before-break writes a service's new table beside its old one: room for the largest.
-    let tables: Vec<u64> = model.in_ebpf().map(table_len).collect();
-    let slots = tables.iter().sum::<u64>() + tables.iter().max().copied().unwrap_or(0);
-    for (what, needed, have, flag) in [
-        ("services", services, capacity.services, "--max-services"),
-        ("backends", backends, capacity.backends, "--max-backends"),
-        ("selection-table slots", slots, capacity.slots, "--max-slots"),
-    ] {
-        if needed > u64::from(have) {
-            return Err(OverCapacity { what, needed, have: u64::from(have), flag });
+    Usage::of(model).check(capacity)
+}
+
+/// What a desired state takes of the maps, kept service by service: a patch is checked at the
+/// cost of its services, not of the whole model.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    services: u64,
+    backends: u64,
+    slots: u64,
+    /// Table lengths in use, with how many services have each (the largest is needed).
+    tables: BTreeMap<u64, u64>,
+}
+
+impl Usage {
+    pub fn of(model: &Model) -> Self {
+        let mut usage = Self::default();
+        for svc in model.services() {
+            usage.add(svc);
+        }
+        usage
+    }
+
+    pub fn add(&mut self, svc: &Service) {
+        if !svc.id.proto.in_ebpf() {
+            return;
+        }
+        let len = table_len(svc);
+        self.services += 1;
+        self.backends += svc.backends.len() as u64;
+        self.slots += len;
+        *self.tables.entry(len).or_default() += 1;
+    }
+
+    pub fn remove(&mut self, svc: &Service) {
+        if !svc.id.proto.in_ebpf() {
+            return;
+        }
+        let len = table_len(svc);
+        self.services = self.services.saturating_sub(1);
+        self.backends = self.backends.saturating_sub(svc.backends.len() as u64);
+        self.slots = self.slots.saturating_sub(len);
+        if let Some(n) = self.tables.get_mut(&len) {
+            *n -= 1;
+            if *n == 0 {
+                self.tables.remove(&len);
+            }
         }
     }
-    Ok(())
+
+    pub fn check(&self, capacity: &Capacity) -> Result<(), OverCapacity> {
+        // Make-before-break writes a service's new table beside its old one: room for the largest.
+        let slots = self.slots + self.tables.keys().next_back().copied().unwrap_or(0);
+        for (what, needed, have, flag) in [
+            ("services", self.services, capacity.services, "--max-services"),
+            ("backends", self.backends, capacity.backends, "--max-backends"),
+            ("selection-table slots", slots, capacity.slots, "--max-slots"),
+        ] {
+            if needed > u64::from(have) {
+                return Err(OverCapacity { what, needed, have: u64::from(have), flag });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The slots a service's selection table takes (see dataplane/tables.rs).
-fn table_len(service: &crate::model::Service) -> u64 {
+fn table_len(service: &Service) -> u64 {
     let weights: Vec<u32> = service.backends.iter().map(|b| b.effective_weight()).collect();
     match service.scheduler {
         Scheduler::RoundRobin => weights.iter().filter(|&&w| w > 0).count() as u64,
@@ -76,5 +130,27 @@ mod tests {
         assert_eq!(err.map(|e| (e.what, e.needed)), Some(("backends", 8)));
         let tight = Capacity { slots: 5, ..capacity };
         assert_eq!(check(&model(3, 2), &tight).err().map(|e| (e.what, e.needed, e.flag)), Some(("selection-table slots", 8, "--max-slots")));
+    }
+
+    /// Kept service by service, the usage always equals one counted from scratch.
+    #[test]
+    fn usage_kept_by_patches_equals_a_fresh_count() {
+        let small = model(3, 2);
+        let big = model(5, 4);
+        let mut usage = Usage::of(&small);
+        for svc in small.services() {
+            usage.remove(svc);
+        }
+        assert_eq!(usage, Usage::default());
+        for svc in big.services() {
+            usage.add(svc);
+        }
+        assert_eq!(usage, Usage::of(&big));
+        // The largest table goes with the last service that has it.
+        for svc in big.services().filter(|s| s.id.vip.to_string() != "10.96.0.1") {
+            usage.remove(svc);
+        }
+        let one = big.services().find(|s| s.id.vip.to_string() == "10.96.0.1").cloned().into_iter().collect::<Vec<_>>();
+        assert_eq!(usage, Usage::of(&Model::new(one).unwrap_or_default()));
     }
 }

@@ -125,18 +125,31 @@ impl Reconciler {
     /// Brings the dataplane to `model`. Every service is attempted; the errors of those that
     /// failed (and kept their previous state) are returned with the report.
     pub fn sync(&mut self, model: &Model, w: &mut impl Writer, now: u32) -> (SyncReport, Vec<SyncError>) {
+        let gone: Vec<ServiceId> = self.applied.keys().filter(|id| model.get_in_ebpf(id).is_none()).copied().collect();
+        self.sync_services(gone, model.in_ebpf(), w, now)
+    }
+
+    /// Brings the services `changed` names (and only those) to `model`: what an event-driven
+    /// source says changed, at the cost of those services whatever the model's size. The
+    /// result is the full `sync`'s when every service that differs is named.
+    pub fn sync_changed(&mut self, model: &Model, changed: impl IntoIterator<Item = ServiceId>, w: &mut impl Writer, now: u32) -> (SyncReport, Vec<SyncError>) {
+        // In the model's order, as the full sync goes: ids are allocated the same way.
+        let changed: BTreeSet<ServiceId> = changed.into_iter().collect();
+        let gone: Vec<ServiceId> = changed.iter().filter(|id| model.get_in_ebpf(id).is_none() && self.applied.contains_key(id)).copied().collect();
+        self.sync_services(gone, changed.iter().filter_map(|id| model.get_in_ebpf(id)), w, now)
+    }
+
+    fn sync_services<'m>(&mut self, gone: Vec<ServiceId>, present: impl Iterator<Item = &'m Service>, w: &mut impl Writer, now: u32) -> (SyncReport, Vec<SyncError>) {
         let mut report = SyncReport::default();
         let mut errors = Vec::new();
         let mut flows = FlowCounts::default();
-
-        let gone: Vec<ServiceId> = self.applied.keys().filter(|id| model.get_in_ebpf(id).is_none()).copied().collect();
         for id in gone {
             match self.remove(id, w) {
                 Ok(()) => report.removed += 1,
                 Err(e) => errors.push(e),
             }
         }
-        for svc in model.in_ebpf() {
+        for svc in present {
             let old = self.applied.get(&svc.id).cloned();
             let dirty = self.dirty.remove(&svc.id);
             match self.desired(svc, old.as_ref(), w, now, &mut report, &mut flows) {

@@ -1,15 +1,38 @@
-//! Translation with memory: a Service whose object and EndpointSlices carry the same
-//! resourceVersions as last time (and the node is the same) keeps its translated part, so one
-//! changed EndpointSlice costs one Service's translation plus the assembly, not the cluster's.
-use std::{borrow::Borrow, collections::HashMap};
+//! Translation with memory. Each Service's part (its virtual services and problems) is kept,
+//! with which Services claim each virtual service, so that:
+//! - a full translation re-translates only the Services whose object or EndpointSlices
+//!   changed resourceVersion (and everything when the node changed);
+//! - an event-driven one (`patch`) re-translates only the Services the watch events named,
+//!   and returns the virtual services that changed: O(change), not O(cluster).
+//!
+//! Both give what `translate::translate` gives for the same objects: a VIP claimed twice goes
+//! to the first Service in namespace/name order, what the model refuses is dropped and named.
+use std::{
+    borrow::Borrow,
+    collections::{BTreeMap, BTreeSet, HashMap},
+};
 
 use k8s_openapi::{
     api::{core::v1::Service as KubeService, discovery::v1::EndpointSlice},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 
-use super::translate::{assemble, slices_by_service, slices_of, translate_service, Node, Part, Warning};
-use crate::model::Model;
+use super::{
+    slices::Changed,
+    translate::{slices_by_service, slices_of, translate_service, Node, Part, Warning},
+};
+use crate::model::{Model, Patch, Service, ServiceId};
+
+/// A Service's (or an EndpointSlice's) namespace and name, as the stores key them.
+pub type Key = (String, String);
+
+pub fn key_of(meta: &ObjectMeta) -> Key {
+    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
+fn key_str(meta: &ObjectMeta) -> (&str, &str) {
+    (meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or(""))
+}
 
 /// What a part was translated from: the Service's and its slices' names and resourceVersions.
 type Fingerprint = Vec<(String, String)>;
@@ -19,7 +42,7 @@ fn versions<'o>(svc: &'o KubeService, slices: &'o [&EndpointSlice]) -> impl Iter
     std::iter::once(entry(&svc.metadata)).chain(slices.iter().map(move |s| entry(&s.metadata)))
 }
 
-/// None when an object has no name or resourceVersion: such a Service is never cached.
+/// None when an object has no name or resourceVersion: such a Service is translated every time.
 fn fingerprint(svc: &KubeService, slices: &[&EndpointSlice]) -> Option<Fingerprint> {
     versions(svc, slices).map(|v| v.map(|(n, r)| (n.to_owned(), r.to_owned()))).collect()
 }
@@ -30,10 +53,20 @@ fn unchanged(print: &Fingerprint, svc: &KubeService, slices: &[&EndpointSlice]) 
 }
 
 struct Cached {
-    print: Fingerprint,
+    print: Option<Fingerprint>,
     part: Part,
-    /// The last call that saw this Service; older entries are swept.
+    /// The last full translation that saw this Service; older entries are swept.
     seen: u64,
+}
+
+/// The Services whose parts hold one virtual service, in namespace/name order (the first
+/// wins), and what assembling it found wrong.
+#[derive(Default)]
+struct Claim {
+    by: Vec<Key>,
+    /// The winner is refused by the model: the virtual service is not programmed.
+    refused: bool,
+    warnings: Vec<Warning>,
 }
 
 #[derive(Default)]
@@ -41,55 +74,161 @@ pub struct Translator {
     node: Option<Node>,
     /// By namespace, then name: looked up with the objects' own `&str`s.
     parts: HashMap<String, HashMap<String, Cached>>,
+    claims: BTreeMap<ServiceId, Claim>,
     call: u64,
 }
 
 impl Translator {
     /// The same result as `translate::translate`, reusing the parts of unchanged Services.
+    /// Warnings come sorted and without repeats.
     pub fn translate(&mut self, services: &[impl Borrow<KubeService>], slices: &[impl Borrow<EndpointSlice>], node: &Node) -> (Model, Vec<Warning>) {
         if self.node.as_ref() != Some(node) {
             // NodePorts and Local policy depend on the node: nothing is reusable.
             self.parts.clear();
+            self.claims.clear();
             self.node = Some(node.clone());
         }
         self.call += 1;
         let call = self.call;
         let by_service = slices_by_service(slices);
-        let mut uncached: Vec<Part> = Vec::new();
-        let mut sequence: Vec<Result<(&str, &str), usize>> = Vec::with_capacity(services.len());
+        let mut affected = BTreeSet::new();
         for svc in services.iter().map(Borrow::borrow) {
             let mine = slices_of(&by_service, svc);
-            let key = svc.metadata.namespace.as_deref().zip(svc.metadata.name.as_deref());
-            if let Some((namespace, name)) = key
-                && let Some(cached) = self.parts.get_mut(namespace).and_then(|m| m.get_mut(name))
-                && unchanged(&cached.print, svc, mine)
+            let (namespace, name) = key_str(&svc.metadata);
+            if let Some(cached) = self.parts.get_mut(namespace).and_then(|m| m.get_mut(name))
+                && cached.print.as_ref().is_some_and(|p| unchanged(p, svc, mine))
             {
                 cached.seen = call;
-                sequence.push(Ok((namespace, name)));
                 continue;
             }
-            let part = translate_service(svc, mine, node);
-            match key.zip(fingerprint(svc, mine)) {
-                Some(((namespace, name), print)) => {
-                    self.parts.entry(namespace.to_owned()).or_default().insert(name.to_owned(), Cached { print, part, seen: call });
-                    sequence.push(Ok((namespace, name)));
-                }
-                None => {
-                    uncached.push(part);
-                    sequence.push(Err(uncached.len() - 1));
-                }
+            let cached = Cached { print: fingerprint(svc, mine), part: translate_service(svc, mine, node), seen: call };
+            affected.extend(self.set_part(key_of(&svc.metadata), Some(cached)));
+        }
+        // Services gone since the last call.
+        let gone: Vec<Key> = self
+            .parts
+            .iter()
+            .flat_map(|(namespace, names)| names.iter().filter(|(_, c)| c.seen != call).map(|(name, _)| (namespace.clone(), name.clone())))
+            .collect();
+        for key in gone {
+            affected.extend(self.set_part(key, None));
+        }
+        for id in affected {
+            self.resolve(id);
+        }
+        let services = self.claims.iter().filter(|(_, c)| !c.refused).filter_map(|(id, c)| self.winner(*id, c)).cloned().collect();
+        let model = Model::new(services).unwrap_or_else(|errors| {
+            // resolve() refused every service the model refuses: this cannot happen.
+            tracing::error!(errors = errors.len(), "the assembled state did not validate; nothing applied from it");
+            Model::default()
+        });
+        (model, self.warnings())
+    }
+
+    /// The virtual services that change when the Services `changed` names are as given now
+    /// (None: deleted), each with the EndpointSlices labelled with its name in name order.
+    /// None when there was no full translation yet (no node to translate for).
+    pub fn patch<S, E>(&mut self, changed: impl IntoIterator<Item = Changed<S, E>>) -> Option<Patch>
+    where
+        S: Borrow<KubeService>,
+        E: Borrow<EndpointSlice>,
+    {
+        let node = self.node.clone()?;
+        let mut affected = BTreeSet::new();
+        for (key, now) in changed {
+            let cached = now.map(|(svc, slices)| {
+                let mine: Vec<&EndpointSlice> = slices.iter().map(Borrow::borrow).collect();
+                let svc = svc.borrow();
+                Cached { print: fingerprint(svc, &mine), part: translate_service(svc, &mine, &node), seen: self.call }
+            });
+            affected.extend(self.set_part(key, cached));
+        }
+        Some(affected.into_iter().map(|id| (id, self.resolve(id))).collect())
+    }
+
+    /// The node of the last full translation.
+    pub fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+
+    /// Every problem known: each part's, and each virtual service's assembly's.
+    pub fn warnings(&self) -> Vec<Warning> {
+        let parts = self.parts.values().flat_map(HashMap::values).flat_map(|c| &c.part.warnings);
+        let claims = self.claims.values().flat_map(|c| &c.warnings);
+        parts.chain(claims).cloned().collect::<BTreeSet<_>>().into_iter().collect()
+    }
+
+    /// Replaces the part of Service `key` (None: removes it); returns the virtual services
+    /// it claimed before or claims now.
+    fn set_part(&mut self, key: Key, new: Option<Cached>) -> BTreeSet<ServiceId> {
+        let (namespace, name) = &key;
+        let old = match &new {
+            None => self.parts.get_mut(namespace).and_then(|m| m.remove(name)),
+            Some(_) => None,
+        };
+        if self.parts.get(namespace).is_some_and(HashMap::is_empty) {
+            self.parts.remove(namespace);
+        }
+        let ids = |c: &Cached| c.part.services.iter().map(|(_, s)| s.id).collect::<BTreeSet<_>>();
+        let (old_ids, new_ids) = match new {
+            Some(new) => {
+                let new_ids = ids(&new);
+                let old = self.parts.entry(namespace.clone()).or_default().insert(name.clone(), new);
+                (old.as_ref().map(ids).unwrap_or_default(), new_ids)
+            }
+            None => (old.as_ref().map(ids).unwrap_or_default(), BTreeSet::new()),
+        };
+        for id in old_ids.difference(&new_ids) {
+            if let Some(claim) = self.claims.get_mut(id) {
+                claim.by.retain(|k| *k != key);
             }
         }
-        // Services gone (or no longer cacheable) since the last call.
-        for names in self.parts.values_mut() {
-            names.retain(|_, c| c.seen == call);
+        for id in new_ids.difference(&old_ids) {
+            let claim = self.claims.entry(*id).or_default();
+            if let Err(at) = claim.by.binary_search(&key) {
+                claim.by.insert(at, key.clone());
+            }
         }
-        self.parts.retain(|_, names| !names.is_empty());
-        let parts = sequence.iter().filter_map(|s| match s {
-            Ok((namespace, name)) => self.parts.get(*namespace).and_then(|m| m.get(*name)).map(|c| &c.part),
-            Err(i) => uncached.get(*i),
-        });
-        assemble(parts)
+        old_ids.union(&new_ids).copied().collect()
+    }
+
+    fn part(&self, (namespace, name): &Key) -> Option<&Part> {
+        self.parts.get(namespace).and_then(|m| m.get(name)).map(|c| &c.part)
+    }
+
+    /// Every (object, service) claiming `id`, in namespace/name order, then part order.
+    fn claimants<'a>(&'a self, id: ServiceId, claim: &'a Claim) -> impl Iterator<Item = &'a (super::ObjectRef, Service)> {
+        claim.by.iter().filter_map(|k| self.part(k)).flat_map(move |p| p.services.iter().filter(move |(_, s)| s.id == id))
+    }
+
+    fn winner<'a>(&'a self, id: ServiceId, claim: &'a Claim) -> Option<&'a Service> {
+        self.claimants(id, claim).next().map(|(_, s)| s)
+    }
+
+    /// Assembles virtual service `id` from its claims: the first claimant's service unless
+    /// the model refuses it; the others are warned about.
+    fn resolve(&mut self, id: ServiceId) -> Option<Service> {
+        let assembled = {
+            let claim = self.claims.get(&id)?;
+            let mut claimants = self.claimants(id, claim);
+            claimants.next().map(|(first, service)| {
+                let mut warnings: Vec<Warning> =
+                    claimants.map(|(object, _)| Warning { object: object.clone(), cause: format!("{id} is already used by {first}; skipped") }).collect();
+                let issues = Model::issues(service);
+                warnings.extend(issues.iter().map(|issue| Warning { object: first.clone(), cause: format!("{id}: {issue}") }));
+                let service = issues.is_empty().then(|| service.clone());
+                (service, warnings)
+            })
+        };
+        let Some((service, warnings)) = assembled else {
+            self.claims.remove(&id);
+            return None;
+        };
+        if let Some(claim) = self.claims.get_mut(&id) {
+            claim.refused = service.is_none();
+            claim.warnings = warnings;
+        }
+        service
     }
 
     /// How many Services' parts are kept (deleted Services must not linger).
@@ -140,14 +279,17 @@ mod tests {
                 s
             }]),
         ];
+        let fresh = |services: &[KubeService], slices: &[EndpointSlice], node: &Node| {
+            let (model, warnings) = translate(services, slices, node);
+            (model, warnings.into_iter().collect::<std::collections::BTreeSet<_>>().into_iter().collect::<Vec<_>>())
+        };
         for (i, (services, slices)) in steps.iter().enumerate() {
-            assert_eq!(t.translate(services, slices, &node), translate(services, slices, &node), "step {i}");
-            let cacheable = services.iter().filter(|svc| fingerprint(svc, slices_of(&slices_by_service(slices), svc)).is_some()).count();
-            assert_eq!(t.cached(), cacheable, "step {i}: parts kept for Services that are gone");
+            assert_eq!(t.translate(services, slices, &node), fresh(services, slices, &node), "step {i}");
+            assert_eq!(t.cached(), services.len(), "step {i}: parts kept for Services that are gone");
         }
         // A node change invalidates everything (NodePorts, Local policy).
         let other = Node { name: "node-b".into(), addresses: vec!["192.168.0.2".parse().unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]))], zone: None };
         let (services, slices) = &steps[3];
-        assert_eq!(t.translate(services, slices, &other), translate(services, slices, &other));
+        assert_eq!(t.translate(services, slices, &other), fresh(services, slices, &other));
     }
 }

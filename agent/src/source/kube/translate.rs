@@ -133,8 +133,8 @@ pub(super) fn slices_of<'m, 's>(by_service: &'m SlicesByService<'s>, svc: &KubeS
 /// One Service's share of the desired state: its virtual services and its problems.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Part {
-    services: Vec<(ObjectRef, Service)>,
-    warnings: Vec<Warning>,
+    pub(super) services: Vec<(ObjectRef, Service)>,
+    pub(super) warnings: Vec<Warning>,
 }
 
 /// The virtual services of one Service over its slices (`mine`).

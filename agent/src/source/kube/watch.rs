@@ -1,12 +1,14 @@
 //! The API side of the Kubernetes source: reflectors on Services, EndpointSlices and this
-//! node's Node object. They only fill stores and mark "changed"; the daemon's loop debounces,
-//! translates a snapshot of the stores, and applies it.
+//! node's Node object. They fill stores and mark what changed (the Service or slice an event
+//! names; everything on a relist or a Node event); the daemon's loop debounces, translates the
+//! Services marked (or everything), and applies the result.
 //!
 //! Outages never flush: a reflector's store keeps its last complete list while the watch is
 //! down, and a relist (410 Gone, or a restart of the watch) replaces the store atomically
 //! only once the new list is complete. Until every store has its first list, nothing is
 //! applied, so a restarted agent keeps the pinned dataplane of the previous one meanwhile.
 use std::{
+    collections::BTreeSet,
     net::IpAddr,
     path::Path,
     sync::{Arc, Mutex},
@@ -20,17 +22,24 @@ use k8s_openapi::api::{
 };
 use kube::{
     config::{KubeConfigOptions, Kubeconfig},
-    runtime::{reflector, reflector::Store, watcher, WatchStreamExt as _},
+    runtime::{
+        reflector::{self, ObjectRef, Store},
+        watcher, WatchStreamExt as _,
+    },
     Api, Client, Config, Resource,
 };
 use tokio::{sync::Notify, task::JoinHandle};
 
 use super::{
-    incremental::Translator,
+    incremental::{key_of, Key, Translator},
     node_ports::NodePortAddresses,
+    slices::{changed_services, SliceIndex},
     translate::{translate, Node, Warning},
 };
-use crate::{metrics::METRICS, model::Model};
+use crate::{
+    metrics::METRICS,
+    model::{Model, Patch},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -82,43 +91,86 @@ impl Watched {
     }
 }
 
-/// "Something changed since the last snapshot", and since when (for the sync latency).
+/// What a watch event says changed.
+#[derive(Clone, Debug)]
+enum Mark {
+    /// A relist or the Node: everything is translated again.
+    Everything,
+    Service(Key),
+    Slice(Key),
+}
+
+/// What changed since the last snapshot, and since when (for the sync latency).
+#[derive(Default)]
+struct Pending {
+    since: Option<Instant>,
+    everything: bool,
+    services: BTreeSet<Key>,
+    slices: BTreeSet<Key>,
+}
+
 #[derive(Default)]
 struct Changes {
     notify: Notify,
-    pending_since: Mutex<Option<Instant>>,
+    pending: Mutex<Pending>,
 }
 
 impl Changes {
-    fn mark(&self) {
-        if let Ok(mut since) = self.pending_since.lock() {
-            since.get_or_insert_with(Instant::now);
+    fn mark(&self, mark: Mark) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.since.get_or_insert_with(Instant::now);
+            match mark {
+                Mark::Everything => p.everything = true,
+                Mark::Service(key) => drop(p.services.insert(key)),
+                Mark::Slice(key) => drop(p.slices.insert(key)),
+            }
         }
         self.notify.notify_one();
     }
 
-    fn take(&self) -> Option<Instant> {
-        self.pending_since.lock().ok().and_then(|mut s| s.take())
+    fn take(&self) -> Pending {
+        self.pending.lock().map(|mut p| std::mem::take(&mut *p)).unwrap_or_else(|_| Pending { everything: true, ..Pending::default() })
     }
 
     fn peek(&self) -> Option<Instant> {
-        self.pending_since.lock().ok().and_then(|s| *s)
+        self.pending.lock().ok().and_then(|p| p.since)
     }
+}
+
+/// What a snapshot hands the agent.
+pub enum Desired {
+    /// Everything, translated (first sync, relist, node change, resync, SIGHUP).
+    Full(Model),
+    /// Only the virtual services the watch events changed.
+    Patch(Patch),
 }
 
 /// One snapshot of the stores, translated.
 pub struct Snapshot {
-    pub model: Model,
+    pub desired: Desired,
+    /// Every problem known (not only this snapshot's).
     pub warnings: Vec<Warning>,
     /// When the oldest change in this snapshot was received (None: nothing pending).
     pub pending_since: Option<Instant>,
     pub node_found: bool,
-    /// Health check node ports and what they report.
-    pub health: std::collections::BTreeMap<u16, super::health::HealthCheck>,
+    /// Health check node ports and what they report; None: unchanged.
+    pub health: Option<std::collections::BTreeMap<u16, super::health::HealthCheck>>,
 }
 
 /// The node's interface addresses (those of xvs's IPVS dummy link left out), read when needed.
 pub type LocalAddresses = Arc<dyn Fn() -> Vec<IpAddr> + Send + Sync>;
+
+/// What the snapshots remember between them.
+#[derive(Default)]
+struct Translated {
+    translator: Translator,
+    slices: SliceIndex,
+    /// The interface addresses the last full snapshot used.
+    local: Vec<IpAddr>,
+    node_found: bool,
+    /// The Services the health check ports report on.
+    health_checked: BTreeSet<Key>,
+}
 
 pub struct KubeSource {
     services: Store<KubeService>,
@@ -127,10 +179,8 @@ pub struct KubeSource {
     node_name: String,
     node_ports: NodePortAddresses,
     local: LocalAddresses,
-    /// The interface addresses the last snapshot used.
-    last_local: Mutex<Vec<IpAddr>>,
     changes: Arc<Changes>,
-    translator: Mutex<Translator>,
+    translated: Mutex<Translated>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -143,11 +193,11 @@ impl KubeSource {
         let (nodes, w_nodes) = reflector::store();
         let node_filter = format!("metadata.name={node_name}");
         let tasks = vec![
-            spawn_reflector(Api::<KubeService>::all(client.clone()), watcher::Config::default(), w_services, Watched::Services, changes.clone()),
-            spawn_reflector(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default(), w_slices, Watched::EndpointSlices, changes.clone()),
-            spawn_reflector(Api::<KubeNode>::all(client), watcher::Config::default().fields(&node_filter), w_nodes, Watched::Node, changes.clone()),
+            spawn_reflector(Api::<KubeService>::all(client.clone()), watcher::Config::default(), w_services, Watched::Services, changes.clone(), |s| Mark::Service(key_of(&s.metadata))),
+            spawn_reflector(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default(), w_slices, Watched::EndpointSlices, changes.clone(), |s| Mark::Slice(key_of(&s.metadata))),
+            spawn_reflector(Api::<KubeNode>::all(client), watcher::Config::default().fields(&node_filter), w_nodes, Watched::Node, changes.clone(), |_| Mark::Everything),
         ];
-        Self { services, slices, nodes, node_name, node_ports, local, last_local: Mutex::default(), changes, translator: Mutex::default(), tasks }
+        Self { services, slices, nodes, node_name, node_ports, local, changes, translated: Mutex::default(), tasks }
     }
 
     /// Waits until every watcher has its first complete list.
@@ -179,13 +229,57 @@ impl KubeSource {
             return false;
         }
         let now = (self.local)();
-        self.last_local.lock().map(|last| *last != now).unwrap_or(false)
+        self.translated.lock().map(|t| t.local != now).unwrap_or(false)
     }
 
-    /// Translates what the stores hold now; clears the pending mark first, so a change that
-    /// lands while this snapshot is being applied is seen by the next one.
+    /// The next snapshot translates everything (the node's addresses moved, or the agent
+    /// refused a patch).
+    pub fn translate_everything_next(&self) {
+        self.changes.mark(Mark::Everything);
+    }
+
+    /// Translates what changed since the last snapshot: only the Services the watch events
+    /// named, unless something calls for everything (a relist, the Node, the first snapshot).
+    /// Clears the pending mark first, so a change that lands while this snapshot is being
+    /// applied is seen by the next one.
     pub fn snapshot(&self) -> Snapshot {
-        let pending_since = self.changes.take();
+        let pending = self.changes.take();
+        let Ok(mut translated) = self.translated.lock() else { return self.translate_all(pending.since) };
+        if pending.everything {
+            drop(translated);
+            return self.translate_all(pending.since);
+        }
+        let changed = changed_services(
+            &mut translated.slices,
+            pending.services,
+            pending.slices,
+            |k| self.services.get(&ObjectRef::new(&k.1).within(&k.0)),
+            |k| self.slices.get(&ObjectRef::new(&k.1).within(&k.0)),
+        );
+        // A Service that has or had a health check port: the ports are counted again.
+        let health_touched = changed.iter().any(|(key, now)| {
+            translated.health_checked.contains(key) || now.as_ref().is_some_and(|(svc, _)| svc.spec.as_ref().is_some_and(|s| s.health_check_node_port.is_some()))
+        });
+        let Some(patch) = translated.translator.patch(changed) else {
+            drop(translated);
+            return self.translate_all(pending.since);
+        };
+        let health = health_touched.then(|| {
+            let node = translated.translator.node().cloned().unwrap_or_default();
+            let health = super::health::health_checks(&self.services.state(), &self.slices.state(), &node);
+            translated.health_checked = health.values().map(|h| (h.namespace.clone(), h.name.clone())).collect();
+            health
+        });
+        Snapshot { desired: Desired::Patch(patch), warnings: translated.translator.warnings(), pending_since: pending.since, node_found: translated.node_found, health }
+    }
+
+    /// Translates everything the stores hold now (reusing unchanged Services' parts).
+    pub fn snapshot_everything(&self) -> Snapshot {
+        let pending = self.changes.take();
+        self.translate_all(pending.since)
+    }
+
+    fn translate_all(&self, pending_since: Option<Instant>) -> Snapshot {
         // Stores are hash maps: Services in namespace/name order, so warnings and the winner of
         // a VIP claimed twice do not change from one snapshot to the next (slices are ordered
         // per Service by the translation).
@@ -194,20 +288,24 @@ impl KubeSource {
         let own = self.nodes.state().into_iter().find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()));
         let local = if self.node_ports.needs_local() { (self.local)() } else { Vec::new() };
         let addresses = self.node_ports.select(&local, &own.as_deref().map(internal_ips).unwrap_or_default());
-        if let Ok(mut last) = self.last_local.lock() {
-            *last = local;
-        }
         let node = Node {
             name: self.node_name.clone(),
             addresses,
             zone: own.as_deref().and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned()),
         };
-        let (model, warnings) = match self.translator.lock() {
-            Ok(mut t) => t.translate(&services, &slices, &node),
+        let health = super::health::health_checks(&services, &slices, &node);
+        let node_found = own.is_some();
+        let (model, warnings) = match self.translated.lock() {
+            Ok(mut t) => {
+                t.local = local;
+                t.node_found = node_found;
+                t.slices = SliceIndex::build(&slices);
+                t.health_checked = health.values().map(|h| (h.namespace.clone(), h.name.clone())).collect();
+                t.translator.translate(&services, &slices, &node)
+            }
             Err(_) => translate(&services, &slices, &node),
         };
-        let health = super::health::health_checks(&services, &slices, &node);
-        Snapshot { model, warnings, pending_since, node_found: own.is_some(), health }
+        Snapshot { desired: Desired::Full(model), warnings, pending_since, node_found, health: Some(health) }
     }
 }
 
@@ -232,13 +330,14 @@ fn internal_ips(node: &KubeNode) -> Vec<IpAddr> {
     node.status.iter().flat_map(|s| s.addresses.iter().flatten()).filter(|a| a.type_ == "InternalIP").filter_map(|a| a.address.parse().ok()).collect()
 }
 
-fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, writer: reflector::store::Writer<K>, what: Watched, changes: Arc<Changes>) -> JoinHandle<()>
+/// Follows one resource into its store; each event marks what it changed (`mark`).
+fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, writer: reflector::store::Writer<K>, what: Watched, changes: Arc<Changes>, mark: fn(&K) -> Mark) -> JoinHandle<()>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     tokio::spawn(async move {
-        let stream = reflector(writer, watcher(api, config)).default_backoff();
+        let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
         let mut stream = std::pin::pin!(stream);
         let mut relisting = false;
         while let Some(item) = stream.next().await {
@@ -254,10 +353,10 @@ where
                         tracing::info!(resource = what.name(), "list complete");
                     }
                     relisting = false;
-                    changes.mark();
+                    changes.mark(Mark::Everything);
                 }
                 Ok(watcher::Event::InitApply(_)) => {}
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => changes.mark(),
+                Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => changes.mark(mark(&object)),
                 Err(e) => {
                     METRICS.watch_error(what);
                     if let watcher::Error::WatchError(status) = &e

@@ -1,0 +1,106 @@
+//! Which EndpointSlices belong to which Service (by the `kubernetes.io/service-name` label),
+//! kept up to date from the slices the watch events name. An event-driven sync finds the
+//! Services a slice event touches (the one its label names now, and the one it named before
+//! a relabel or a delete) and each such Service's slices without reading every slice.
+use std::{
+    borrow::Borrow,
+    collections::{BTreeSet, HashMap},
+};
+
+use k8s_openapi::api::{core::v1::Service as KubeService, discovery::v1::EndpointSlice};
+
+use super::{
+    incremental::{key_of, Key},
+    translate::SERVICE_NAME_LABEL,
+};
+
+fn owner_of(slice: &EndpointSlice) -> Option<&str> {
+    slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL).map(String::as_str)
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SliceIndex {
+    /// Slice (namespace, name) -> the name of the Service its label names.
+    owner: HashMap<Key, String>,
+    /// Service (namespace, name) -> the names of its slices, in name order.
+    slices: HashMap<Key, BTreeSet<String>>,
+}
+
+impl SliceIndex {
+    pub fn build(slices: &[impl Borrow<EndpointSlice>]) -> Self {
+        let mut index = Self::default();
+        for slice in slices.iter().map(Borrow::borrow) {
+            index.update(key_of(&slice.metadata), Some(slice));
+        }
+        index
+    }
+
+    /// Slice `key` is now `slice` (None: deleted). Returns the Services it belonged to before
+    /// and belongs to now: both must be translated again.
+    pub fn update(&mut self, key: Key, slice: Option<&EndpointSlice>) -> Vec<Key> {
+        let (namespace, name) = &key;
+        let now = slice.and_then(owner_of);
+        let before = self.owner.get(&key).map(String::as_str);
+        let mut touched = Vec::new();
+        if before != now {
+            if let Some(before) = self.owner.remove(&key) {
+                let service = (namespace.clone(), before);
+                if let Some(names) = self.slices.get_mut(&service) {
+                    names.remove(name);
+                    if names.is_empty() {
+                        self.slices.remove(&service);
+                    }
+                }
+                touched.push(service);
+            }
+            if let Some(now) = now {
+                self.owner.insert(key.clone(), now.to_owned());
+                self.slices.entry((namespace.clone(), now.to_owned())).or_default().insert(name.clone());
+            }
+        }
+        if let Some(now) = now {
+            touched.push((namespace.clone(), now.to_owned()));
+        }
+        touched
+    }
+
+    /// The keys of the slices of Service `service`, in name order.
+    pub fn slices_of<'a>(&'a self, service: &'a Key) -> impl Iterator<Item = Key> + 'a {
+        self.slices.get(service).into_iter().flatten().map(|name| (service.0.clone(), name.clone()))
+    }
+}
+
+/// A Service to translate again: its key, and its object with its slices now (None: deleted).
+pub type Changed<S, E> = (Key, Option<(S, Vec<E>)>);
+
+/// The Services to translate again, given the Services and slices the watch events named
+/// since the last sync: each with its object now (None: deleted) and its slices now, in name
+/// order. `service` and `slice` read the stores.
+pub fn changed_services<S, E>(
+    index: &mut SliceIndex,
+    services: BTreeSet<Key>,
+    slices: BTreeSet<Key>,
+    service: impl Fn(&Key) -> Option<S>,
+    slice: impl Fn(&Key) -> Option<E>,
+) -> Vec<Changed<S, E>>
+where
+    S: Borrow<KubeService>,
+    E: Borrow<EndpointSlice>,
+{
+    let mut touched = services;
+    for key in slices {
+        let now = slice(&key);
+        touched.extend(index.update(key, now.as_ref().map(Borrow::borrow)));
+    }
+    touched
+        .into_iter()
+        .map(|key| {
+            let now = service(&key).map(|svc| {
+                // The label is checked again: the index follows the events, the stores are the truth.
+                let mine = index.slices_of(&key).filter_map(|k| slice(&k)).filter(|s| owner_of(s.borrow()) == Some(key.1.as_str())).collect();
+                (svc, mine)
+            });
+            (key, now)
+        })
+        .collect()
+}
