@@ -17,6 +17,8 @@ pub enum DataplaneError {
     MissingProgram(&'static str),
     #[error("map {map}: {op} failed")]
     Map { map: &'static str, op: &'static str, source: Box<MapError> },
+    #[error("map {map}: batch {op} failed")]
+    Batch { map: &'static str, op: &'static str, source: super::batch::BatchError },
     #[error("program {program}: {op} failed")]
     Program { program: &'static str, op: String, source: Box<ProgramError> },
     #[error("service {service}: invalid selection table")]

@@ -1,6 +1,7 @@
 //! The eBPF dataplane: loading the object, attaching its programs, and typed access to its maps.
 mod addr;
 mod attachment;
+pub mod batch;
 mod capacity;
 mod error;
 pub mod ipvs_list;

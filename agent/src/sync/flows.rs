@@ -7,7 +7,7 @@ use xvs_common::{
     FlowEntry, FlowKey, FLOW_FORWARD, FLOW_MASQ, FLOW_REPLY, FLOW_UNMASQ, MAP_CONNTRACK,
 };
 
-use crate::dataplane::{is_missing, DataplaneError, Maps};
+use crate::dataplane::{batch, DataplaneError, Maps};
 
 /// IPVS's two connection counters of a destination.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -74,12 +74,7 @@ fn mirror(key: &FlowKey) -> FlowKey {
 /// service an unconnected socket sends to) as inactive, as IPVS counts its UDP connections.
 pub fn socket_conns(maps: &Maps) -> Result<HashMap<u32, ConnCounts>, DataplaneError> {
     let mut out: HashMap<u32, ConnCounts> = HashMap::new();
-    for item in maps.sock_nat.iter() {
-        let entry = match item {
-            Ok((_, entry)) => entry,
-            Err(e) if is_missing(&e) => continue,
-            Err(e) => return Err(DataplaneError::map(xvs_common::sock::MAP_SOCK_NAT, "read")(e)),
-        };
+    for (_, entry) in batch::hash_entries(&maps.sock_nat, xvs_common::sock::MAP_SOCK_NAT)? {
         if entry.flags & xvs_common::sock::SOCK_F_TRANSLATED == 0 {
             continue;
         }
@@ -93,20 +88,15 @@ pub fn socket_conns(maps: &Maps) -> Result<HashMap<u32, ConnCounts>, DataplaneEr
     Ok(out)
 }
 
-/// Walks the whole table once. `now` is CLOCK_MONOTONIC seconds.
+/// Walks the whole table once (read in batches where the kernel can). `now` is
+/// CLOCK_MONOTONIC seconds.
 pub fn scan(maps: &Maps, now: u32) -> Result<FlowScan, DataplaneError> {
     let mut out = FlowScan::default();
     let mut replies = Vec::new();
     let mut forwards = HashMap::new();
     let mut masqs = Vec::new();
     let mut unmasqs = Vec::new();
-    for item in maps.conntrack.iter() {
-        let (key, entry) = match item {
-            Ok(kv) => kv,
-            // An LRU entry evicted between "next key" and "lookup": nothing to count.
-            Err(e) if is_missing(&e) => continue,
-            Err(e) => return Err(DataplaneError::map(MAP_CONNTRACK, "read")(e)),
-        };
+    for (key, entry) in batch::hash_entries(&maps.conntrack, MAP_CONNTRACK)? {
         match entry.kind {
             FLOW_FORWARD => {
                 forwards.insert(key, entry);
@@ -203,14 +193,5 @@ pub fn collect_garbage(maps: &mut Maps, scan: &FlowScan, now: u32) -> Result<usi
         }
     }
     keys.extend(scan.orphans.iter().copied());
-    let mut removed = 0;
-    for key in keys {
-        match maps.conntrack.remove(&key) {
-            Ok(()) => removed += 1,
-            // Evicted meanwhile: fine.
-            Err(e) if is_missing(&e) => {}
-            Err(e) => return Err(DataplaneError::map(MAP_CONNTRACK, "delete")(e)),
-        }
-    }
-    Ok(removed)
+    batch::hash_delete(&mut maps.conntrack, MAP_CONNTRACK, &keys)
 }

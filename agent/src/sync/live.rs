@@ -2,11 +2,11 @@
 use std::collections::BTreeMap;
 
 use xvs_common::{
-    Backend, ServiceKey, ServiceValue, SlotKey, BACKEND_F_PRESENT, MAP_BACKENDS, MAP_DRAINS, MAP_SERVICES, SERVICE_F_SH_PORT, SERVICE_F_SOURCE_RANGES, SERVICE_F_EXTERNAL, SERVICE_F_KEEP_CLIENT,
+    Backend, ServiceKey, ServiceValue, SlotKey, BACKEND_F_PRESENT, MAP_BACKENDS, MAP_DRAINS, MAP_SERVICES, MAP_SLOTS, SERVICE_F_SH_PORT, SERVICE_F_SOURCE_RANGES, SERVICE_F_EXTERNAL, SERVICE_F_KEEP_CLIENT,
 };
 
 use crate::{
-    dataplane::{from_map_addr, BackendEntry, DataplaneError, Maps, ServiceEntry},
+    dataplane::{batch, from_map_addr, BackendEntry, DataplaneError, Maps, ServiceEntry},
     model::{Protocol, ServiceId},
 };
 
@@ -44,35 +44,28 @@ pub fn service_id(key: &ServiceKey) -> Option<ServiceId> {
 }
 
 impl LiveState {
+    /// Reads every map whole, in batches where the kernel can (a few bpf(2) calls per map,
+    /// not one per entry).
     pub fn read(maps: &Maps) -> Result<Self, DataplaneError> {
         let mut state = Self::default();
-        for item in maps.services.iter() {
-            let (key, value) = item.map_err(DataplaneError::map(MAP_SERVICES, "read"))?;
+        let slots: std::collections::HashMap<SlotKey, u32> = batch::hash_entries(&maps.slots, MAP_SLOTS)?.into_iter().collect();
+        for (key, value) in batch::hash_entries(&maps.services, MAP_SERVICES)? {
             let Some(id) = service_id(&key) else {
                 state.unreadable.push(key);
                 continue;
             };
             let table = (value.slot_base..value.slot_base.wrapping_add(value.slot_count))
-                .map(|slot| maps.slots.get(&SlotKey { svc_id: value.svc_id, slot }, 0).ok())
+                .map(|slot| slots.get(&SlotKey { svc_id: value.svc_id, slot }).copied())
                 .collect();
             state.services.insert(id, LiveService { id, value, table });
         }
-        for id in 1..=maps.capacity.backends {
-            let backend = maps.backends.get(&id, 0).map_err(DataplaneError::map(MAP_BACKENDS, "read"))?;
+        for (id, backend) in batch::array_values(&maps.backends, MAP_BACKENDS)?.into_iter().enumerate().skip(1).take(maps.capacity.backends as usize) {
             if backend.flags & BACKEND_F_PRESENT != 0 {
-                state.backends.insert((backend.svc_id, id), backend);
+                state.backends.insert((backend.svc_id, id as u32), backend);
             }
         }
         state.ranges = maps.source_ranges()?;
-        for item in maps.drains.iter() {
-            match item {
-                Ok((id, since)) => {
-                    state.drains.insert(id, since);
-                }
-                Err(e) if crate::dataplane::is_missing(&e) => {}
-                Err(e) => return Err(DataplaneError::map(MAP_DRAINS, "read")(e)),
-            }
-        }
+        state.drains = batch::hash_entries(&maps.drains, MAP_DRAINS)?.into_iter().collect();
         Ok(state)
     }
 
