@@ -411,8 +411,9 @@ async fn malformed_objects_are_named_skipped_and_reported_as_events() -> Result 
 
     let f = Followed::start(&server, "node-a").await?;
     assert_eq!(f.last(), ["TCP 10.96.0.10:80 rr [10.244.1.1:8080 1 a, 10.244.1.2:8080 1 a, 10.244.1.4:8080 1 a, 10.244.2.3:8080 1 a]", "TCP 10.96.0.11:80 rr []"]);
-    let snapshot = f.source.snapshot();
-    let warnings: Vec<String> = snapshot.warnings.iter().map(ToString::to_string).collect();
+    let snapshot = f.source.snapshot_everything();
+    let all = snapshot.warnings.unwrap_or_default();
+    let warnings: Vec<String> = all.iter().map(ToString::to_string).collect();
     assert_eq!(
         warnings,
         [
@@ -427,10 +428,10 @@ async fn malformed_objects_are_named_skipped_and_reported_as_events() -> Result 
     std::fs::create_dir_all(&dir)?;
     server.write_kubeconfig(&dir.join("kubeconfig"))?;
     let mut events = EventPublisher::new(client(Some(&dir.join("kubeconfig"))).await?, "node-a");
-    let fresh = events.fresh(&snapshot.warnings);
+    let fresh = events.fresh(&all);
     assert_eq!(fresh.len(), 4);
     events.publish(fresh);
-    assert!(events.fresh(&snapshot.warnings).is_empty(), "published once");
+    assert!(events.fresh(&all).is_empty(), "published once");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while server.objects(Resource::Events).len() < 4 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -143,12 +143,14 @@ impl Source {
             *node_missing_told = true;
             tracing::warn!("this node's Node object was not found: Local traffic policy matches endpoints by --node-name only, and `--nodeport-addresses primary` finds no address");
         }
-        let fresh = events.fresh(&snapshot.warnings);
-        for w in &fresh {
-            tracing::warn!(object = %w.object, "skipped: {}", w.cause);
+        if let Some(warnings) = &snapshot.warnings {
+            let fresh = events.fresh(warnings);
+            for w in &fresh {
+                tracing::warn!(object = %w.object, "skipped: {}", w.cause);
+            }
+            events.publish(fresh);
+            METRICS.warnings(warnings.len());
         }
-        events.publish(fresh);
-        METRICS.warnings(snapshot.warnings.len());
         Some((snapshot.desired, snapshot.pending_since))
     }
 
@@ -198,7 +200,7 @@ impl Source {
 
     fn applied(&self, agent: &Agent, pending: Option<Instant>) {
         let model = agent.model();
-        METRICS.synced(model.len(), model.services().map(|s| s.backends.len()).sum());
+        METRICS.synced(model.len(), model.backend_count());
         if let Some(since) = pending {
             let latency = since.elapsed();
             METRICS.observe_sync_latency(latency);
@@ -245,7 +247,7 @@ pub fn load_once(args: &SourceArgs, node: &NodeArgs, dummy: &str) -> anyhow::Res
     runtime.block_on(async {
         let (source, _, node_name) = tokio::time::timeout(Duration::from_secs(60), start_kube(args, node, dummy)).await.context("no complete list from the API server within 60 s")??;
         let snapshot = source.snapshot_everything();
-        for w in &snapshot.warnings {
+        for w in snapshot.warnings.iter().flatten() {
             eprintln!("skipped: {w}");
         }
         let Desired::Full(model) = snapshot.desired else { anyhow::bail!("a full snapshot gave a patch") };

@@ -180,6 +180,8 @@ pub type Patch = BTreeMap<ServiceId, Option<Service>>;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Model {
     services: BTreeMap<ServiceId, Service>,
+    /// The backends of all services together, kept by `apply` (a count, not a walk, per sync).
+    backends: usize,
 }
 
 impl Model {
@@ -190,6 +192,7 @@ impl Model {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let backends = services.iter().map(|s| s.backends.len()).sum();
         let services = services
             .into_iter()
             .map(|mut s| {
@@ -197,7 +200,7 @@ impl Model {
                 (s.id, s)
             })
             .collect();
-        Ok(Self { services })
+        Ok(Self { services, backends })
     }
 
     /// Everything wrong with `svc` on its own: a patch is validated service by service.
@@ -228,10 +231,12 @@ impl Model {
                 let old = match svc {
                     Some(mut svc) => {
                         svc.backends.sort_by_key(|b| (b.addr, b.port));
+                        self.backends += svc.backends.len();
                         self.services.insert(id, svc)
                     }
                     None => self.services.remove(&id),
                 };
+                self.backends -= old.as_ref().map_or(0, |o| o.backends.len());
                 (id, old)
             })
             .collect();
@@ -258,6 +263,11 @@ impl Model {
 
     pub fn len(&self) -> usize {
         self.services.len()
+    }
+
+    /// The backends of all services together.
+    pub fn backend_count(&self) -> usize {
+        self.backends
     }
 
     pub fn is_empty(&self) -> bool {

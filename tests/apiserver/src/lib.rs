@@ -119,6 +119,9 @@ impl ApiServer {
                         conn = listener.accept() => conn,
                     };
                     let Ok((stream, _)) = conn else { continue };
+                    // As kube-apiserver's (Go's default): without it, Nagle holds a watch event
+                    // back until the previous one is acknowledged, tens of ms with delayed ACKs.
+                    let _ = stream.set_nodelay(true);
                     if !serving.available() {
                         // Down: the connection closes at once, as with no process listening.
                         drop(stream);

@@ -146,6 +146,8 @@ struct World {
     index: SliceIndex,
     model: Model,
     usage: Usage,
+    /// The warnings as last reported.
+    warnings: Vec<super::Warning>,
     events: (Reconciler, Table),
     /// The full path: everything translated from scratch and synced whole.
     full: (Reconciler, Table),
@@ -168,6 +170,7 @@ impl World {
             index: SliceIndex::default(),
             model: Model::default(),
             usage: Usage::default(),
+            warnings: Vec::new(),
             events: (Reconciler::new(30, capacity), Table::default()),
             full: (Reconciler::new(30, capacity), Table::default()),
         }
@@ -211,7 +214,8 @@ impl World {
         let marked = (std::mem::take(&mut self.marked_services), std::mem::take(&mut self.marked_slices));
         let (events, table) = (&mut self.events.0, &mut self.events.1);
         if std::mem::take(&mut self.relist) {
-            let (model, _) = self.translator.translate(&services, &slices, &self.node);
+            let (model, warnings) = self.translator.translate(&services, &slices, &self.node);
+            self.warnings = warnings;
             self.index = SliceIndex::build(&slices);
             self.usage = Usage::of(&model);
             self.model = model;
@@ -229,6 +233,9 @@ impl World {
                 }
             }
             let ids: Vec<_> = patch.keys().copied().collect();
+            if let Some(warnings) = self.translator.warnings_if_changed() {
+                self.warnings = warnings;
+            }
             self.model.apply(patch).unwrap_or_else(|e| panic!("the translator patched in what the model refuses: {e:?}"));
             events.sync_changed(&self.model, ids, table, NOW);
         }
@@ -237,6 +244,7 @@ impl World {
         assert_eq!(self.usage, Usage::of(&model), "the usage kept by patches differs from a fresh count");
         let warnings: Vec<_> = warnings.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
         assert_eq!(self.translator.warnings(), warnings, "warnings differ");
+        assert_eq!(self.warnings, warnings, "the warnings were reported unchanged, but they changed");
         let (full, table) = (&mut self.full.0, &mut self.full.1);
         full.sync(&model, table, NOW);
         assert_eq!(self.events.1, self.full.1, "the maps written from patches differ from a full sync's");

@@ -76,6 +76,8 @@ pub struct Translator {
     parts: HashMap<String, HashMap<String, Cached>>,
     claims: BTreeMap<ServiceId, Claim>,
     call: u64,
+    /// Whether a part or claim with warnings changed since the warnings were last taken.
+    warnings_changed: bool,
 }
 
 impl Translator {
@@ -122,6 +124,7 @@ impl Translator {
             tracing::error!(errors = errors.len(), "the assembled state did not validate; nothing applied from it");
             Model::default()
         });
+        self.warnings_changed = false;
         (model, self.warnings())
     }
 
@@ -151,6 +154,11 @@ impl Translator {
         self.node.as_ref()
     }
 
+    /// Every problem known, if that changed since the last call (or full translation).
+    pub fn warnings_if_changed(&mut self) -> Option<Vec<Warning>> {
+        std::mem::take(&mut self.warnings_changed).then(|| self.warnings())
+    }
+
     /// Every problem known: each part's, and each virtual service's assembly's.
     pub fn warnings(&self) -> Vec<Warning> {
         let parts = self.parts.values().flat_map(HashMap::values).flat_map(|c| &c.part.warnings);
@@ -162,22 +170,22 @@ impl Translator {
     /// it claimed before or claims now.
     fn set_part(&mut self, key: Key, new: Option<Cached>) -> BTreeSet<ServiceId> {
         let (namespace, name) = &key;
-        let old = match &new {
-            None => self.parts.get_mut(namespace).and_then(|m| m.remove(name)),
-            Some(_) => None,
-        };
-        if self.parts.get(namespace).is_some_and(HashMap::is_empty) {
-            self.parts.remove(namespace);
-        }
         let ids = |c: &Cached| c.part.services.iter().map(|(_, s)| s.id).collect::<BTreeSet<_>>();
-        let (old_ids, new_ids) = match new {
-            Some(new) => {
-                let new_ids = ids(&new);
-                let old = self.parts.entry(namespace.clone()).or_default().insert(name.clone(), new);
-                (old.as_ref().map(ids).unwrap_or_default(), new_ids)
+        let warned = |c: &Cached| !c.part.warnings.is_empty();
+        let new_ids = new.as_ref().map(ids).unwrap_or_default();
+        self.warnings_changed |= new.as_ref().is_some_and(warned);
+        let old = match new {
+            Some(new) => self.parts.entry(namespace.clone()).or_default().insert(name.clone(), new),
+            None => {
+                let old = self.parts.get_mut(namespace).and_then(|m| m.remove(name));
+                if self.parts.get(namespace).is_some_and(HashMap::is_empty) {
+                    self.parts.remove(namespace);
+                }
+                old
             }
-            None => (old.as_ref().map(ids).unwrap_or_default(), BTreeSet::new()),
         };
+        self.warnings_changed |= old.as_ref().is_some_and(warned);
+        let old_ids = old.as_ref().map(ids).unwrap_or_default();
         for id in old_ids.difference(&new_ids) {
             if let Some(claim) = self.claims.get_mut(id) {
                 claim.by.retain(|k| *k != key);
@@ -221,10 +229,12 @@ impl Translator {
             })
         };
         let Some((service, warnings)) = assembled else {
-            self.claims.remove(&id);
+            let gone = self.claims.remove(&id);
+            self.warnings_changed |= gone.is_some_and(|c| !c.warnings.is_empty());
             return None;
         };
         if let Some(claim) = self.claims.get_mut(&id) {
+            self.warnings_changed |= !claim.warnings.is_empty() || !warnings.is_empty();
             claim.refused = service.is_none();
             claim.warnings = warnings;
         }

@@ -148,8 +148,8 @@ pub enum Desired {
 /// One snapshot of the stores, translated.
 pub struct Snapshot {
     pub desired: Desired,
-    /// Every problem known (not only this snapshot's).
-    pub warnings: Vec<Warning>,
+    /// Every problem known (not only this snapshot's); None: the same as the last snapshot's.
+    pub warnings: Option<Vec<Warning>>,
     /// When the oldest change in this snapshot was received (None: nothing pending).
     pub pending_since: Option<Instant>,
     pub node_found: bool,
@@ -270,7 +270,7 @@ impl KubeSource {
             translated.health_checked = health.values().map(|h| (h.namespace.clone(), h.name.clone())).collect();
             health
         });
-        Snapshot { desired: Desired::Patch(patch), warnings: translated.translator.warnings(), pending_since: pending.since, node_found: translated.node_found, health }
+        Snapshot { desired: Desired::Patch(patch), warnings: translated.translator.warnings_if_changed(), pending_since: pending.since, node_found: translated.node_found, health }
     }
 
     /// Translates everything the stores hold now (reusing unchanged Services' parts).
@@ -305,7 +305,7 @@ impl KubeSource {
             }
             Err(_) => translate(&services, &slices, &node),
         };
-        Snapshot { desired: Desired::Full(model), warnings, pending_since, node_found, health: Some(health) }
+        Snapshot { desired: Desired::Full(model), warnings: Some(warnings), pending_since, node_found, health: Some(health) }
     }
 }
 
