@@ -145,12 +145,17 @@ fn get(shared: &Shared, t: &Target) -> Response<Body> {
 /// resourceVersion, and `limit`/`continue` paging.
 fn list(shared: &Shared, t: &Target, q: &HashMap<String, String>) -> Response<Body> {
     let store = shared.store();
-    let items: Vec<Value> = store
-        .list(t.resource, t.namespace.as_deref())
-        .into_iter()
-        .filter(|o| field_matches(q.get("fieldSelector"), o))
+    let items: Vec<&Value> = store.list(t.resource, t.namespace.as_deref()).into_iter().filter(|o| field_matches(q.get("fieldSelector"), o)).collect();
+    let start: usize = q.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).filter(|&l| l > 0).unwrap_or(usize::MAX);
+    let end = start.saturating_add(limit).min(items.len());
+    // Only the page is copied: a paged list of N objects costs O(N) copies, not O(N^2 / limit).
+    let page: Vec<Value> = items
+        .get(start.min(end)..end)
+        .unwrap_or_default()
+        .iter()
         .map(|o| {
-            let mut o = o.clone();
+            let mut o = (*o).clone();
             if let Some(map) = o.as_object_mut() {
                 map.remove("kind");
                 map.remove("apiVersion");
@@ -158,10 +163,6 @@ fn list(shared: &Shared, t: &Target, q: &HashMap<String, String>) -> Response<Bo
             o
         })
         .collect();
-    let start: usize = q.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
-    let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).filter(|&l| l > 0).unwrap_or(usize::MAX);
-    let end = start.saturating_add(limit).min(items.len());
-    let page = items.get(start.min(end)..end).unwrap_or_default().to_vec();
     let mut metadata = json!({"resourceVersion": store.resource_version().to_string()});
     if end < items.len() {
         metadata["continue"] = json!(end.to_string());

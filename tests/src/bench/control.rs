@@ -58,19 +58,56 @@ pub fn full_sync(n: u32) -> (f64, Reconciler, xvs::dataplane::Dataplane, Vec<Ser
     (secs, r, dp, list)
 }
 
-/// One endpoint added to one service, `rounds` times, each a full reconcile of the model: the
-/// microseconds from handing the new model to the reconciler to the maps being written.
-pub fn incremental(n: u32, rounds: usize) -> Vec<f64> {
+/// Flows the bpf(2)-call count of a connection-table scan is measured over.
+pub const FLOWS: u32 = 20_000;
+
+/// Puts `n` established forward flows in the connection table (written one by one; the
+/// counts subtract them).
+pub fn fill_flows(dp: &mut xvs::dataplane::Dataplane, n: u32) {
+    for i in 0..n {
+        let key = xvs_common::FlowKey { saddr: [0x0a00_0000 + i, 0, 0, 0], daddr: [0x0a60_0001, 0, 0, 0], sport: 40_000, dport: 80, proto: 6, family: 2, _pad: [0; 2] };
+        let entry = xvs_common::FlowEntry { nat_addr: [0x0ac8_0000, 0, 0, 0], nat_port: 8080, kind: xvs_common::FLOW_FORWARD, family: 2, svc_id: 1, backend_id: 1, last_seen: 0, state: 1, _pad: [0; 3] };
+        dp.maps.conntrack.insert(key, entry, 0).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// How the agent takes a change.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// A whole new model reconciled against the applied one (the services file).
+    Full,
+    /// The changed service patched into the model and reconciled alone (Kubernetes events).
+    Event,
+}
+
+/// One endpoint added to one service, `rounds` times: the microseconds from handing the new
+/// model (`Path::Full`) or the patch (`Path::Event`) to the agent's reconciler to the maps
+/// being written.
+pub fn incremental(n: u32, rounds: usize, path: Path) -> Vec<f64> {
     let (_, mut r, mut dp, mut list) = full_sync(n);
+    let mut model = Model::new(list.clone()).unwrap_or_else(|e| panic!("{e:?}"));
     let mut out = Vec::with_capacity(rounds);
     for i in 0..rounds {
         let s = (i * 7919) % list.len();
         let extra = Backend { addr: IpAddr::V4(Ipv4Addr::from(0x0b00_0000 + i as u32)), port: 8080, weight: 1, state: BackendState::Active };
         list[s].backends.push(extra);
-        let model = Model::new(list.clone()).unwrap_or_else(|e| panic!("{e:?}"));
-        let start = Instant::now();
-        let (report, errors) = r.sync(&model, &mut dp.maps, monotonic_secs());
-        out.push(start.elapsed().as_secs_f64() * 1e6);
+        let (report, errors) = match path {
+            Path::Full => {
+                let model = Model::new(list.clone()).unwrap_or_else(|e| panic!("{e:?}"));
+                let start = Instant::now();
+                let synced = r.sync(&model, &mut dp.maps, monotonic_secs());
+                out.push(start.elapsed().as_secs_f64() * 1e6);
+                synced
+            }
+            Path::Event => {
+                let patch = [(list[s].id, Some(list[s].clone()))].into_iter().collect();
+                let start = Instant::now();
+                model.apply(patch).unwrap_or_else(|e| panic!("{e:?}"));
+                let synced = r.sync_changed(&model, [list[s].id], &mut dp.maps, monotonic_secs());
+                out.push(start.elapsed().as_secs_f64() * 1e6);
+                synced
+            }
+        };
         assert!(errors.is_empty() && report.updated == 1, "{errors:?} {report:?}");
     }
     out

@@ -6,6 +6,7 @@ pub mod control;
 pub mod datapath;
 pub mod eastwest;
 pub mod floor;
+pub mod kube;
 pub mod nodeport;
 pub mod svg;
 pub mod throughput;

@@ -8,6 +8,7 @@ use xvs_integration::{
         control,
         datapath,
         floor::EmptyXdp,
+        kube,
         svg::{line_chart, Series},
     },
     topology::{Topology, NODE_IFACE},
@@ -16,12 +17,19 @@ use xvs_integration::{
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     // Internal: one full sync of N services, run under `perf stat` by the parent to count bpf(2).
+    // With `read` or `scan`, the same plus a live read of the maps, or a flow-table scan.
     if args.get(1).map(String::as_str) == Some("control-full") {
         let n: u32 = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(0);
         if n == 0 {
             let _ = datapath::fresh(control::capacity(0));
         } else {
-            let (secs, ..) = control::full_sync(n);
+            let (secs, _, mut dp, _) = control::full_sync(n);
+            control::fill_flows(&mut dp, control::FLOWS);
+            match args.get(3).map(String::as_str) {
+                Some("read") => drop(xvs::sync::LiveState::read(&dp.maps).unwrap_or_else(|e| panic!("{e}"))),
+                Some("scan") => drop(xvs::sync::flows::scan(&dp.maps, 0).unwrap_or_else(|e| panic!("{e}"))),
+                _ => {}
+            }
             println!("{secs}");
         }
         return;
@@ -40,8 +48,26 @@ fn main() {
         return;
     }
     if args.get(1).map(String::as_str) == Some("kube") {
-        let mut v = kube_changes(10_000, 50);
-        println!("p50 {:.0} µs, p99 {:.0} µs", pct(&mut v, 0.5), pct(&mut v, 0.99));
+        let n = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(10_000);
+        let mut run = kube::run(n, 50);
+        println!(
+            "first sync {:.3} s (listed {:.3}, object loaded {:.3}), p50 {:.0} µs, p99 {:.0} µs, peak {} KiB, rss {} KiB",
+            run.first_sync_s,
+            run.listed_s,
+            run.loaded_s,
+            pct(&mut run.change_us, 0.5),
+            pct(&mut run.change_us, 0.99),
+            run.peak_kib,
+            run.rss_kib
+        );
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("control") {
+        control_plane();
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("memory") {
+        memory();
         return;
     }
     let out_dir = PathBuf::from(std::env::var("XVS_BENCH_OUT").unwrap_or_else(|_| "target/bench".into()));
@@ -192,9 +218,9 @@ fn node_port_remote() -> String {
 }
 
 /// bpf(2) calls of `xvs-bench control-full <n>`, counted by perf.
-fn bpf_syscalls(n: u32) -> Option<u64> {
+fn bpf_syscalls(n: u32, extra: Option<&str>) -> Option<u64> {
     let me = std::env::current_exe().ok()?;
-    let out = Command::new("perf").args(["stat", "-x,", "-e", "syscalls:sys_enter_bpf", "--"]).arg(me).args(["control-full", &n.to_string()]).output().ok()?;
+    let out = Command::new("perf").args(["stat", "-x,", "-e", "syscalls:sys_enter_bpf", "--"]).arg(me).args(["control-full", &n.to_string()]).args(extra).output().ok()?;
     let text = String::from_utf8_lossy(&out.stderr);
     text.lines().find(|l| l.contains("sys_enter_bpf")).and_then(|l| l.split(',').next()?.trim().parse().ok())
 }
@@ -208,16 +234,16 @@ fn control_plane() -> String {
     const N: u32 = 10_000;
     println!("\n== control plane: {N} services x {} backends", control::BACKENDS);
     let (xvs_secs, ..) = control::full_sync(N);
-    let syscalls = match (bpf_syscalls(N), bpf_syscalls(0)) {
-        (Some(all), Some(load)) => format!("{}", all.saturating_sub(load)),
-        _ => "n/a (perf unavailable)".into(),
-    };
+    let calls = |extra| bpf_syscalls(N, extra);
+    let counted = |a: Option<u64>, b: Option<u64>| a.zip(b).map_or("n/a (perf unavailable)".into(), |(a, b)| a.saturating_sub(b).to_string());
+    let (load, full, read, scan) = (bpf_syscalls(0, None), calls(None), calls(Some("read")), calls(Some("scan")));
     let netns = "xvs-bench-ipt";
     let _ = Command::new("ip").args(["netns", "del", netns]).stderr(std::process::Stdio::null()).status();
     let ok = Command::new("ip").args(["netns", "add", netns]).status().is_ok_and(|s| s.success());
     let list: Vec<_> = control::model(N).services().cloned().collect();
     let ipt_secs = ok.then(|| control::iptables_restore(netns, &control::iptables_rules(&list, None), &[]));
-    let mut xvs_inc = control::incremental(N, 200);
+    let mut full_inc = control::incremental(N, 200, control::Path::Full);
+    let mut event_inc = control::incremental(N, 200, control::Path::Event);
     let mut ipt_inc: Vec<f64> = if ok {
         (0..50)
             .map(|i| {
@@ -233,68 +259,67 @@ fn control_plane() -> String {
         Vec::new()
     };
     let _ = Command::new("ip").args(["netns", "del", netns]).status();
-    let mut kube = kube_changes(N, 50);
     let mut s = format!("\n## Control plane: {N} services x {} backends\n\n", control::BACKENDS);
     s.push_str("| measure | xvs (BPF maps) | kube-proxy iptables-restore (baseline) | ratio xvs / baseline |\n|---|---:|---:|---:|\n");
     let ratio = |a: f64, b: Option<f64>| b.map_or("n/a".into(), |b| format!("{:.3}", a / b));
     let _ = writeln!(s, "| full sync, s | {xvs_secs:.3} | {} | {} |", ipt_secs.map_or("n/a".into(), |v| format!("{v:.3}")), ratio(xvs_secs, ipt_secs));
-    let _ = writeln!(s, "| full sync, bpf(2) calls | {syscalls} | | |");
-    let (x50, x99) = (pct(&mut xvs_inc, 0.5), pct(&mut xvs_inc, 0.99));
+    let _ = writeln!(s, "| full sync, bpf(2) calls | {} | | |", counted(full, load));
+    let _ = writeln!(s, "| live read of the maps (list, verify, adoption), bpf(2) calls | {} | | |", counted(read, full));
+    let _ = writeln!(s, "| connection-table scan ({} flows), bpf(2) calls | {} | | |", control::FLOWS, counted(scan, full));
     let (i50, i99) = if ipt_inc.is_empty() { (None, None) } else { (Some(pct(&mut ipt_inc, 0.5)), Some(pct(&mut ipt_inc, 0.99))) };
     let baseline = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.0}"));
-    let _ = writeln!(s, "| one endpoint added, p50 µs | {x50:.0} | {} | {} |", baseline(i50), ratio(x50, i50));
-    let _ = writeln!(s, "| one endpoint added, p99 µs | {x99:.0} | {} | {} |", baseline(i99), ratio(x99, i99));
-    let (k50, k99) = (pct(&mut kube, 0.5), pct(&mut kube, 0.99));
+    for (what, v) in [("whole model reconciled (services file)", &mut full_inc), ("patch reconciled (Kubernetes events)", &mut event_inc)] {
+        let (x50, x99) = (pct(v, 0.5), pct(v, 0.99));
+        let _ = writeln!(s, "| one endpoint added, {what}, p50 µs | {x50:.0} | {} | {} |", baseline(i50), ratio(x50, i50));
+        let _ = writeln!(s, "| one endpoint added, {what}, p99 µs | {x99:.0} | {} | {} |", baseline(i99), ratio(x99, i99));
+    }
+    let mut kube = kube::run(N, 50);
+    let (k50, k99) = (pct(&mut kube.change_us, 0.5), pct(&mut kube.change_us, 0.99));
     let _ = writeln!(s, "| one endpoint added through the Kubernetes API, p50 µs | {k50:.0} | {} | {} |", baseline(i50), ratio(k50, i50));
     let _ = writeln!(s, "| one endpoint added through the Kubernetes API, p99 µs | {k99:.0} | {} | {} |", baseline(i99), ratio(k99, i99));
-    s.push_str("\nxvs: model handed to the reconciler -> maps written (200 changes, each a reconcile of the whole model). Baseline: kube-proxy's iptables-mode rules for the same services (KUBE-SERVICES / KUBE-SVC-* with statistic random / KUBE-SEP-* DNAT), `iptables-restore` into a private network namespace; incremental = `iptables-restore --noflush` of the changed service's chains (kube-proxy's partial sync), process start included, as kube-proxy pays it. Through the Kubernetes API: the real `xvs run --kubeconfig --debounce-ms 0` following the test API server with the same services as Services and EndpointSlices; from the EndpointSlice update stored in the API server to the agent's \"changes applied\" log line (watch event, snapshot and translation of every object, reconcile, maps written; polled every 0.2 ms). The baseline leaves out kube-proxy's own watch and translation.\n");
+    s.push_str("\nxvs: the agent's reconciler writing the maps: a whole model diffed against the applied one (what a services-file reload does), or the changed service patched in and reconciled alone (what a Kubernetes watch event does); 200 changes each. bpf(2) calls counted with `perf stat -e syscalls:sys_enter_bpf`: the full sync (minus the object load), then a live read of every map (what `xvs list`, `xvs verify` and a restarted agent do) and a scan of the connection table, in batches (BPF_MAP_LOOKUP_BATCH) where the kernel has them. Baseline: kube-proxy's iptables-mode rules for the same services (KUBE-SERVICES / KUBE-SVC-* with statistic random / KUBE-SEP-* DNAT), `iptables-restore` into a private network namespace; incremental = `iptables-restore --noflush` of the changed service's chains (kube-proxy's partial sync), process start included, as kube-proxy pays it. Through the Kubernetes API: the real `xvs run --kubeconfig --debounce-ms 0` following the test API server with the same services as Services and EndpointSlices; from the EndpointSlice update stored in the API server to the agent's \"changes applied\" log line (watch event over HTTP, the Service translated again, the patch reconciled, maps written; polled every 0.2 ms). The baseline leaves out kube-proxy's own watch and translation.\n");
     print!("{s}");
+    s.push_str(&kube_scale(kube));
     s
 }
 
-/// The real agent following the test API server with `n` Services (x BACKENDS endpoints):
-/// microseconds from each of `changes` EndpointSlice updates to the agent having applied it.
-fn kube_changes(n: u32, changes: u32) -> Vec<f64> {
-    use xvs_integration::kube::{api_server_in, cluster_ip_service, ready_slice};
-    println!("   Kubernetes: {n} Services in the test API server, `xvs run --kubeconfig`, {changes} EndpointSlice updates");
-    let topo = Topology::create("xvs-bench-k8s", 0);
-    let server = api_server_in(&topo.ns("node"));
-    let model = control::model(n);
-    let name = |i: usize| format!("svc-{i:05}");
-    let addresses = |svc: &xvs::model::Service| svc.backends.iter().map(|b| b.addr.to_string()).collect::<Vec<_>>();
-    for (i, svc) in model.services().enumerate() {
-        server.apply(cluster_ip_service(&name(i), &svc.id.vip.to_string())).unwrap_or_else(|e| panic!("{e}"));
-        server.apply(ready_slice(&name(i), &addresses(svc))).unwrap_or_else(|e| panic!("{e}"));
-    }
-    let kubeconfig = std::env::temp_dir().join("xvs-bench-k8s.kubeconfig");
-    server.write_kubeconfig(&kubeconfig).unwrap_or_else(|e| panic!("{e}"));
-    let cap = control::capacity(n);
-    let flags = [
-        "--dataplane".to_owned(), "ebpf".to_owned(), "--debounce-ms".to_owned(), "0".to_owned(),
-        "--max-services".to_owned(), cap.services.to_string(), "--max-backends".to_owned(), cap.backends.to_string(),
-        "--max-slots".to_owned(), cap.slots.to_string(),
-    ];
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let pin = PathBuf::from("/sys/fs/bpf/xvs-bench-k8s");
-    let agent = Agent::start_kube(&topo.ns("node"), &kubeconfig, "node-a", &[], NODE_IFACE, &pin, &flags);
-    let applied = || agent.log().matches("Kubernetes changes applied").count();
-    let services: Vec<&xvs::model::Service> = model.services().collect();
-    let mut out = Vec::new();
-    for c in 0..changes as usize {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let before = applied();
-        let i = (c * 7919) % services.len();
-        let mut eps = addresses(services[i]);
-        eps.push(std::net::Ipv4Addr::from(0x0b00_0000 + c as u32).to_string());
-        let start = std::time::Instant::now();
-        server.apply(ready_slice(&name(i), &eps)).unwrap_or_else(|e| panic!("{e}"));
-        while applied() == before {
-            assert!(start.elapsed().as_secs() < 30, "change {c} never applied:\n{}", agent.log());
-            std::thread::sleep(std::time::Duration::from_micros(200));
+/// The event-driven path at 1k, 10k (`at_10k`, measured already) and 100k services: its cost
+/// must not grow with the cluster; the whole-model reconcile beside it does.
+fn kube_scale(at_10k: kube::KubeRun) -> String {
+    println!("\n== Kubernetes at scale: 1k, 10k, 100k services x {}", control::BACKENDS);
+    let mut runs: Vec<kube::KubeRun> = vec![kube::run(1_000, 50), at_10k, kube::run(100_000, 50)];
+    let mut s = String::from("\n## Kubernetes at scale: the event-driven path\n\n![one change vs services](benchmarks-control.svg)\n\n");
+    s.push_str("| services x 10 | first sync (first list -> maps), s | one change through the API p50 µs | p99 µs | patch reconciled p50 µs | whole model reconciled p50 µs | agent peak (VmHWM) MiB | agent RSS MiB |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let mut points: [Vec<(f64, f64)>; 4] = Default::default();
+    for run in &mut runs {
+        let n = run.services;
+        let (k50, k99) = (pct(&mut run.change_us, 0.5), pct(&mut run.change_us, 0.99));
+        let event = pct(&mut control::incremental(n, 50, control::Path::Event), 0.5);
+        let whole = pct(&mut control::incremental(n, 50, control::Path::Full), 0.5);
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let _ = writeln!(s, "| {n} | {:.3} | {k50:.0} | {k99:.0} | {event:.0} | {whole:.0} | {:.1} | {:.1} |", run.first_sync_s, mib(run.peak_kib), mib(run.rss_kib));
+        for (series, v) in points.iter_mut().zip([k50, k99, event, whole]) {
+            series.push((f64::from(n), v));
         }
-        out.push(start.elapsed().as_secs_f64() * 1e6);
     }
-    out
+    s.push_str("\nThe same generator as above at each size (services and their EndpointSlices in the test API server, the real agent following it). First sync: from the agent's \"following the Kubernetes API\" log line to its first \"dataplane synced\" (lists over HTTP in pages of 500, translation, the eBPF object loaded, every service written). Patch / whole model reconciled: the agent's reconciler alone, as in the table above, at each size.\n");
+    let [k50, k99, event, whole] = points;
+    let chart = line_chart(
+        "one endpoint change vs number of services (10 endpoints each)",
+        "services (log scale)",
+        "µs (log-free axis)",
+        &[
+            Series { name: "through the Kubernetes API, p50", color: "#1f77b4", points: k50 },
+            Series { name: "through the Kubernetes API, p99", color: "#aec7e8", points: k99 },
+            Series { name: "patch reconciled, p50", color: "#2ca02c", points: event },
+            Series { name: "whole model reconciled, p50", color: "#d62728", points: whole },
+        ],
+    );
+    let out_dir = PathBuf::from(std::env::var("XVS_BENCH_OUT").unwrap_or_else(|_| "target/bench".into()));
+    let _ = std::fs::create_dir_all(&out_dir);
+    std::fs::write(out_dir.join("control.svg"), chart).unwrap_or_else(|e| panic!("{e}"));
+    print!("{s}");
+    s
 }
 
 /// Peak RSS of the real agent serving `n` services.
