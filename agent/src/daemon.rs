@@ -316,7 +316,7 @@ fn log_ipvs_errors(errors: &[crate::ipvs::IpvsError]) {
 
 /// Parsing a large services file peaks at tens of bytes per byte of TOML, and glibc keeps freed
 /// heap in its arenas: hand it back so the daemon's resident size reflects what it holds.
-fn release_freed_memory() {
+pub fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free heap pages.
     unsafe {

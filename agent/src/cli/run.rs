@@ -168,37 +168,24 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
         Some(addr) => Some(xvs::metrics::serve(addr).await.with_context(|| format!("serving metrics on {addr}"))?),
         None => None,
     };
-    // The first desired state before the dataplane is touched: an invalid file at start, or an
-    // API server that does not answer, leaves the pinned state as it is.
+    // The services file is read before the dataplane is touched: an invalid file at start
+    // leaves the pinned state as it is, and the agent exits. With Kubernetes the dataplanes
+    // come first (a pinned datapath is adopted as it is; no service changes before the first
+    // complete lists): the agent waits for the API server however long it takes, and the
+    // kernel BTF the object load parses (~20 MB) is freed before the lists fill the heap.
+    let mut opened = None;
+    if args.source.config.is_none() {
+        opened = Some(open_dataplanes(object, &args)?);
+        xvs::daemon::release_freed_memory();
+    }
     let (mut source, model) = tokio::select! {
         opened = Source::open(&args.source, &args.node, &args.kube, &args.ipvs_dummy) => opened?,
-        _ = term.recv() => return Ok(()),
-        _ = int.recv() => return Ok(()),
+        _ = term.recv() => return stop(&args, opened.unwrap_or_default()),
+        _ = int.recv() => return stop(&args, opened.unwrap_or_default()),
     };
-    let ipvs = match args.dataplane {
-        DataplaneMode::Ebpf => None,
-        DataplaneMode::Ipvs | DataplaneMode::Both => Some(IpvsMirror::open(&args.ipvs_dummy)?),
-        DataplaneMode::Auto => match IpvsMirror::open(&args.ipvs_dummy) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::warn!("IPVS mirror off ({}): serving with the eBPF datapath only", xvs::error_chain(&e));
-                None
-            }
-        },
-    };
-    let ebpf = match args.dataplane {
-        DataplaneMode::Ipvs => None,
-        DataplaneMode::Ebpf | DataplaneMode::Both => Some(start_ebpf(object, &args)?),
-        DataplaneMode::Auto => match start_ebpf(object, &args) {
-            Ok(e) => Some(e),
-            // Another agent on the pin directory is no reason to fall back: it is a mistake.
-            Err(e) if ipvs.is_some() && !matches!(e.downcast_ref(), Some(DataplaneError::Locked { .. })) => {
-                tracing::warn!("eBPF datapath unavailable ({e:#}): serving with kernel IPVS only");
-                None
-            }
-            // IPVS was already reported unavailable: the eBPF error is the one to fix.
-            Err(e) => return Err(e.context("the eBPF datapath cannot start (and IPVS is not available to fall back to)")),
-        },
+    let (ebpf, ipvs) = match opened {
+        Some(opened) => opened,
+        None => open_dataplanes(object, &args)?,
     };
     tracing::info!(ebpf = ebpf.is_some(), ipvs = ipvs.is_some(), "dataplanes");
     let mut agent = Agent::start(ebpf, ipvs, model)?;
@@ -254,16 +241,53 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
             _ = int.recv() => break,
         }
     }
+    let dataplanes = (agent.ebpf.take(), agent.ipvs.take());
+    drop(agent);
+    stop(&args, dataplanes)
+}
+
+/// The eBPF datapath and the IPVS mirror, as `--dataplane` asks.
+fn open_dataplanes(object: &ObjectSource, args: &RunArgs) -> anyhow::Result<(Option<Ebpf>, Option<IpvsMirror>)> {
+    let ipvs = match args.dataplane {
+        DataplaneMode::Ebpf => None,
+        DataplaneMode::Ipvs | DataplaneMode::Both => Some(IpvsMirror::open(&args.ipvs_dummy)?),
+        DataplaneMode::Auto => match IpvsMirror::open(&args.ipvs_dummy) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!("IPVS mirror off ({}): serving with the eBPF datapath only", xvs::error_chain(&e));
+                None
+            }
+        },
+    };
+    let ebpf = match args.dataplane {
+        DataplaneMode::Ipvs => None,
+        DataplaneMode::Ebpf | DataplaneMode::Both => Some(start_ebpf(object, args)?),
+        DataplaneMode::Auto => match start_ebpf(object, args) {
+            Ok(e) => Some(e),
+            // Another agent on the pin directory is no reason to fall back: it is a mistake.
+            Err(e) if ipvs.is_some() && !matches!(e.downcast_ref(), Some(DataplaneError::Locked { .. })) => {
+                tracing::warn!("eBPF datapath unavailable ({e:#}): serving with kernel IPVS only");
+                None
+            }
+            // IPVS was already reported unavailable: the eBPF error is the one to fix.
+            Err(e) => return Err(e.context("the eBPF datapath cannot start (and IPVS is not available to fall back to)")),
+        },
+    };
+    Ok((ebpf, ipvs))
+}
+
+/// Stops: the dataplanes keep serving, or with `--cleanup` xvs's state is removed.
+fn stop(args: &RunArgs, (ebpf, mut ipvs): (Option<Ebpf>, Option<IpvsMirror>)) -> anyhow::Result<()> {
     if !args.cleanup {
-        if agent.ebpf.is_some() {
+        if ebpf.is_some() {
             tracing::info!(pin_dir = %args.pin_dir.display(), "stopped; the pinned datapath keeps serving until the next agent adopts it");
         }
-        if agent.ipvs.is_some() {
+        if ipvs.is_some() {
             tracing::info!("stopped; xvs's IPVS services stay in the kernel until the next agent adopts them");
         }
         return Ok(());
     }
-    if let Some(mirror) = &mut agent.ipvs {
+    if let Some(mirror) = &mut ipvs {
         // An empty desired state: every service xvs owns goes, with its VIP; foreign ones stay.
         let (_, errors) = mirror.sync(&xvs::model::Model::default())?;
         for e in &errors {
@@ -271,8 +295,8 @@ async fn serve(object: &ObjectSource, args: RunArgs) -> anyhow::Result<()> {
         }
         tracing::info!(dummy = %args.ipvs_dummy, "stopped; xvs's IPVS services and VIPs removed");
     }
-    if agent.ebpf.is_some() {
-        drop(agent);
+    if ebpf.is_some() {
+        drop(ebpf);
         let unmounted = unpin_all(&args.pin_dir)?;
         for iface in detach_tc_filters() {
             tracing::info!(iface, "TC filters removed");

@@ -18,9 +18,11 @@ pub struct KubeRun {
     pub services: u32,
     /// From the agent starting to list to its maps programmed (its log's timestamps), s.
     pub first_sync_s: f64,
-    /// When, within the first sync, the lists were complete and the eBPF object loaded, s.
+    /// Of that, until the lists were complete, s.
     pub listed_s: f64,
-    pub loaded_s: f64,
+    /// From the agent's first log line (it loads the eBPF object first) to its maps
+    /// programmed, s.
+    pub start_s: f64,
     /// Per EndpointSlice update: from the update stored in the API server to the agent's
     /// "changes applied" log line, µs.
     pub change_us: Vec<f64>,
@@ -88,7 +90,7 @@ pub fn run(n: u32, changes: u32) -> KubeRun {
     let since_listing = |t: Option<f64>| listing.zip(t).map_or(f64::NAN, |(a, b)| b - a);
     let first_sync_s = since_listing(synced);
     let listed_s = since_listing(log.lines().filter(|l| l.contains("list complete")).filter_map(log_time).reduce(f64::max));
-    let loaded_s = since_listing(first(&log, "dataplanes"));
+    let start_s = log.lines().next().and_then(log_time).zip(synced).map_or(f64::NAN, |(a, b)| b - a);
     let applied = || agent.log().matches("Kubernetes changes applied").count();
     let services: Vec<&xvs::model::Service> = model.services().collect();
     let mut change_us = Vec::new();
@@ -110,7 +112,7 @@ pub fn run(n: u32, changes: u32) -> KubeRun {
     if std::env::var_os("XVS_BENCH_KEEP_LOG").is_some() {
         let _ = std::fs::write(std::env::temp_dir().join("xvs-bench-k8s.kept.log"), agent.log());
     }
-    KubeRun { services: n, first_sync_s, listed_s, loaded_s, change_us, peak_kib, rss_kib }
+    KubeRun { services: n, first_sync_s, listed_s, start_s, change_us, peak_kib, rss_kib }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::{
     incremental::{Key, Translator},
-    slices::{changed_services, SliceIndex},
+    slices::{changed_services, owner_of, SliceIndex},
     translate::{translate, Node},
 };
 use crate::{
@@ -216,12 +216,13 @@ impl World {
         if std::mem::take(&mut self.relist) {
             let (model, warnings) = self.translator.translate(&services, &slices, &self.node);
             self.warnings = warnings;
-            self.index = SliceIndex::build(&slices);
+            self.index = SliceIndex::of(&slices);
             self.usage = Usage::of(&model);
             self.model = model;
             events.sync(&self.model, table, NOW);
         } else {
-            let changed = changed_services(&mut self.index, marked.0, marked.1, |k| self.services.get(k), |k| self.slices.get(k));
+            let owner = |k: &Key| self.slices.get(k).and_then(owner_of).map(str::to_owned);
+            let changed = changed_services(&mut self.index, marked.0, marked.1, owner, |k| self.services.get(k), |k| self.slices.get(k));
             let mut patch = self.translator.patch(changed).unwrap_or_else(|| panic!("a patch before the first full translation"));
             patch.retain(|id, svc| self.model.get(id) != svc.as_ref());
             for (id, svc) in &patch {
@@ -249,7 +250,7 @@ impl World {
         full.sync(&model, table, NOW);
         assert_eq!(self.events.1, self.full.1, "the maps written from patches differ from a full sync's");
         assert_eq!(self.events.0.draining().collect::<Vec<_>>(), self.full.0.draining().collect::<Vec<_>>(), "drains differ");
-        let index = SliceIndex::build(&slices);
+        let index = SliceIndex::of(&slices);
         assert_eq!(self.index, index, "the slice index differs from one built from the store");
     }
 }

@@ -19,7 +19,7 @@ use k8s_openapi::{
 
 use super::{
     slices::Changed,
-    translate::{slices_by_service, slices_of, translate_service, Node, Part, Warning},
+    translate::{translate_service, Node, Part, Warning},
 };
 use crate::model::{Model, Patch, Service, ServiceId};
 
@@ -30,26 +30,29 @@ pub fn key_of(meta: &ObjectMeta) -> Key {
     (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
 }
 
-fn key_str(meta: &ObjectMeta) -> (&str, &str) {
-    (meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or(""))
-}
+/// What a part was translated from: a hash of the Service's and its slices' names and
+/// resourceVersions (8 bytes a Service; a resourceVersion changes with every update, and a
+/// 64-bit collision between two versions of one Service is not a practical concern).
+pub type Fingerprint = u64;
 
-/// What a part was translated from: the Service's and its slices' names and resourceVersions.
-type Fingerprint = Vec<(String, String)>;
+/// The fingerprint of (name, resourceVersion) entries, Service first, then its slices in name
+/// order; None when one lacks either: such a Service is translated every time.
+pub fn fingerprint_of<'a>(entries: impl IntoIterator<Item = Option<(&'a str, &'a str)>>) -> Option<Fingerprint> {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::hash::DefaultHasher::new();
+    for entry in entries {
+        entry?.hash(&mut hasher);
+    }
+    Some(hasher.finish())
+}
 
 fn versions<'o>(svc: &'o KubeService, slices: &'o [&EndpointSlice]) -> impl Iterator<Item = Option<(&'o str, &'o str)>> {
     let entry = |meta: &'o ObjectMeta| Some((meta.name.as_deref()?, meta.resource_version.as_deref()?));
     std::iter::once(entry(&svc.metadata)).chain(slices.iter().map(move |s| entry(&s.metadata)))
 }
 
-/// None when an object has no name or resourceVersion: such a Service is translated every time.
 fn fingerprint(svc: &KubeService, slices: &[&EndpointSlice]) -> Option<Fingerprint> {
-    versions(svc, slices).map(|v| v.map(|(n, r)| (n.to_owned(), r.to_owned()))).collect()
-}
-
-/// Compared in place: a sync of an unchanged cluster allocates nothing per Service.
-fn unchanged(print: &Fingerprint, svc: &KubeService, slices: &[&EndpointSlice]) -> bool {
-    print.len() == slices.len() + 1 && print.iter().zip(versions(svc, slices)).all(|((n, r), now)| now == Some((n.as_str(), r.as_str())))
+    fingerprint_of(versions(svc, slices))
 }
 
 struct Cached {
@@ -81,9 +84,37 @@ pub struct Translator {
 }
 
 impl Translator {
-    /// The same result as `translate::translate`, reusing the parts of unchanged Services.
-    /// Warnings come sorted and without repeats.
+    /// The same result as `translate::translate` for the objects given, reusing the parts of
+    /// unchanged Services. Warnings come sorted and without repeats.
+    #[cfg(test)]
     pub fn translate(&mut self, services: &[impl Borrow<KubeService>], slices: &[impl Borrow<EndpointSlice>], node: &Node) -> (Model, Vec<Warning>) {
+        use super::translate::{slices_by_service, slices_of};
+        let by_service = slices_by_service(slices);
+        let by_key: BTreeMap<Key, &KubeService> = services.iter().map(|s| (key_of(&s.borrow().metadata), s.borrow())).collect();
+        let mine = |k: &Key| by_key.get(k).map(|svc| (*svc, slices_of(&by_service, svc)));
+        self.translate_from(
+            by_key.keys().cloned(),
+            |k| mine(k).and_then(|(svc, slices)| fingerprint(svc, slices)),
+            |k| mine(k).map(|(svc, slices)| (svc, slices.to_vec())),
+            node,
+        )
+    }
+
+    /// A full translation over objects read on demand: every Service's key, the fingerprint
+    /// of its object and slices (`print`, from the store without decoding; None: never
+    /// reused), and the objects themselves (`load`, decoded only for Services whose
+    /// fingerprint changed). Warnings come sorted and without repeats.
+    pub fn translate_from<S, E>(
+        &mut self,
+        services: impl IntoIterator<Item = Key>,
+        print: impl Fn(&Key) -> Option<Fingerprint>,
+        load: impl Fn(&Key) -> Option<(S, Vec<E>)>,
+        node: &Node,
+    ) -> (Model, Vec<Warning>)
+    where
+        S: Borrow<KubeService>,
+        E: Borrow<EndpointSlice>,
+    {
         if self.node.as_ref() != Some(node) {
             // NodePorts and Local policy depend on the node: nothing is reusable.
             self.parts.clear();
@@ -92,19 +123,20 @@ impl Translator {
         }
         self.call += 1;
         let call = self.call;
-        let by_service = slices_by_service(slices);
         let mut affected = BTreeSet::new();
-        for svc in services.iter().map(Borrow::borrow) {
-            let mine = slices_of(&by_service, svc);
-            let (namespace, name) = key_str(&svc.metadata);
-            if let Some(cached) = self.parts.get_mut(namespace).and_then(|m| m.get_mut(name))
-                && cached.print.as_ref().is_some_and(|p| unchanged(p, svc, mine))
+        for key in services {
+            let print = print(&key);
+            if let Some(cached) = self.parts.get_mut(&key.0).and_then(|m| m.get_mut(&key.1))
+                && print.is_some()
+                && cached.print == print
             {
                 cached.seen = call;
                 continue;
             }
-            let cached = Cached { print: fingerprint(svc, mine), part: translate_service(svc, mine, node), seen: call };
-            affected.extend(self.set_part(key_of(&svc.metadata), Some(cached)));
+            let Some((svc, slices)) = load(&key) else { continue };
+            let mine: Vec<&EndpointSlice> = slices.iter().map(Borrow::borrow).collect();
+            let cached = Cached { print, part: translate_service(svc.borrow(), &mine, node), seen: call };
+            affected.extend(self.set_part(key, Some(cached)));
         }
         // Services gone since the last call.
         let gone: Vec<Key> = self

@@ -13,6 +13,7 @@ mod event_path_tests;
 #[cfg(test)]
 mod parity;
 pub mod slices;
+pub mod store;
 pub mod translate;
 pub mod watch;
 

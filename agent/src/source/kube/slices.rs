@@ -10,11 +10,12 @@ use std::{
 use k8s_openapi::api::{core::v1::Service as KubeService, discovery::v1::EndpointSlice};
 
 use super::{
-    incremental::{key_of, Key},
+    incremental::Key,
     translate::SERVICE_NAME_LABEL,
 };
 
-fn owner_of(slice: &EndpointSlice) -> Option<&str> {
+/// The Service a slice's label names.
+pub fn owner_of(slice: &EndpointSlice) -> Option<&str> {
     slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL).map(String::as_str)
 }
 
@@ -27,19 +28,24 @@ pub struct SliceIndex {
 }
 
 impl SliceIndex {
-    pub fn build(slices: &[impl Borrow<EndpointSlice>]) -> Self {
+    /// From every slice's key and the Service its label names.
+    pub fn build<'a>(slices: impl IntoIterator<Item = (Key, Option<&'a str>)>) -> Self {
         let mut index = Self::default();
-        for slice in slices.iter().map(Borrow::borrow) {
-            index.update(key_of(&slice.metadata), Some(slice));
+        for (key, owner) in slices {
+            index.update(key, owner);
         }
         index
     }
 
-    /// Slice `key` is now `slice` (None: deleted). Returns the Services it belonged to before
-    /// and belongs to now: both must be translated again.
-    pub fn update(&mut self, key: Key, slice: Option<&EndpointSlice>) -> Vec<Key> {
+    #[cfg(test)]
+    pub fn of(slices: &[impl Borrow<EndpointSlice>]) -> Self {
+        Self::build(slices.iter().map(Borrow::borrow).map(|s| (super::incremental::key_of(&s.metadata), owner_of(s))))
+    }
+
+    /// Slice `key` now names Service `now` (None: deleted, or no label). Returns the Services
+    /// it belonged to before and belongs to now: both must be translated again.
+    pub fn update(&mut self, key: Key, now: Option<&str>) -> Vec<Key> {
         let (namespace, name) = &key;
-        let now = slice.and_then(owner_of);
         let before = self.owner.get(&key).map(String::as_str);
         let mut touched = Vec::new();
         if before != now {
@@ -75,11 +81,13 @@ pub type Changed<S, E> = (Key, Option<(S, Vec<E>)>);
 
 /// The Services to translate again, given the Services and slices the watch events named
 /// since the last sync: each with its object now (None: deleted) and its slices now, in name
-/// order. `service` and `slice` read the stores.
+/// order. `owner` reads a slice's label from the store (None: no such slice, or no label);
+/// `service` and `slice` decode an object from it.
 pub fn changed_services<S, E>(
     index: &mut SliceIndex,
     services: BTreeSet<Key>,
     slices: BTreeSet<Key>,
+    owner: impl Fn(&Key) -> Option<String>,
     service: impl Fn(&Key) -> Option<S>,
     slice: impl Fn(&Key) -> Option<E>,
 ) -> Vec<Changed<S, E>>
@@ -89,18 +97,17 @@ where
 {
     let mut touched = services;
     for key in slices {
-        let now = slice(&key);
-        touched.extend(index.update(key, now.as_ref().map(Borrow::borrow)));
+        let now = owner(&key);
+        touched.extend(index.update(key, now.as_deref()));
     }
-    touched
-        .into_iter()
-        .map(|key| {
-            let now = service(&key).map(|svc| {
-                // The label is checked again: the index follows the events, the stores are the truth.
-                let mine = index.slices_of(&key).filter_map(|k| slice(&k)).filter(|s| owner_of(s.borrow()) == Some(key.1.as_str())).collect();
-                (svc, mine)
-            });
-            (key, now)
-        })
-        .collect()
+    touched.into_iter().map(|key| {
+        let now = service(&key).map(|svc| (svc, slices_of(index, &key, &owner, &slice)));
+        (key, now)
+    }).collect()
+}
+
+/// The slices of Service `key`, decoded, in name order. The label is checked again: the index
+/// follows the events, the store is the truth.
+pub fn slices_of<E>(index: &SliceIndex, key: &Key, owner: impl Fn(&Key) -> Option<String>, slice: impl Fn(&Key) -> Option<E>) -> Vec<E> {
+    index.slices_of(key).filter(|k| owner(k).as_deref() == Some(key.1.as_str())).filter_map(|k| slice(&k)).collect()
 }

@@ -23,7 +23,7 @@ use k8s_openapi::api::{
 use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{
-        reflector::{self, ObjectRef, Store},
+        reflector::{self, Store},
         watcher, WatchStreamExt as _,
     },
     Api, Client, Config, Resource,
@@ -31,10 +31,11 @@ use kube::{
 use tokio::{sync::Notify, task::JoinHandle};
 
 use super::{
-    incremental::{key_of, Key, Translator},
+    incremental::{fingerprint_of, Fingerprint, Key, Translator},
     node_ports::NodePortAddresses,
-    slices::{changed_services, SliceIndex},
-    translate::{translate, Node, Warning},
+    slices::{changed_services, slices_of, SliceIndex},
+    store::{Compact, Locked, ObjectStore},
+    translate::{Node, Warning},
 };
 use crate::{
     metrics::METRICS,
@@ -173,8 +174,8 @@ struct Translated {
 }
 
 pub struct KubeSource {
-    services: Store<KubeService>,
-    slices: Store<EndpointSlice>,
+    services: ObjectStore,
+    slices: ObjectStore,
     nodes: Store<KubeNode>,
     node_name: String,
     node_ports: NodePortAddresses,
@@ -188,22 +189,21 @@ impl KubeSource {
     /// Starts the three watchers (they list, then watch, and retry with backoff forever).
     pub fn start(client: Client, node_name: String, node_ports: NodePortAddresses, local: LocalAddresses) -> Self {
         let changes = Arc::new(Changes::default());
-        let (services, w_services) = reflector::store();
-        let (slices, w_slices) = reflector::store();
+        let (services, slices) = (ObjectStore::default(), ObjectStore::default());
         let (nodes, w_nodes) = reflector::store();
         let node_filter = format!("metadata.name={node_name}");
         let tasks = vec![
-            spawn_reflector(Api::<KubeService>::all(client.clone()), watcher::Config::default(), w_services, Watched::Services, changes.clone(), |s| Mark::Service(key_of(&s.metadata))),
-            spawn_reflector(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default(), w_slices, Watched::EndpointSlices, changes.clone(), |s| Mark::Slice(key_of(&s.metadata))),
-            spawn_reflector(Api::<KubeNode>::all(client), watcher::Config::default().fields(&node_filter), w_nodes, Watched::Node, changes.clone(), |_| Mark::Everything),
+            spawn_watcher::<KubeService>(Api::all(client.clone()), services.clone(), Watched::Services, changes.clone(), Mark::Service),
+            spawn_watcher::<EndpointSlice>(Api::all(client.clone()), slices.clone(), Watched::EndpointSlices, changes.clone(), Mark::Slice),
+            spawn_node_reflector(Api::<KubeNode>::all(client), watcher::Config::default().fields(&node_filter), w_nodes, changes.clone()),
         ];
         Self { services, slices, nodes, node_name, node_ports, local, changes, translated: Mutex::default(), tasks }
     }
 
     /// Waits until every watcher has its first complete list.
     pub async fn ready(&self) -> Result<(), KubeError> {
-        self.services.wait_until_ready().await.map_err(|_| KubeError::WatcherGone("services"))?;
-        self.slices.wait_until_ready().await.map_err(|_| KubeError::WatcherGone("endpointslices"))?;
+        self.services.ready().await.map_err(|_| KubeError::WatcherGone("services"))?;
+        self.slices.ready().await.map_err(|_| KubeError::WatcherGone("endpointslices"))?;
         self.nodes.wait_until_ready().await.map_err(|_| KubeError::WatcherGone("node"))?;
         Ok(())
     }
@@ -222,6 +222,10 @@ impl KubeSource {
         }
     }
 
+    fn translated(&self) -> std::sync::MutexGuard<'_, Translated> {
+        self.translated.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Whether the node's interface addresses changed since the last snapshot (NodePorts move
     /// with them); never when they are not used.
     pub fn local_addresses_changed(&self) -> bool {
@@ -229,7 +233,7 @@ impl KubeSource {
             return false;
         }
         let now = (self.local)();
-        self.translated.lock().map(|t| t.local != now).unwrap_or(false)
+        self.translated().local != now
     }
 
     /// The next snapshot translates everything (the node's addresses moved, or the agent
@@ -244,29 +248,23 @@ impl KubeSource {
     /// applied is seen by the next one.
     pub fn snapshot(&self) -> Snapshot {
         let pending = self.changes.take();
-        let Ok(mut translated) = self.translated.lock() else { return self.translate_all(pending.since) };
         if pending.everything {
-            drop(translated);
             return self.translate_all(pending.since);
         }
-        let changed = changed_services(
-            &mut translated.slices,
-            pending.services,
-            pending.slices,
-            |k| self.services.get(&ObjectRef::new(&k.1).within(&k.0)),
-            |k| self.slices.get(&ObjectRef::new(&k.1).within(&k.0)),
-        );
+        let mut guard = self.translated();
+        let translated = &mut *guard;
+        let (services, slices) = (self.services.lock(), self.slices.lock());
+        let owner = |k: &Key| slices.get(k).and_then(|s| s.owner.clone());
+        let changed = changed_services(&mut translated.slices, pending.services, pending.slices, owner, |k| services.decode::<KubeService>(k), |k| slices.decode::<EndpointSlice>(k));
         // A Service that has or had a health check port: the ports are counted again.
-        let health_touched = changed.iter().any(|(key, now)| {
-            translated.health_checked.contains(key) || now.as_ref().is_some_and(|(svc, _)| svc.spec.as_ref().is_some_and(|s| s.health_check_node_port.is_some()))
-        });
+        let health_touched = changed.iter().any(|(key, _)| translated.health_checked.contains(key) || services.get(key).is_some_and(|s| s.health_checked));
         let Some(patch) = translated.translator.patch(changed) else {
-            drop(translated);
+            drop((services, slices, guard));
             return self.translate_all(pending.since);
         };
         let health = health_touched.then(|| {
             let node = translated.translator.node().cloned().unwrap_or_default();
-            let health = super::health::health_checks(&self.services.state(), &self.slices.state(), &node);
+            let health = health_checks(&services, &slices, &translated.slices, &node);
             translated.health_checked = health.values().map(|h| (h.namespace.clone(), h.name.clone())).collect();
             health
         });
@@ -280,11 +278,6 @@ impl KubeSource {
     }
 
     fn translate_all(&self, pending_since: Option<Instant>) -> Snapshot {
-        // Stores are hash maps: Services in namespace/name order, so warnings and the winner of
-        // a VIP claimed twice do not change from one snapshot to the next (slices are ordered
-        // per Service by the translation).
-        let services = sorted(self.services.state());
-        let slices = self.slices.state();
         let own = self.nodes.state().into_iter().find(|n| n.metadata.name.as_deref() == Some(self.node_name.as_str()));
         let local = if self.node_ports.needs_local() { (self.local)() } else { Vec::new() };
         let addresses = self.node_ports.select(&local, &own.as_deref().map(internal_ips).unwrap_or_default());
@@ -293,20 +286,40 @@ impl KubeSource {
             addresses,
             zone: own.as_deref().and_then(|n| n.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned()),
         };
-        let health = super::health::health_checks(&services, &slices, &node);
         let node_found = own.is_some();
-        let (model, warnings) = match self.translated.lock() {
-            Ok(mut t) => {
-                t.local = local;
-                t.node_found = node_found;
-                t.slices = SliceIndex::build(&slices);
-                t.health_checked = health.values().map(|h| (h.namespace.clone(), h.name.clone())).collect();
-                t.translator.translate(&services, &slices, &node)
-            }
-            Err(_) => translate(&services, &slices, &node),
+        let mut guard = self.translated();
+        let t = &mut *guard;
+        let (services, slices) = (self.services.lock(), self.slices.lock());
+        t.local = local;
+        t.node_found = node_found;
+        t.slices = SliceIndex::build(slices.iter().map(|(k, s)| (k.clone(), s.owner.as_deref())));
+        let health = health_checks(&services, &slices, &t.slices, &node);
+        t.health_checked = health.values().map(|h| (h.namespace.clone(), h.name.clone())).collect();
+        // In namespace/name order, so that warnings and the winner of a VIP claimed twice do
+        // not depend on the stores' hash order.
+        let mut keys: Vec<&Key> = services.iter().map(|(k, _)| k).collect();
+        keys.sort();
+        let index = &t.slices;
+        let owner = |k: &Key| slices.get(k).and_then(|s| s.owner.clone());
+        let print = |k: &Key| -> Option<Fingerprint> {
+            let mine: Vec<Key> = index.slices_of(k).collect();
+            let theirs = mine.iter().filter_map(|s| Some((s, slices.get(s).filter(|st| st.owner.as_deref() == Some(k.1.as_str()))?)));
+            let versions = std::iter::once((k, services.get(k)?)).chain(theirs).map(|(key, stored)| Some((key.1.as_str(), stored.rv.as_deref()?)));
+            fingerprint_of(versions)
         };
+        let load = |k: &Key| Some((services.decode::<KubeService>(k)?, slices_of(index, k, owner, |s| slices.decode::<EndpointSlice>(s))));
+        let (model, warnings) = t.translator.translate_from(keys.into_iter().cloned(), print, load, &node);
         Snapshot { desired: Desired::Full(model), warnings: Some(warnings), pending_since, node_found, health: Some(health) }
     }
+}
+
+/// The health check ports, from the Services that have one (decoded with their slices).
+fn health_checks(services: &Locked<'_>, slices: &Locked<'_>, index: &SliceIndex, node: &Node) -> std::collections::BTreeMap<u16, super::health::HealthCheck> {
+    let mut keys: Vec<&Key> = services.iter().filter(|(_, s)| s.health_checked).map(|(k, _)| k).collect();
+    keys.sort();
+    let checked: Vec<KubeService> = keys.iter().filter_map(|k| services.decode(k)).collect();
+    let theirs: Vec<EndpointSlice> = keys.iter().flat_map(|k| index.slices_of(k).collect::<Vec<_>>()).filter_map(|k| slices.decode(&k)).collect();
+    super::health::health_checks(&checked, &theirs, node)
 }
 
 impl Drop for KubeSource {
@@ -317,11 +330,6 @@ impl Drop for KubeSource {
     }
 }
 
-fn sorted<K: Resource>(mut objects: Vec<Arc<K>>) -> Vec<Arc<K>> {
-    objects.sort_by(|a, b| (&a.meta().namespace, &a.meta().name).cmp(&(&b.meta().namespace, &b.meta().name)));
-    objects
-}
-
 /// The Node label topology hints refer to.
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
@@ -330,44 +338,72 @@ fn internal_ips(node: &KubeNode) -> Vec<IpAddr> {
     node.status.iter().flat_map(|s| s.addresses.iter().flatten()).filter(|a| a.type_ == "InternalIP").filter_map(|a| a.address.parse().ok()).collect()
 }
 
-/// Follows one resource into its store; each event marks what it changed (`mark`).
-fn spawn_reflector<K>(api: Api<K>, config: watcher::Config, writer: reflector::store::Writer<K>, what: Watched, changes: Arc<Changes>, mark: fn(&K) -> Mark) -> JoinHandle<()>
+/// Follows Services or EndpointSlices into their compact store; each event marks the object
+/// it changed, a completed (re)list everything.
+fn spawn_watcher<K>(api: Api<K>, store: ObjectStore, what: Watched, changes: Arc<Changes>, mark: fn(Key) -> Mark) -> JoinHandle<()>
 where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    K: Compact + Resource,
+    K::DynamicType: Default,
 {
     tokio::spawn(async move {
-        let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+        let stream = watcher(api, watcher::Config::default()).default_backoff();
         let mut stream = std::pin::pin!(stream);
-        let mut relisting = false;
         while let Some(item) = stream.next().await {
             match item {
-                Ok(watcher::Event::Init) => {
-                    relisting = true;
-                    METRICS.relist(what);
-                    tracing::debug!(resource = what.name(), "listing");
-                }
-                // The store swaps in the new list only here: until then it keeps the old one.
-                Ok(watcher::Event::InitDone) => {
-                    if relisting {
-                        tracing::info!(resource = what.name(), "list complete");
-                    }
-                    relisting = false;
-                    changes.mark(Mark::Everything);
-                }
-                Ok(watcher::Event::InitApply(_)) => {}
-                Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => changes.mark(mark(&object)),
-                Err(e) => {
-                    METRICS.watch_error(what);
-                    if let watcher::Error::WatchError(status) = &e
-                        && status.code == 410
-                    {
-                        tracing::info!(resource = what.name(), "resourceVersion expired (410 Gone): relisting; the dataplane keeps its state until the list completes");
-                    } else {
-                        tracing::warn!(resource = what.name(), "{}; the dataplane keeps its state, retrying", crate::error_chain(&e));
+                Ok(event) => {
+                    let done = matches!(event, watcher::Event::InitDone);
+                    observe(what, &event);
+                    match store.apply(event) {
+                        Some(key) => changes.mark(mark(key)),
+                        None if done => changes.mark(Mark::Everything),
+                        None => {}
                     }
                 }
+                Err(e) => watch_error(what, &e),
             }
         }
     })
+}
+
+/// Follows this node's Node object (one object: kept whole); any change is a full sync.
+fn spawn_node_reflector(api: Api<KubeNode>, config: watcher::Config, writer: reflector::store::Writer<KubeNode>, changes: Arc<Changes>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let stream = reflector::reflector(writer, watcher(api, config)).default_backoff();
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(event) => {
+                    observe(Watched::Node, &event);
+                    if !matches!(event, watcher::Event::Init | watcher::Event::InitApply(_)) {
+                        changes.mark(Mark::Everything);
+                    }
+                }
+                Err(e) => watch_error(Watched::Node, &e),
+            }
+        }
+    })
+}
+
+/// Relists are counted and logged.
+fn observe<K>(what: Watched, event: &watcher::Event<K>) {
+    match event {
+        watcher::Event::Init => {
+            METRICS.relist(what);
+            tracing::debug!(resource = what.name(), "listing");
+        }
+        // The store swaps in the new list only here: until then it keeps the old one.
+        watcher::Event::InitDone => tracing::info!(resource = what.name(), "list complete"),
+        _ => {}
+    }
+}
+
+fn watch_error(what: Watched, e: &watcher::Error) {
+    METRICS.watch_error(what);
+    if let watcher::Error::WatchError(status) = e
+        && status.code == 410
+    {
+        tracing::info!(resource = what.name(), "resourceVersion expired (410 Gone): relisting; the dataplane keeps its state until the list completes");
+    } else {
+        tracing::warn!(resource = what.name(), "{}; the dataplane keeps its state, retrying", crate::error_chain(e));
+    }
 }
