@@ -147,13 +147,19 @@ pub fn load(path: &Path) -> Result<Model, FileError> {
     parse(&text, path)
 }
 
-/// Parses services-file text (`path` only names it in errors).
+/// Parses services-file text (`path` only names it in errors): one `[[service]]` table at a
+/// time where the text allows it (see toml_blocks.rs), else whole.
 pub fn parse(text: &str, path: &Path) -> Result<Model, FileError> {
-    let raw: RawFile =
-        toml::from_str(text).map_err(|e| FileError::Syntax { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
-    let raw = raw.service.ok_or_else(|| FileError::NoServices { path: path.to_owned() })?;
-    let spans: Vec<Range<usize>> = raw.iter().map(Spanned::span).collect();
-    let services = raw.into_iter().map(|s| into_service(s.into_inner())).collect();
+    let raw = match super::toml_blocks::split(text).and_then(|blocks| parse_blocks(&blocks)) {
+        Some(raw) => raw,
+        None => parse_whole(text, path)?,
+    };
+    validate(raw, text, path)
+}
+
+fn validate(raw: Vec<(Range<usize>, RawService)>, text: &str, path: &Path) -> Result<Model, FileError> {
+    let spans: Vec<Range<usize>> = raw.iter().map(|(span, _)| span.clone()).collect();
+    let services = raw.into_iter().map(|(_, s)| into_service(s)).collect();
     Model::new(services).map_err(|errors| FileError::Invalid {
         path: path.to_owned(),
         problems: errors
@@ -164,6 +170,26 @@ pub fn parse(text: &str, path: &Path) -> Result<Model, FileError> {
             })
             .collect(),
     })
+}
+
+/// Each block alone, spans moved to the whole text's offsets; None if a block does not parse.
+fn parse_blocks(blocks: &[(usize, &str)]) -> Option<Vec<(Range<usize>, RawService)>> {
+    let mut out = Vec::new();
+    for &(offset, block) in blocks {
+        let raw: RawFile = toml::from_str(block).ok()?;
+        out.extend(raw.service?.into_iter().map(|s| {
+            let span = s.span();
+            (span.start + offset..span.end + offset, s.into_inner())
+        }));
+    }
+    Some(out)
+}
+
+fn parse_whole(text: &str, path: &Path) -> Result<Vec<(Range<usize>, RawService)>, FileError> {
+    let raw: RawFile =
+        toml::from_str(text).map_err(|e| FileError::Syntax { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
+    let raw = raw.service.ok_or_else(|| FileError::NoServices { path: path.to_owned() })?;
+    Ok(raw.into_iter().map(|s| (s.span(), s.into_inner())).collect())
 }
 
 fn into_service(raw: RawService) -> Service {
@@ -248,6 +274,27 @@ flags = ["sh-port"]
 session_affinity_timeout = 10800
 backends = [{ endpoint = "[fd00::2]:5353" }]
 "#;
+
+    /// Table by table or whole, the same model, the same errors and lines.
+    #[test]
+    fn a_file_parsed_table_by_table_is_the_file_parsed_whole() {
+        let whole = |text: &str| parse_whole(text, Path::new("svc.toml")).and_then(|raw| validate(raw, text, Path::new("svc.toml"))).map_err(|e| e.to_string());
+        let texts = [
+            "# header comment\n\n[[service]]\nvip = \"10.96.0.1\"\nport = 80\nbackends = [{ endpoint = \"10.0.0.1:80\" }]\n\n[[service]]  # udp\nvip = \"10.96.0.2\"\nport = 53\nprotocol = \"udp\"\n[[service.backends]]\nendpoint = \"10.0.0.2:53\"\nweight = 3\n",
+            // Semantic errors: the line of the second table must be the same either way.
+            "[[service]]\nvip = \"10.96.0.1\"\nport = 80\n\n[[service]]\nvip = \"10.96.0.1\"\nport = 80\n",
+            // A header line inside a multi-line string: the whole text is parsed.
+            "[[service]]\nvip = \"10.96.0.1\"\nport = 80\nbackends = []\nreach = \"\"\"\n[[service]]\n\"\"\"\n",
+            // Syntax error in the second table: the message is the whole parse's.
+            "[[service]]\nvip = \"10.96.0.1\"\nport = 80\n[[service]]\nvip = 10.96.0.2\n",
+            "[[ service ]]\nvip = \"10.96.0.1\"\nport = 80\n[[service]]\nvip = \"10.96.0.3\"\nport = 81\n",
+        ];
+        for text in texts {
+            assert_eq!(parse(text, Path::new("svc.toml")).map_err(|e| e.to_string()), whole(text), "{text}");
+        }
+        let blocks = crate::source::toml_blocks::split(texts[0]).unwrap_or_default();
+        assert!(parse_blocks(&blocks).is_some_and(|raw| raw.len() == 2), "the first text is parsed table by table");
+    }
 
     #[test]
     fn parses_defaults_and_orders() {
