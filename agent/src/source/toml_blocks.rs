@@ -27,7 +27,7 @@ pub fn split(text: &str) -> Option<Vec<(usize, &str)>> {
 }
 
 fn is_header(line: &str) -> bool {
-    line.trim_start().strip_prefix("[[service]]").is_some_and(|rest| is_blank_or_comment(rest))
+    line.trim_start().strip_prefix("[[service]]").is_some_and(is_blank_or_comment)
 }
 
 fn is_blank_or_comment(line: &str) -> bool {
