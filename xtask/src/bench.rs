@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: builds the datapath, the agent and the benchmark driver (release) and
-//! runs it as root. Results: target/bench/report.md and target/bench/scaling.svg.
+//! runs it as root. Results: target/bench/report.md, target/bench/scaling.svg and target/bench/control.svg.
 use std::process::Command;
 
 use anyhow::bail;

@@ -109,9 +109,6 @@ pub fn run(n: u32, changes: u32) -> KubeRun {
         change_us.push(start.elapsed().as_secs_f64() * 1e6);
     }
     let (peak_kib, rss_kib) = (status_kib(agent.pid(), "VmHWM:"), status_kib(agent.pid(), "VmRSS:"));
-    if std::env::var_os("XVS_BENCH_KEEP_LOG").is_some() {
-        let _ = std::fs::write(std::env::temp_dir().join("xvs-bench-k8s.kept.log"), agent.log());
-    }
     KubeRun { services: n, first_sync_s, listed_s, start_s, change_us, peak_kib, rss_kib }
 }
 

@@ -49,7 +49,7 @@ fn main() {
     }
     if args.get(1).map(String::as_str) == Some("kube") {
         let n = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(10_000);
-        let mut run = kube::run(n, std::env::var("XVS_BENCH_CHANGES").ok().and_then(|v| v.parse().ok()).unwrap_or(50));
+        let mut run = kube::run(n, 50);
         println!(
             "first sync {:.3} s (listed {:.3}; agent start to maps {:.3}), p50 {:.0} µs, p99 {:.0} µs, peak {} KiB, rss {} KiB",
             run.first_sync_s,
