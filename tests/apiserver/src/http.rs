@@ -145,17 +145,16 @@ fn get(shared: &Shared, t: &Target) -> Response<Body> {
 /// resourceVersion, and `limit`/`continue` paging.
 fn list(shared: &Shared, t: &Target, q: &HashMap<String, String>) -> Response<Body> {
     let store = shared.store();
-    let items: Vec<&Value> = store.list(t.resource, t.namespace.as_deref()).into_iter().filter(|o| field_matches(q.get("fieldSelector"), o)).collect();
-    let start: usize = q.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+    // The continue token: the namespace/name of the last object of the previous page.
+    let after = q.get("continue").and_then(|c| c.split_once('/')).map(|(ns, name)| (ns.to_owned(), name.to_owned()));
     let limit: usize = q.get("limit").and_then(|l| l.parse().ok()).filter(|&l| l > 0).unwrap_or(usize::MAX);
-    let end = start.saturating_add(limit).min(items.len());
-    // Only the page is copied: a paged list of N objects costs O(N) copies, not O(N^2 / limit).
+    let wanted = |o: &Value| t.namespace.as_deref().is_none_or(|n| n == meta_str(o, "namespace")) && field_matches(q.get("fieldSelector"), o);
+    let (items, next) = store.page(t.resource, after, limit, wanted);
+    // Only the page is copied.
     let page: Vec<Value> = items
-        .get(start.min(end)..end)
-        .unwrap_or_default()
-        .iter()
+        .into_iter()
         .map(|o| {
-            let mut o = (*o).clone();
+            let mut o = o.clone();
             if let Some(map) = o.as_object_mut() {
                 map.remove("kind");
                 map.remove("apiVersion");
@@ -164,9 +163,8 @@ fn list(shared: &Shared, t: &Target, q: &HashMap<String, String>) -> Response<Bo
         })
         .collect();
     let mut metadata = json!({"resourceVersion": store.resource_version().to_string()});
-    if end < items.len() {
-        metadata["continue"] = json!(end.to_string());
-        metadata["remainingItemCount"] = json!(items.len() - end);
+    if let Some((ns, name)) = next {
+        metadata["continue"] = json!(format!("{ns}/{name}"));
     }
     json_response(StatusCode::OK, &json!({"kind": format!("{}List", t.resource.kind()), "apiVersion": t.resource.api_version(), "metadata": metadata, "items": page}))
 }

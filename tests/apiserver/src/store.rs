@@ -164,6 +164,33 @@ impl Store {
             .collect()
     }
 
+    /// One page of a list: up to `limit` objects of `resource` that `wanted` keeps, after the
+    /// object named by `after` (namespace, name), in namespace/name order; with the position
+    /// of the last one when more may follow. O(page): a paged list of N objects costs O(N).
+    pub fn page(&self, resource: Resource, after: Option<(String, String)>, limit: usize, wanted: impl Fn(&Value) -> bool) -> (Vec<&Value>, Option<(String, String)>) {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let start = match after {
+            Some((ns, name)) => Excluded((resource, ns, name)),
+            None => Included((resource, String::new(), String::new())),
+        };
+        let mut items = Vec::new();
+        let mut last = None;
+        for ((r, ns, name), object) in self.objects.range((start, Unbounded)) {
+            if *r != resource {
+                break;
+            }
+            if !wanted(object) {
+                continue;
+            }
+            if items.len() == limit {
+                return (items, last);
+            }
+            items.push(object);
+            last = Some((ns.clone(), name.clone()));
+        }
+        (items, None)
+    }
+
     pub fn get(&self, resource: Resource, namespace: &str, name: &str) -> Option<&Value> {
         let ns = if resource.namespaced() { namespace } else { "" };
         self.objects.get(&(resource, ns.to_owned(), name.to_owned()))

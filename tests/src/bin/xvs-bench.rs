@@ -17,15 +17,19 @@ use xvs_integration::{
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     // Internal: one full sync of N services, run under `perf stat` by the parent to count bpf(2).
-    // With `read` or `scan`, the same plus a live read of the maps, or a flow-table scan.
+    // With `flows`, the same plus a connection table of control::FLOWS flows; with `read` or
+    // `scan`, that plus a live read of the maps, or a flow-table scan.
     if args.get(1).map(String::as_str) == Some("control-full") {
         let n: u32 = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(0);
         if n == 0 {
             let _ = datapath::fresh(control::capacity(0));
         } else {
             let (secs, _, mut dp, _) = control::full_sync(n);
-            control::fill_flows(&mut dp, control::FLOWS);
-            match args.get(3).map(String::as_str) {
+            let extra = args.get(3).map(String::as_str);
+            if extra.is_some() {
+                control::fill_flows(&mut dp, control::FLOWS);
+            }
+            match extra {
                 Some("read") => drop(xvs::sync::LiveState::read(&dp.maps).unwrap_or_else(|e| panic!("{e}"))),
                 Some("scan") => drop(xvs::sync::flows::scan(&dp.maps, 0).unwrap_or_else(|e| panic!("{e}"))),
                 _ => {}
@@ -236,7 +240,8 @@ fn control_plane() -> String {
     let (xvs_secs, ..) = control::full_sync(N);
     let calls = |extra| bpf_syscalls(N, extra);
     let counted = |a: Option<u64>, b: Option<u64>| a.zip(b).map_or("n/a (perf unavailable)".into(), |(a, b)| a.saturating_sub(b).to_string());
-    let (load, full, read, scan) = (bpf_syscalls(0, None), calls(None), calls(Some("read")), calls(Some("scan")));
+    let (load, full, flows) = (bpf_syscalls(0, None), calls(None), calls(Some("flows")));
+    let (read, scan) = (calls(Some("read")), calls(Some("scan")));
     let netns = "xvs-bench-ipt";
     let _ = Command::new("ip").args(["netns", "del", netns]).stderr(std::process::Stdio::null()).status();
     let ok = Command::new("ip").args(["netns", "add", netns]).status().is_ok_and(|s| s.success());
@@ -264,8 +269,8 @@ fn control_plane() -> String {
     let ratio = |a: f64, b: Option<f64>| b.map_or("n/a".into(), |b| format!("{:.3}", a / b));
     let _ = writeln!(s, "| full sync, s | {xvs_secs:.3} | {} | {} |", ipt_secs.map_or("n/a".into(), |v| format!("{v:.3}")), ratio(xvs_secs, ipt_secs));
     let _ = writeln!(s, "| full sync, bpf(2) calls | {} | | |", counted(full, load));
-    let _ = writeln!(s, "| live read of the maps (list, verify, adoption), bpf(2) calls | {} | | |", counted(read, full));
-    let _ = writeln!(s, "| connection-table scan ({} flows), bpf(2) calls | {} | | |", control::FLOWS, counted(scan, full));
+    let _ = writeln!(s, "| live read of the maps (list, verify, adoption), bpf(2) calls | {} | | |", counted(read, flows));
+    let _ = writeln!(s, "| connection-table scan ({} flows), bpf(2) calls | {} | | |", control::FLOWS, counted(scan, flows));
     let (i50, i99) = if ipt_inc.is_empty() { (None, None) } else { (Some(pct(&mut ipt_inc, 0.5)), Some(pct(&mut ipt_inc, 0.99))) };
     let baseline = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.0}"));
     for (what, v) in [("whole model reconciled (services file)", &mut full_inc), ("patch reconciled (Kubernetes events)", &mut event_inc)] {

@@ -116,8 +116,14 @@ impl Locked<'_> {
         self.0.objects.iter()
     }
 
+    /// The object at `key`, decoded. One that does not decode (it did when it came in) is
+    /// named in the log and treated as absent.
     pub fn decode<K: DeserializeOwned>(&self, key: &Key) -> Option<K> {
-        self.get(key)?.decode()
+        let object = self.get(key)?.decode();
+        if object.is_none() {
+            tracing::error!(namespace = %key.0, name = %key.1, "a stored object no longer decodes; left out of the translation");
+        }
+        object
     }
 }
 
