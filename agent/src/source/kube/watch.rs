@@ -122,8 +122,12 @@ impl Changes {
             p.since.get_or_insert_with(Instant::now);
             match mark {
                 Mark::Everything => p.everything = true,
-                Mark::Service(key) => drop(p.services.insert(key)),
-                Mark::Slice(key) => drop(p.slices.insert(key)),
+                Mark::Service(key) => {
+                    p.services.insert(key);
+                }
+                Mark::Slice(key) => {
+                    p.slices.insert(key);
+                }
             }
         }
         self.notify.notify_one();
