@@ -312,7 +312,7 @@ fn kube_scale(at_10k: kube::KubeRun) -> String {
     let chart = line_chart(
         "one endpoint change vs number of services (10 endpoints each)",
         "services (log scale)",
-        "µs (log-free axis)",
+        "µs",
         &[
             Series { name: "through the Kubernetes API, p50", color: "#1f77b4", points: k50 },
             Series { name: "through the Kubernetes API, p99", color: "#aec7e8", points: k99 },
