@@ -252,3 +252,40 @@ fn the_daemonset_s_container_follows_the_api_over_https_with_its_service_account
     assert!(server.requests().iter().any(|r| r.contains("watch=true")), "watched");
     assert!(!agent.log().contains("Unauthorized"), "the token was accepted: {}", agent.log());
 }
+
+/// Watch events become patches; one the maps cannot hold is refused whole (the last good state
+/// stays, as a whole model over capacity is), and once the cluster fits again the event-driven
+/// sync goes on from the full translation the refusal asked for.
+#[test]
+fn a_change_the_maps_cannot_hold_is_refused_and_the_sync_goes_on_once_it_fits() {
+    use xvs_integration::kube::{cluster_ip_service, ready_slice};
+    let topo = Topology::create("xvs-kb4", 0);
+    let server = api_server_in(&topo.ns("node"));
+    let ips = |ips: &[&str]| ips.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    server.apply(cluster_ip_service("first", "10.96.0.21")).unwrap_or_else(|e| panic!("{e}"));
+    server.apply(ready_slice("first", &ips(&["10.0.21.1", "10.0.21.2"]))).unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = std::env::temp_dir().join("xvs-test-kb4.kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap_or_else(|e| panic!("{e}"));
+    let pin = PathBuf::from("/sys/fs/bpf/xvs-test-kb4");
+    let agent = Agent::start_kube(&topo.ns("node"), &kubeconfig, "node-a", &[], NODE_IFACE, &pin, &["--debounce-ms", "0", "--max-services", "2", "--max-backends", "4"]);
+    let services = || list(&pin, &[]).lines().filter(|l| l.starts_with("TCP")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned()).collect::<Vec<_>>();
+    assert_eq!(services(), ["10.96.0.21:80"]);
+
+    // A second Service fits (2 services, 3 backends): applied as a patch.
+    server.apply(cluster_ip_service("second", "10.96.0.22")).unwrap_or_else(|e| panic!("{e}"));
+    server.apply(ready_slice("second", &ips(&["10.0.22.1"]))).unwrap_or_else(|e| panic!("{e}"));
+    eventually(10, "the second Service is programmed", || services() == ["10.96.0.21:80", "10.96.0.22:80"]);
+
+    // A third does not: refused, named, and the two stay.
+    server.apply(cluster_ip_service("third", "10.96.0.23")).unwrap_or_else(|e| panic!("{e}"));
+    agent.wait_log("the desired state needs 3 services, the eBPF maps hold 2: raise --max-services", 10);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(services(), ["10.96.0.21:80", "10.96.0.22:80"], "the last good state stays");
+
+    // It goes; an endpoint change that fits is applied again.
+    assert!(server.delete(Resource::Services, "default", "third"));
+    server.apply(ready_slice("first", &ips(&["10.0.21.1", "10.0.21.3"]))).unwrap_or_else(|e| panic!("{e}"));
+    eventually(10, "first's new endpoint is programmed", || backends_listed(&pin).contains(&"10.0.21.3:8080 Masq".to_owned()));
+    assert!(!backends_listed(&pin).iter().any(|b| b.starts_with("10.0.21.2:")), "{:?}", backends_listed(&pin));
+    assert!(agent.log().contains("Kubernetes changes applied"), "{}", agent.log());
+}
