@@ -24,7 +24,12 @@ impl Ebpf {
     /// Adopts whatever a previous agent left in the (pinned) maps.
     pub fn adopt(dataplane: Dataplane, attachment: Attachment, drain_timeout: u32) -> Result<Self, DataplaneError> {
         let live = LiveState::read(&dataplane.maps)?;
-        let reconciler = Reconciler::adopt(&live, drain_timeout, dataplane.maps.capacity);
+        let mut dataplane = dataplane;
+        let mut reconciler = Reconciler::adopt(&live, drain_timeout, dataplane.maps.capacity);
+        if let Err(e) = reconciler.zero_unused_counters(&mut dataplane.maps) {
+            // Each new id's counters are zeroed as it is handed out instead.
+            tracing::warn!("zeroing the counters of unused ids: {}", error_chain(&e));
+        }
         if !live.services.is_empty() {
             tracing::info!(services = live.services.len(), backends = live.backends.len(), "adopted the pinned dataplane of a previous agent");
         }

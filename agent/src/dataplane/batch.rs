@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, IterableMap as _, MapData},
+    maps::{Array, HashMap, IterableMap as _, MapData, PerCpuArray},
     Pod,
 };
 
@@ -194,6 +194,27 @@ pub fn hash_delete<K: Pod, V: Pod>(map: &mut HashMap<MapData, K, V>, name: &'sta
         }
         Err(source) => Err(DataplaneError::Batch { map: name, op: "delete", source }),
     }
+}
+
+/// Zeroes the values of `ids` in a per-CPU array, a bounded buffer at a time.
+pub fn zero_per_cpu<V: Pod>(map: &PerCpuArray<MapData, V>, name: &'static str, ids: std::ops::RangeInclusive<u32>) -> Result<(), DataplaneError> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Batch { map: name, op: "count CPUs for", source: BatchError::Io(e) })?;
+    let size = value_size::<V>(Some(cpus));
+    // At most about 1 MiB of zeroes per call, whatever the CPU count.
+    let chunk = ((1 << 20) / size.max(1)).max(1) as u32;
+    let zeros = vec![0u8; chunk as usize * size];
+    let fd = map.map().fd().as_fd();
+    let mut start = *ids.start();
+    while start <= *ids.end() {
+        let end = start.saturating_add(chunk - 1).min(*ids.end());
+        let keys: Vec<u32> = (start..=end).collect();
+        update(fd, &keys, &zeros[..keys.len() * size], size).map_err(|source| DataplaneError::Batch { map: name, op: "zero", source })?;
+        if end == u32::MAX {
+            break;
+        }
+        start = end + 1;
+    }
+    Ok(())
 }
 
 /// Every value of an array, by index.

@@ -30,6 +30,10 @@ pub trait Writer {
     fn update_service(&mut self, old: Option<&ServiceEntry>, new: &ServiceEntry) -> Result<(), DataplaneError>;
     fn remove_service(&mut self, entry: &ServiceEntry) -> Result<(), DataplaneError>;
     fn reset_counters(&mut self, kind: Counted, id: u32) -> Result<(), DataplaneError>;
+    /// Zeroes the counters of the ids in `ids` (for ids no service uses).
+    fn zero_counters(&mut self, kind: Counted, ids: std::ops::RangeInclusive<u32>) -> Result<(), DataplaneError> {
+        ids.into_iter().try_for_each(|id| self.reset_counters(kind, id))
+    }
     /// Keeps when backend `id`'s drain started, where a restarted agent finds it.
     fn record_drain(&mut self, id: u32, since: u32) -> Result<(), DataplaneError>;
     /// Forgets backend `id`'s drain (ended, or the id was released).
@@ -55,6 +59,17 @@ impl Writer for Maps {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::map(name, "count CPUs")(aya::maps::MapError::IoError(e)))?;
         let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|e| DataplaneError::map(name, "write")(aya::maps::MapError::IoError(e)))?;
         map.set(id, zeros, 0).map_err(DataplaneError::map(name, "write"))
+    }
+
+    fn zero_counters(&mut self, kind: Counted, ids: std::ops::RangeInclusive<u32>) -> Result<(), DataplaneError> {
+        let (map, name) = match kind {
+            Counted::Service => (&self.service_stats, MAP_SERVICE_STATS),
+            Counted::Backend => (&self.backend_stats, MAP_BACKEND_STATS),
+        };
+        match crate::dataplane::batch::zero_per_cpu(map, name, ids.clone()) {
+            Err(DataplaneError::Batch { source: crate::dataplane::batch::BatchError::Unsupported, .. }) => ids.into_iter().try_for_each(|id| self.reset_counters(kind, id)),
+            other => other,
+        }
     }
 
     fn record_drain(&mut self, id: u32, since: u32) -> Result<(), DataplaneError> {

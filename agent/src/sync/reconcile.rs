@@ -334,12 +334,26 @@ impl Reconciler {
         })
     }
 
+    /// Zeroes the counters of every id never handed out, a few batched writes per map, so that
+    /// allocating one needs no write of its own (at a first sync of 10k services x 10, 110,000
+    /// bpf(2) calls fewer). Ids released later are zeroed when reused, as before.
+    pub fn zero_unused_counters(&mut self, w: &mut impl Writer) -> Result<(), DataplaneError> {
+        for (kind, pool) in [(Counted::Service, &mut self.svc_ids), (Counted::Backend, &mut self.backend_ids)] {
+            w.zero_counters(kind, pool.never_used())?;
+            pool.zeroed_from_next();
+        }
+        Ok(())
+    }
+
     fn allocate(&mut self, kind: Counted, w: &mut impl Writer) -> Option<u32> {
         let pool = match kind {
             Counted::Service => &mut self.svc_ids,
             Counted::Backend => &mut self.backend_ids,
         };
-        let id = pool.allocate()?;
+        let (id, zeroed) = pool.allocate_checked()?;
+        if zeroed {
+            return Some(id);
+        }
         // A reused id must not inherit its predecessor's counters. Failing that only skews stats.
         if let Err(e) = w.reset_counters(kind, id) {
             tracing::warn!(error = %crate::error_chain(&e), ?kind, id, "could not zero the counters of a reused id");

@@ -52,6 +52,8 @@ pub fn full_sync(n: u32) -> (f64, Reconciler, xvs::dataplane::Dataplane, Vec<Ser
     let mut dp = fresh(capacity(n));
     let mut r = Reconciler::new(30, dp.maps.capacity);
     let start = Instant::now();
+    // As the agent does when it adopts the maps, before its first sync.
+    r.zero_unused_counters(&mut dp.maps).unwrap_or_else(|e| panic!("{e}"));
     let (report, errors) = r.sync(&model, &mut dp.maps, monotonic_secs());
     let secs = start.elapsed().as_secs_f64();
     assert!(errors.is_empty() && report.created == n as usize, "{errors:?}");
