@@ -165,7 +165,8 @@ exec "$@""#;
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start xvs run: {e}"));
         let agent = Self { child: Some(child), pin_dir: pin_dir.to_owned(), log };
-        agent.wait_log("running", 20);
+        // Up to a minute: an agent listing 100k Services (the bench) takes most of one.
+        agent.wait_log("running", 60);
         agent
     }
 
