@@ -22,9 +22,8 @@ pub struct Ebpf {
 
 impl Ebpf {
     /// Adopts whatever a previous agent left in the (pinned) maps.
-    pub fn adopt(dataplane: Dataplane, attachment: Attachment, drain_timeout: u32) -> Result<Self, DataplaneError> {
+    pub fn adopt(mut dataplane: Dataplane, attachment: Attachment, drain_timeout: u32) -> Result<Self, DataplaneError> {
         let live = LiveState::read(&dataplane.maps)?;
-        let mut dataplane = dataplane;
         let mut reconciler = Reconciler::adopt(&live, drain_timeout, dataplane.maps.capacity);
         if let Err(e) = reconciler.zero_unused_counters(&mut dataplane.maps) {
             // Each new id's counters are zeroed as it is handed out instead.
@@ -72,10 +71,10 @@ impl Agent {
     /// Applies `model` to whichever dataplanes are given; a model the eBPF maps cannot hold is
     /// refused (the pinned state stays as it is).
     pub fn start(ebpf: Option<Ebpf>, ipvs: Option<IpvsMirror>, model: Model) -> Result<Self, fit::OverCapacity> {
-        if let Some(ebpf) = &ebpf {
-            fit::check(&model, &ebpf.dataplane.maps.capacity)?;
-        }
         let usage = fit::Usage::of(&model);
+        if let Some(ebpf) = &ebpf {
+            usage.check(&ebpf.dataplane.maps.capacity)?;
+        }
         let mut agent = Self { ebpf, ipvs, model, usage };
         agent.apply();
         // What was adopted is checked as `xvs verify` checks it, and repaired now rather than

@@ -52,20 +52,14 @@ impl Writer for Maps {
     }
 
     fn reset_counters(&mut self, kind: Counted, id: u32) -> Result<(), DataplaneError> {
-        let (map, name) = match kind {
-            Counted::Service => (&mut self.service_stats, MAP_SERVICE_STATS),
-            Counted::Backend => (&mut self.backend_stats, MAP_BACKEND_STATS),
-        };
+        let (map, name) = stats_of(self, kind);
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::map(name, "count CPUs")(aya::maps::MapError::IoError(e)))?;
         let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|e| DataplaneError::map(name, "write")(aya::maps::MapError::IoError(e)))?;
         map.set(id, zeros, 0).map_err(DataplaneError::map(name, "write"))
     }
 
     fn zero_counters(&mut self, kind: Counted, ids: std::ops::RangeInclusive<u32>) -> Result<(), DataplaneError> {
-        let (map, name) = match kind {
-            Counted::Service => (&self.service_stats, MAP_SERVICE_STATS),
-            Counted::Backend => (&self.backend_stats, MAP_BACKEND_STATS),
-        };
+        let (map, name) = stats_of(self, kind);
         match crate::dataplane::batch::zero_per_cpu(map, name, ids.clone()) {
             Err(DataplaneError::Batch { source: crate::dataplane::batch::BatchError::Unsupported, .. }) => ids.into_iter().try_for_each(|id| self.reset_counters(kind, id)),
             other => other,
@@ -85,6 +79,14 @@ impl Writer for Maps {
 
     fn flow_counts(&mut self, now: u32) -> Result<std::collections::HashMap<u32, flows::ConnCounts>, DataplaneError> {
         Ok(flows::scan(self, now)?.per_backend)
+    }
+}
+
+/// The per-CPU counters of one id space, and the map's name.
+fn stats_of(maps: &mut Maps, kind: Counted) -> (&mut aya::maps::PerCpuArray<aya::maps::MapData, Counters>, &'static str) {
+    match kind {
+        Counted::Service => (&mut maps.service_stats, MAP_SERVICE_STATS),
+        Counted::Backend => (&mut maps.backend_stats, MAP_BACKEND_STATS),
     }
 }
 

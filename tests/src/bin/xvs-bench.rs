@@ -38,42 +38,33 @@ fn main() {
         }
         return;
     }
-    // One part alone, for working on it: `xvs-bench throughput`, `xvs-bench kube`.
-    if args.get(1).map(String::as_str) == Some("throughput") {
-        throughput();
-        return;
+    // One part alone, for working on it: `xvs-bench throughput`, `xvs-bench kube [N]`.
+    match args.get(1).map(String::as_str) {
+        Some("throughput") => drop(throughput()),
+        Some("eastwest") => drop(east_west()),
+        Some("nodeport") => drop(node_port_remote()),
+        Some("control") => drop(control_plane()),
+        Some("memory") => drop(memory()),
+        Some("kube") => {
+            let n = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(10_000);
+            let mut run = kube::run(n, 50);
+            println!(
+                "first sync {:.3} s (listed {:.3}; agent start to maps {:.3}), p50 {:.0} µs, p99 {:.0} µs, peak {} KiB, rss {} KiB",
+                run.first_sync_s,
+                run.listed_s,
+                run.start_s,
+                pct(&mut run.change_us, 0.5),
+                pct(&mut run.change_us, 0.99),
+                run.peak_kib,
+                run.rss_kib
+            );
+        }
+        _ => full_run(),
     }
-    if args.get(1).map(String::as_str) == Some("eastwest") {
-        east_west();
-        return;
-    }
-    if args.get(1).map(String::as_str) == Some("nodeport") {
-        node_port_remote();
-        return;
-    }
-    if args.get(1).map(String::as_str) == Some("kube") {
-        let n = args.get(2).and_then(|v| v.parse().ok()).unwrap_or(10_000);
-        let mut run = kube::run(n, 50);
-        println!(
-            "first sync {:.3} s (listed {:.3}; agent start to maps {:.3}), p50 {:.0} µs, p99 {:.0} µs, peak {} KiB, rss {} KiB",
-            run.first_sync_s,
-            run.listed_s,
-            run.start_s,
-            pct(&mut run.change_us, 0.5),
-            pct(&mut run.change_us, 0.99),
-            run.peak_kib,
-            run.rss_kib
-        );
-        return;
-    }
-    if args.get(1).map(String::as_str) == Some("control") {
-        control_plane();
-        return;
-    }
-    if args.get(1).map(String::as_str) == Some("memory") {
-        memory();
-        return;
-    }
+}
+
+/// Every part, written to the report.
+fn full_run() {
     let out_dir = PathBuf::from(std::env::var("XVS_BENCH_OUT").unwrap_or_else(|_| "target/bench".into()));
     std::fs::create_dir_all(&out_dir).unwrap_or_else(|e| panic!("{}: {e}", out_dir.display()));
     let mut report = String::new();

@@ -13,7 +13,7 @@ use std::{
 };
 
 use k8s_openapi::api::{core::v1::Service as KubeService, discovery::v1::EndpointSlice};
-use kube::runtime::watcher;
+use kube::{runtime::watcher, Resource};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::watch;
 
@@ -40,11 +40,10 @@ impl Stored {
 }
 
 /// What the store keeps of an object, and how to read its few fields.
-pub trait Compact: Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static {
+pub trait Compact: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug + Send + Sync + 'static {
     fn strip(&mut self);
     fn owner(&self) -> Option<String>;
     fn health_checked(&self) -> bool;
-    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 }
 
 impl Compact for KubeService {
@@ -57,9 +56,6 @@ impl Compact for KubeService {
     fn health_checked(&self) -> bool {
         self.spec.as_ref().is_some_and(|s| s.health_check_node_port.is_some())
     }
-    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        &self.metadata
-    }
 }
 
 impl Compact for EndpointSlice {
@@ -71,9 +67,6 @@ impl Compact for EndpointSlice {
     }
     fn health_checked(&self) -> bool {
         false
-    }
-    fn meta(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        &self.metadata
     }
 }
 
@@ -110,6 +103,11 @@ pub struct Locked<'a>(MutexGuard<'a, Inner>);
 impl Locked<'_> {
     pub fn get(&self, key: &Key) -> Option<&Stored> {
         self.0.objects.get(key)
+    }
+
+    /// The Service the slice at `key` names (None: no such slice, or no label).
+    pub fn owner(&self, key: &Key) -> Option<String> {
+        self.get(key)?.owner.clone()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Key, &Stored)> {

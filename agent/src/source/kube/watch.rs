@@ -258,7 +258,7 @@ impl KubeSource {
         let mut guard = self.translated();
         let translated = &mut *guard;
         let (services, slices) = (self.services.lock(), self.slices.lock());
-        let owner = |k: &Key| slices.get(k).and_then(|s| s.owner.clone());
+        let owner = |k: &Key| slices.owner(k);
         let changed = changed_services(&mut translated.slices, pending.services, pending.slices, owner, |k| services.decode::<KubeService>(k), |k| slices.decode::<EndpointSlice>(k));
         // A Service that has or had a health check port: the ports are counted again.
         let health_touched = changed.iter().any(|(key, _)| translated.health_checked.contains(key) || services.get(key).is_some_and(|s| s.health_checked));
@@ -304,12 +304,12 @@ impl KubeSource {
         let mut keys: Vec<&Key> = services.iter().map(|(k, _)| k).collect();
         keys.sort();
         let index = &t.slices;
-        let owner = |k: &Key| slices.get(k).and_then(|s| s.owner.clone());
+        let owner = |k: &Key| slices.owner(k);
         let print = |k: &Key| -> Option<Fingerprint> {
-            let mine: Vec<Key> = index.slices_of(k).collect();
-            let theirs = mine.iter().filter_map(|s| Some((s, slices.get(s).filter(|st| st.owner.as_deref() == Some(k.1.as_str()))?)));
-            let versions = std::iter::once((k, services.get(k)?)).chain(theirs).map(|(key, stored)| Some((key.1.as_str(), stored.rv.as_deref()?)));
-            fingerprint_of(versions)
+            // The same slices `load` decodes, read without decoding.
+            let theirs = slices_of(index, k, owner, |s| Some((s.clone(), slices.get(s)?)));
+            let versions = std::iter::once((k, services.get(k)?)).chain(theirs.iter().map(|(s, stored)| (s, *stored)));
+            fingerprint_of(versions.map(|(key, stored)| Some((key.1.as_str(), stored.rv.as_deref()?))))
         };
         let load = |k: &Key| Some((services.decode::<KubeService>(k)?, slices_of(index, k, owner, |s| slices.decode::<EndpointSlice>(s))));
         let (model, warnings) = t.translator.translate_from(keys.into_iter().cloned(), print, load, &node);
